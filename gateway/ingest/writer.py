@@ -1,0 +1,123 @@
+"""Writes batches of received work to PostgreSQL in one transaction each.
+
+Readings are COPYed (binary) into a per-connection temporary staging table and moved with
+``INSERT … ON CONFLICT DO NOTHING``: COPY straight into the keyed table would fail the whole batch
+on a single duplicate, and duplicates are normal here (QoS 1 redelivery, meters resending).
+The same transaction registers unknown meters as unverified and advances ``last_seen``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from gateway.ingest.work import Work
+
+__all__ = ["STAGING_DDL", "BatchResult", "write_batch"]
+
+STAGING_DDL: Final = """
+CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
+    meter_id text, ts timestamptz, channel text, value float8, raw_ts text, quality text
+) ON COMMIT DELETE ROWS
+"""
+# Column order is protocols.telemetry.Reading's field order: readings are written as they are.
+_STAGE_TYPES: Final = ("text", "timestamptz", "text", "float8", "text", "text")
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    readings_staged: int
+    readings_stored: int
+    events_stored: int
+    dead_letters: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.readings_staged - self.readings_stored
+
+
+async def write_batch(
+    conn: AsyncConnection[tuple[object, ...]], batch: Sequence[Work]
+) -> BatchResult:
+    """Store ``batch`` in one transaction on ``conn`` (which must be idle, not autocommit)."""
+    staged = stored = events = dead = 0
+    now = datetime.now(UTC)
+    seen: dict[str, datetime | None] = {}
+    async with conn.transaction():
+        cur = conn.cursor()
+        if any(w.readings for w in batch):
+            async with cur.copy(
+                "COPY ingest_stage (meter_id, ts, channel, value, raw_ts, quality)"
+                " FROM STDIN (FORMAT BINARY)"
+            ) as copy:
+                copy.set_types(_STAGE_TYPES)
+                for work in batch:
+                    for reading in work.readings:
+                        await copy.write_row(reading)
+                    staged += len(work.readings)
+            await cur.execute(
+                "INSERT INTO reading_data (meter_id, channel, ts, value, raw_ts, quality)"
+                " SELECT meter_id, channel, ts, value, raw_ts, quality FROM ingest_stage"
+                " ON CONFLICT DO NOTHING"
+            )
+            stored = max(cur.rowcount, 0)
+            await cur.execute("SELECT meter_id, max(ts) FROM ingest_stage GROUP BY meter_id")
+            for meter_id, latest in await cur.fetchall():
+                seen[str(meter_id)] = latest if isinstance(latest, datetime) else None
+        event_rows = [
+            (
+                e.meter_id,
+                e.event.ts,
+                e.event.type.value,
+                Jsonb(dict(e.event.details)),
+                e.event.raw_ts,
+            )
+            for w in batch
+            for e in w.events
+        ]
+        if event_rows:
+            await cur.executemany(
+                "INSERT INTO meter_events (meter_id, ts, type, details, raw_ts)"
+                " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                event_rows,
+            )
+            events = len(event_rows)
+            for row in event_rows:
+                seen.setdefault(row[0], None)
+        statuses = {w.status.meter_id: w.status for w in batch if w.status is not None}
+        for meter_id in statuses:
+            seen.setdefault(meter_id, None)
+        if seen:
+            # Sorted so that concurrent gateways lock meter rows in the same order (no deadlock).
+            await cur.executemany(
+                "INSERT INTO meters (meter_id, last_seen, last_reading_ts) VALUES (%s, %s, %s)"
+                " ON CONFLICT (meter_id) DO UPDATE SET"
+                " last_seen = greatest(meters.last_seen, excluded.last_seen),"
+                " last_reading_ts = greatest(meters.last_reading_ts, excluded.last_reading_ts)",
+                [(m, now, seen[m]) for m in sorted(seen)],
+            )
+        if statuses:
+            await cur.executemany(
+                "UPDATE meters SET online = %s, status = coalesce(%s, status) WHERE meter_id = %s",
+                [
+                    (s.online, Jsonb(s.document) if s.document is not None else None, m)
+                    for m, s in sorted(statuses.items())
+                ],
+            )
+        dead_rows = [
+            (w.dead.topic, w.dead.payload, w.dead.reason, w.dead.detail)
+            for w in batch
+            if w.dead is not None
+        ]
+        if dead_rows:
+            await cur.executemany(
+                "INSERT INTO dead_letters (topic, payload, reason, detail) VALUES (%s, %s, %s, %s)",
+                dead_rows,
+            )
+            dead = len(dead_rows)
+    return BatchResult(staged, stored, events, dead)

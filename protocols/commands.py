@@ -1,0 +1,211 @@
+"""Signed meter commands and their replies (docs/protocol.md §7).
+
+The signature is HMAC-SHA-256 under the meter's 32-byte command key over
+``v1|meter_id|id|action|issued_at|expires_at|nonce``. A transport reply is not confirmation:
+the gateway confirms from the meter's reported state, which the reply also carries.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Final
+
+from protocols.errors import PayloadError, UsageError
+from protocols.timestamps import to_rfc3339
+from protocols.topics import METER_ID_PATTERN
+
+__all__ = [
+    "CLOCK_SKEW",
+    "Command",
+    "CommandAction",
+    "CommandReply",
+    "RejectReason",
+    "check_command",
+    "decode_command",
+    "decode_reply",
+    "sign_command",
+]
+
+CLOCK_SKEW: Final = timedelta(minutes=5)
+"""How far a command's issue time may lie ahead of the meter's clock."""
+COMMAND_KEY_BYTES: Final = 32
+
+
+class CommandAction(enum.StrEnum):
+    DISCONNECT = "disconnect"
+    RECONNECT = "reconnect"
+    ARM_RECONNECT = "arm_reconnect"
+    RESTRICT = "restrict"
+    CLOSE_VALVE = "close_valve"
+    RESTORE = "restore"
+    READ_STATE = "read_state"
+
+
+_ACTIONS: Final = frozenset(a.value for a in CommandAction)
+
+
+class RejectReason(enum.StrEnum):
+    BAD_SIGNATURE = "bad_signature"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    REPLAYED = "replayed"
+    UNKNOWN_ACTION = "unknown_action"
+    NOT_APPLICABLE = "not_applicable"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A command as sent on ``meters/{meter_id}/commands``; ``sig`` as received or signed."""
+
+    meter_id: str
+    id: str
+    action: str
+    issued_at: str
+    expires_at: str
+    nonce: str
+    sig: str
+
+    def signed_text(self) -> bytes:
+        return (
+            f"v1|{self.meter_id}|{self.id}|{self.action}|{self.issued_at}|"
+            f"{self.expires_at}|{self.nonce}"
+        ).encode()
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "id": self.id,
+                "action": self.action,
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+                "nonce": self.nonce,
+                "sig": self.sig,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def _mac(key: bytes, text: bytes) -> str:
+    if len(key) != COMMAND_KEY_BYTES:
+        raise UsageError("a command key is 32 bytes")
+    return hmac.new(key, text, hashlib.sha256).hexdigest()
+
+
+def sign_command(
+    key: bytes,
+    *,
+    meter_id: str,
+    command_id: str,
+    action: CommandAction,
+    issued_at: datetime,
+    ttl: timedelta,
+    nonce: str,
+) -> Command:
+    """Build and sign a command (gateway side)."""
+    unsigned = Command(
+        meter_id=meter_id,
+        id=command_id,
+        action=action.value,
+        issued_at=to_rfc3339(issued_at),
+        expires_at=to_rfc3339(issued_at + ttl),
+        nonce=nonce,
+        sig="",
+    )
+    return replace(unsigned, sig=_mac(key, unsigned.signed_text()))
+
+
+def decode_command(payload: bytes, *, meter_id: str) -> Command:
+    """Parse a command body addressed to ``meter_id`` (meter side); PayloadError if malformed."""
+    try:
+        body = json.loads(payload)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise PayloadError("malformed", "command is not JSON") from None
+    if not isinstance(body, dict):
+        raise PayloadError("malformed", "command must be an object")
+    values: dict[str, str] = {}
+    for name in ("id", "action", "issued_at", "expires_at", "nonce", "sig"):
+        value = body.get(name)
+        if not isinstance(value, str) or not 0 < len(value) <= 128:
+            raise PayloadError("malformed", f"command field {name!r} missing or invalid")
+        values[name] = value
+    return Command(meter_id=meter_id, **values)
+
+
+def check_command(
+    cmd: Command, *, key: bytes, now: datetime, seen: set[str] | frozenset[str]
+) -> RejectReason | None:
+    """Return why a meter must reject ``cmd``, or None if it is authentic, fresh and new.
+
+    ``seen`` holds the ids and nonces the meter accepted within their expiry windows.
+    """
+    if not METER_ID_PATTERN.fullmatch(cmd.meter_id):
+        return RejectReason.MALFORMED
+    if not hmac.compare_digest(_mac(key, cmd.signed_text()), cmd.sig.lower()):
+        return RejectReason.BAD_SIGNATURE
+    try:
+        issued = datetime.fromisoformat(cmd.issued_at)
+        expires = datetime.fromisoformat(cmd.expires_at)
+    except ValueError:
+        return RejectReason.MALFORMED
+    if issued.tzinfo is None or expires.tzinfo is None:
+        return RejectReason.MALFORMED
+    if issued > now + CLOCK_SKEW:
+        return RejectReason.NOT_YET_VALID
+    if now >= expires:
+        return RejectReason.EXPIRED
+    if cmd.id in seen or cmd.nonce in seen:
+        return RejectReason.REPLAYED
+    if cmd.action not in _ACTIONS:
+        return RejectReason.UNKNOWN_ACTION
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandReply:
+    """A meter's answer on ``meters/{meter_id}/commands/reply``."""
+
+    command_id: str
+    result: str
+    """``ok`` or ``rejected``."""
+    reason: str | None
+    ts: datetime
+    relay: str | None
+    valve: str | None
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "command_id": self.command_id,
+                "result": self.result,
+                "reason": self.reason,
+                "ts": to_rfc3339(self.ts),
+                "state": {"relay": self.relay, "valve": self.valve},
+            },
+            separators=(",", ":"),
+        ).encode()
+
+
+def decode_reply(payload: bytes) -> CommandReply:
+    """Parse a command reply (gateway side); PayloadError if malformed."""
+    try:
+        body = json.loads(payload)
+        state = body["state"]
+        reply = CommandReply(
+            command_id=str(body["command_id"]),
+            result=body["result"],
+            reason=body.get("reason"),
+            ts=datetime.fromisoformat(body["ts"]),
+            relay=state.get("relay"),
+            valve=state.get("valve"),
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        raise PayloadError("bad_shape", "command reply is malformed") from None
+    if reply.result not in ("ok", "rejected") or reply.ts.tzinfo is None:
+        raise PayloadError("bad_shape", "command reply has a bad result or naive time")
+    return reply
