@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 from pathlib import Path
-from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -44,9 +43,6 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
 class Settings(BaseSettings):
     """Gateway configuration. Every field is the variable ``GATEWAY_<FIELD>``."""
 
@@ -71,7 +67,8 @@ class Settings(BaseSettings):
     """Un-acknowledged QoS 1 messages the broker may have in flight to us (backpressure)."""
 
     http_host: str = "127.0.0.1"
-    http_port: Port = 8080
+    http_port: int = Field(8080, ge=0, le=65535)
+    """0 picks a free port (printed at start)."""
 
     batch_max_rows: int = Field(20_000, ge=1, le=1_000_000)
     batch_max_age_ms: int = Field(100, ge=1, le=60_000)

@@ -1,0 +1,1 @@
+"""MQTT/Modbus intake, batching and storage of telemetry."""

@@ -1,0 +1,123 @@
+"""Telemetry through the real broker into the real database, via a running gateway."""
+
+from __future__ import annotations
+
+import calendar
+import json
+
+import httpx
+
+from gateway.service import GatewayHandle
+from gateway.settings import Settings
+from protocols import BinaryRow, encode_frame
+from tests.plugins.gateway import MqttTestClient, db_scalar, wait_for_value
+
+T0_MS = calendar.timegm((2026, 11, 1, 0, 0, 0)) * 1000
+
+
+def telemetry(meter: str, k: int, value: float) -> bytes:
+    return json.dumps({"ts": T0_MS + k * 900_000, "values": {"1.8.0": value}}).encode()
+
+
+async def test_json_and_binary_readings_are_stored_once(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+    batch = json.dumps(
+        [{"ts": T0_MS + k * 900_000, "values": {"24.2.1": 10 + k / 10}} for k in range(96)]
+    ).encode()
+    frame = encode_frame(
+        T0_MS, ["1.8.0", "32.7.0"], [BinaryRow(k * 60_000, [k, 230.0]) for k in range(10)]
+    )
+    async with MqttTestClient(mqtt_url) as client:
+        await client.publish_all(
+            [
+                (f"{topic_prefix}meters/W1/telemetry", batch),
+                (f"{topic_prefix}meters/W1/telemetry", batch),  # duplicate delivery
+                (f"{topic_prefix}meters/E1/telemetry", frame),
+                (f"{topic_prefix}meters/E1/telemetry", telemetry("E1", 0, 0.0)),  # same as row 0
+            ]
+        )
+    count = "SELECT count(*) FROM readings WHERE meter_id = %s"
+    assert await wait_for_value(lambda: db_scalar(url, count, ("W1",)), 96) == 96
+    assert await wait_for_value(lambda: db_scalar(url, count, ("E1",)), 20) == 20
+    metrics = gateway.services.metrics
+    assert await wait_for_value(metrics.readings_duplicate._value.get, 97.0) == 97.0
+    # Unknown meters are auto-registered as unverified and their last-seen is kept.
+    assert (
+        db_scalar(url, "SELECT count(*) FROM meters WHERE NOT verified AND last_seen IS NOT NULL")
+        == 2
+    )
+
+
+async def test_bad_payloads_are_dead_lettered_and_ingest_continues(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+    bad = [
+        (f"{topic_prefix}meters/M1/telemetry", b"{oops"),
+        (f"{topic_prefix}meters/M1/telemetry", b'{"ts": 1, "values": {"1.8.0": 1}}'),
+        (
+            f"{topic_prefix}meters/M1/telemetry",
+            b'{"ts": "2026-11-01T00:00:00Z", "values": {"x": 1}}',
+        ),
+        (f"{topic_prefix}meters/M1/events", b'{"ts": "2026-11-01T00:00:00Z", "type": "party"}'),
+        (f"{topic_prefix}concentrators/DC1/telemetry", b"[]"),
+    ]
+    async with MqttTestClient(mqtt_url) as client:
+        await client.publish_all(bad)
+        await client.publish_all([(f"{topic_prefix}meters/M1/telemetry", telemetry("M1", 1, 5.0))])
+    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM dead_letters"), 5) == 5
+    reasons = db_scalar(url, "SELECT array_agg(reason ORDER BY id) FROM dead_letters")
+    assert sorted(reasons) == sorted(
+        ["bad_json", "absurd_timestamp", "unknown_channel", "unknown_event", "bad_frame"]
+    )
+    assert db_scalar(url, "SELECT payload FROM dead_letters WHERE reason = 'bad_json'") == b"{oops"
+    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM readings"), 1) == 1
+
+
+async def test_events_and_retained_status_update_the_registry(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+    async with MqttTestClient(mqtt_url) as client:
+        await client.publish_all(
+            [
+                (
+                    f"{topic_prefix}meters/E7/events",
+                    b'[{"ts": "2026-11-01T01:00:00Z", "type": "tamper_cover_open"},'
+                    b' {"ts": "2026-11-01T01:05:00Z", "type": "magnetic_field",'
+                    b'  "details": {"mT": 80}}]',
+                )
+            ]
+        )
+        await client.publish_all(
+            [(f"{topic_prefix}meters/E7/status", b'{"state": "online", "relay": "disconnected"}')],
+            retain=True,
+        )
+        await client.publish_all([(f"{topic_prefix}meters/E7/status", b"")], retain=True)
+    assert (
+        await wait_for_value(
+            lambda: db_scalar(url, "SELECT count(*) FROM meter_events WHERE meter_id = 'E7'"), 2
+        )
+        == 2
+    )
+    assert (
+        await wait_for_value(
+            lambda: db_scalar(url, "SELECT status->>'relay' FROM meters WHERE meter_id = 'E7'"),
+            "disconnected",
+        )
+        == "disconnected"
+    )
+    assert db_scalar(url, "SELECT online FROM meters WHERE meter_id = 'E7'") is True
+
+
+async def test_health_readiness_and_metrics_endpoints(gateway: GatewayHandle) -> None:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+        assert (await http.get("/healthz")).json() == {"status": "ok"}
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["status"] == "ready"
+        metrics = (await http.get("/metrics")).text
+        assert "gateway_readings_stored_total" in metrics
+        assert "gateway_mqtt_connected 1.0" in metrics
+        assert (await http.get("/docs")).status_code == 200
