@@ -5,6 +5,7 @@
     protocols.errors.MeteringError
     └── GatewayError
         ├── ConfigError          settings invalid or unsafe; raised at start, before connecting
+        ├── NotFoundError        a requested record (meter …) does not exist
         ├── StorageError         the database failed in a way retrying will not fix
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
@@ -23,6 +24,7 @@ __all__ = [
     "ConfigError",
     "GatewayError",
     "MigrationError",
+    "NotFoundError",
     "ServiceStartError",
     "StorageError",
 ]
@@ -34,6 +36,10 @@ class GatewayError(MeteringError):
 
 class ConfigError(GatewayError):
     """Settings are invalid or unsafe."""
+
+
+class NotFoundError(GatewayError):
+    """A requested record does not exist."""
 
 
 class StorageError(GatewayError):

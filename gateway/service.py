@@ -19,7 +19,8 @@ import uvicorn
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.http.app import Services, create_app
+from gateway.http.app import create_app
+from gateway.http.deps import Services
 from gateway.ingest.consumer import decode_message
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
 from gateway.ingest.work import Work

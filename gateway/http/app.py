@@ -7,36 +7,16 @@ substitute their own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
-
 import psycopg
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import GatewayError
-from gateway.ingest.pipeline import IngestPipeline
-from gateway.metrics import Metrics
-from gateway.mqtt import MqttIntake
+from gateway.errors import GatewayError, NotFoundError
+from gateway.http.deps import Services, ServicesDep
+from gateway.http.meters import router as meters_router
 
 __all__ = ["Services", "create_app"]
-
-
-@dataclass(frozen=True, slots=True)
-class Services:
-    pool: AsyncConnectionPool
-    intake: MqttIntake
-    pipeline: IngestPipeline
-    metrics: Metrics
-
-
-def get_services(request: Request) -> Services:
-    services: Services = request.app.state.services
-    return services
-
-
-ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def _database_ok(pool: AsyncConnectionPool) -> str | None:
@@ -58,10 +38,15 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        """The one place where domain errors become HTTP responses."""
         del request
+        status = 404 if isinstance(exc, NotFoundError) else 503
         return JSONResponse(
-            status_code=503, content={"error": {"code": type(exc).__name__, "message": str(exc)}}
+            status_code=status,
+            content={"error": {"code": type(exc).__name__, "message": str(exc)}},
         )
+
+    app.include_router(meters_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -121,3 +121,44 @@ async def test_health_readiness_and_metrics_endpoints(gateway: GatewayHandle) ->
         assert "gateway_readings_stored_total" in metrics
         assert "gateway_mqtt_connected 1.0" in metrics
         assert (await http.get("/docs")).status_code == 200
+
+
+async def test_meter_registry_api(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    async with MqttTestClient(mqtt_url) as client:
+        await client.publish_all(
+            [(f"{topic_prefix}meters/AUTO1/telemetry", telemetry("A", 0, 1.0))]
+        )
+    url = gateway_settings.database_url.get_secret_value()
+    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM meters"), 1) == 1
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+        auto = (await http.get("/meters/AUTO1")).json()
+        assert (auto["verified"], auto["utility"], auto["comms_state"]) == (False, "unknown", "ok")
+        assert [m["meter_id"] for m in (await http.get("/meters?verified=false")).json()] == [
+            "AUTO1"
+        ]
+        confirmed = await http.post("/meters/AUTO1/verify")
+        assert confirmed.json()["verified"] is True
+        created = await http.put(
+            "/meters/MB-7",
+            json={
+                "utility": "electricity",
+                "transport": "modbus",
+                "modbus_host": "10.0.0.5",
+                "modbus_port": 502,
+                "modbus_unit": 7,
+                "modbus_word_order": "CDAB",
+            },
+        )
+        assert created.status_code == 200, created.text
+        assert created.json()["comms_state"] == "never"
+        page1 = (await http.get("/meters?limit=1")).json()
+        page2 = (await http.get(f"/meters?limit=1&after={page1[0]['meter_id']}")).json()
+        assert [page1[0]["meter_id"], page2[0]["meter_id"]] == ["AUTO1", "MB-7"]
+        missing = await http.get("/meters/NOPE")
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "NotFoundError"
+        bad = await http.put("/meters/MB-8", json={"utility": "electricity", "transport": "modbus"})
+        assert bad.status_code == 422
+        assert (await http.put("/meters/x", json={"utility": "gas"})).status_code == 422
+        assert (await http.get("/meters/bad%20id")).status_code == 422

@@ -1,0 +1,122 @@
+"""The meter registry: registering, updating, confirming and looking up meters (SQL).
+
+Meters that report before anyone registered them are inserted by the ingest writer as
+unverified; an operator confirms them here, completing utility, transport and Modbus details.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from gateway.errors import NotFoundError
+
+__all__ = ["MeterSpec", "get_meter", "list_meters", "upsert_meter", "verify_meter"]
+
+_COLUMNS: Final = (
+    "m.meter_id, m.utility, m.payment, m.transport, m.verified, m.reporting_interval_s,"
+    " m.time_zone, m.modbus_host, m.modbus_port, m.modbus_unit, m.modbus_word_order,"
+    " m.register_map, m.created_at, m.last_seen, m.last_reading_ts, m.online, m.status,"
+    " c.comms_state"
+)
+_FROM: Final = " FROM meters m JOIN meter_comms c USING (meter_id)"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterSpec:
+    """What an operator states about a meter."""
+
+    meter_id: str
+    utility: str
+    payment: str
+    transport: str
+    reporting_interval_s: int
+    time_zone: str = "UTC"
+    verified: bool = True
+    modbus_host: str | None = None
+    modbus_port: int | None = None
+    modbus_unit: int | None = None
+    modbus_word_order: str | None = None
+    register_map: Mapping[str, Any] | None = None
+
+
+async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str, Any]:
+    """Register ``spec.meter_id`` or update it; returns the stored meter."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO meters (meter_id, utility, payment, transport, reporting_interval_s,"
+            " time_zone, verified, modbus_host, modbus_port, modbus_unit, modbus_word_order,"
+            " register_map) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (meter_id) DO UPDATE SET utility = excluded.utility,"
+            " payment = excluded.payment, transport = excluded.transport,"
+            " reporting_interval_s = excluded.reporting_interval_s,"
+            " time_zone = excluded.time_zone, verified = excluded.verified,"
+            " modbus_host = excluded.modbus_host, modbus_port = excluded.modbus_port,"
+            " modbus_unit = excluded.modbus_unit, modbus_word_order = excluded.modbus_word_order,"
+            " register_map = excluded.register_map",
+            (
+                spec.meter_id,
+                spec.utility,
+                spec.payment,
+                spec.transport,
+                spec.reporting_interval_s,
+                spec.time_zone,
+                spec.verified,
+                spec.modbus_host,
+                spec.modbus_port,
+                spec.modbus_unit,
+                spec.modbus_word_order,
+                Jsonb(dict(spec.register_map)) if spec.register_map is not None else None,
+            ),
+        )
+    return await get_meter(conn, spec.meter_id)
+
+
+async def get_meter(conn: AsyncConnection[Any], meter_id: str) -> dict[str, Any]:
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(f"SELECT {_COLUMNS}{_FROM} WHERE m.meter_id = %s", (meter_id,))
+        row = await cur.fetchone()
+    if row is None:
+        raise NotFoundError(f"meter {meter_id!r} is not registered")
+    return row
+
+
+async def verify_meter(conn: AsyncConnection[Any], meter_id: str) -> dict[str, Any]:
+    cur = await conn.execute("UPDATE meters SET verified = true WHERE meter_id = %s", (meter_id,))
+    if cur.rowcount == 0:
+        raise NotFoundError(f"meter {meter_id!r} is not registered")
+    return await get_meter(conn, meter_id)
+
+
+async def list_meters(
+    conn: AsyncConnection[Any],
+    *,
+    verified: bool | None = None,
+    transport: str | None = None,
+    utility: str | None = None,
+    limit: int = 100,
+    after: str | None = None,
+) -> list[dict[str, Any]]:
+    """Meters ordered by id, keyset-paginated with ``after`` (the last id of the previous page)."""
+    conditions = ["true"]
+    params: list[Any] = []
+    for column, value in (("verified", verified), ("transport", transport), ("utility", utility)):
+        if value is not None:
+            conditions.append(f"m.{column} = %s")
+            params.append(value)
+    if after is not None:
+        conditions.append("m.meter_id > %s")
+        params.append(after)
+    params.append(limit)
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS}{_FROM} WHERE {' AND '.join(conditions)}"
+            " ORDER BY m.meter_id LIMIT %s",
+            params,
+        )
+        return await cur.fetchall()
