@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -102,7 +104,11 @@ class MosquittoProcess:
             )
         self.directory.mkdir(parents=True, exist_ok=True)
         conf = self.directory / "mosquitto.conf"
+        # Started as root, Mosquitto drops to user "mosquitto", which cannot write our directory:
+        # persistence would then silently do nothing. Keep the current user instead.
+        user = pwd.getpwuid(os.getuid()).pw_name
         conf.write_text(
+            f"user {user}\n"
             f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"

@@ -88,12 +88,19 @@ class MqttTestClient:
     async def publish_all(
         self, messages: Iterable[tuple[str, bytes]], *, retain: bool = False
     ) -> int:
-        """Publish QoS 1 and wait until the broker acknowledged every message."""
+        """Publish QoS 1 and wait until the broker acknowledged every message.
+
+        Publishes in windows no larger than the broker's Receive Maximum (Mosquitto's default
+        ``max_inflight_messages`` is 20), waiting for the PUBACKs of each window.
+        """
+        storage = self.client._persistent_storage  # gmqtt keeps un-PUBACKed messages here
+        window = max(1, min(1000, self.client._package_handler.id_generator._max - 1))
         count = 0
         for topic, payload in messages:
             self.client.publish(topic, payload, qos=1, retain=retain)
             count += 1
-        storage = self.client._persistent_storage  # gmqtt keeps un-PUBACKed messages here
+            if count % window == 0:
+                await asyncio.wait_for(storage.wait_empty(), 60)
         await asyncio.wait_for(storage.wait_empty(), 60)
         return count
 
