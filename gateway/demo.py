@@ -50,7 +50,7 @@ def _fleet_command(settings: Settings, *, meters: int, speed: float, seed: int) 
         str(seed),
     ]
     if settings.mqtt_topic_prefix:
-        command += ["--topic-prefix", settings.mqtt_topic_prefix]
+        command += ["--prefix", settings.mqtt_topic_prefix]
     return command
 
 
