@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="local backing services + migrations + gateway + simulated fleet"
     )
     demo.add_argument("--meters", type=int, default=200, help="simulated meters (default 200)")
-    demo.add_argument("--speed", type=float, default=60.0, help="simulated time speed-up")
+    demo.add_argument("--speed", type=float, default=180.0, help="simulated time speed-up")
     demo.add_argument("--seed", type=int, default=1, help="fleet random seed")
     demo.set_defaults(func=_cmd_demo)
     sub.add_parser("settings", help="print effective settings, secrets redacted").set_defaults(

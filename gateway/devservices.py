@@ -90,6 +90,8 @@ class MosquittoProcess:
     port: int
     directory: Path
     process: subprocess.Popen[bytes] | None = None
+    autosave_interval_s: int = 1
+    """How often Mosquitto saves its persistence file (tests want it frequent)."""
 
     @property
     def url(self) -> str:
@@ -113,7 +115,7 @@ class MosquittoProcess:
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {self.directory}/\n"
-            "autosave_interval 1\n"
+            f"autosave_interval {self.autosave_interval_s}\n"
             "max_queued_messages 0\n"
             "max_inflight_messages 0\n"
             f"log_dest file {self.directory}/mosquitto.log\n"

@@ -9,6 +9,7 @@
         ├── StorageError         the database failed in a way retrying will not fix
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
+        ├── ModbusError          a Modbus device failed a poll: see gateway.modbus.errors
         └── ServiceStartError    an embedded PostgreSQL/broker could not be found or started
 
 Third-party exceptions (psycopg, gmqtt, OSError) are translated into these once, at the wrapper

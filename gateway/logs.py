@@ -47,3 +47,6 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # gmqtt logs every reconnect attempt at INFO and uvicorn every request; keep them quieter.
     logging.getLogger("gmqtt").setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").setLevel(max(logging.WARNING, root.level))
+    # pymodbus logs every failed connect and late answer; the poller logs each failing device
+    # once (then quietly until it recovers), so pymodbus's own lines only add noise.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)

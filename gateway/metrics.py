@@ -6,6 +6,7 @@ process (tests) do not share counters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -21,10 +22,12 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.messages_received = Counter(
-            "gateway_messages_received", "MQTT messages received", ["kind"], registry=r
+            "gateway_messages_received", "Messages received and committed", ["kind"], registry=r
         )
         self.readings_received = Counter(
-            "gateway_readings_received", "Readings decoded from messages", registry=r
+            "gateway_readings_received",
+            "Readings decoded and committed (new or duplicate)",
+            registry=r,
         )
         self.readings_stored = Counter(
             "gateway_readings_stored", "Readings newly committed", registry=r
@@ -61,8 +64,13 @@ class Metrics:
             "gateway_mqtt_connected", "1 while connected to the broker", registry=r
         )
 
-    def record_batch(self, result: BatchResult, *, messages: int, seconds: float) -> None:
-        del messages
+    def record_batch(
+        self, result: BatchResult, *, kinds: Mapping[str, int], seconds: float
+    ) -> None:
+        """Count a committed batch (per batch rather than per message: counters take a lock)."""
+        for kind, count in kinds.items():
+            self.messages_received.labels(kind=kind).inc(count)
+        self.readings_received.inc(result.readings_staged)
         self.readings_stored.inc(result.readings_stored)
         self.readings_duplicate.inc(result.duplicates)
         self.events_stored.inc(result.events_stored)

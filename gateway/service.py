@@ -23,10 +23,10 @@ from gateway.http.app import create_app
 from gateway.http.deps import Services
 from gateway.ingest.consumer import decode_message
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
-from gateway.ingest.work import Work
+from gateway.ingest.work import AckToken, Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.metrics import Metrics
-from gateway.mqtt import Handler, MqttIntake, MqttOptions
+from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.settings import Settings
 from protocols.topics import TopicKind, Topics
 
@@ -65,18 +65,36 @@ class GatewayHandle:
     http_port: int | None = None
 
 
+async def _run_modbus(settings: Settings, services: Services, stop: asyncio.Event) -> None:
+    from gateway.modbus import run_modbus_poller  # noqa: PLC0415 - only when enabled
+
+    await run_modbus_poller(
+        pool=services.pool,
+        pipeline=services.pipeline,
+        metrics=services.metrics,
+        stop=stop,
+        refresh_s=settings.modbus_refresh_s,
+        concurrency=settings.modbus_concurrency,
+        request_timeout_s=settings.modbus_request_timeout_ms / 1000,
+        connect_timeout_s=settings.modbus_connect_timeout_ms / 1000,
+        pacing_s=settings.modbus_pacing_ms / 1000,
+        interval_s=settings.modbus_interval_s,
+        backoff_max_s=settings.modbus_backoff_max_s,
+        verified_only=settings.modbus_verified_only,
+    )
+
+
 async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
     await conn.execute(STAGING_DDL)
     await conn.commit()
 
 
-def _make_handler(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) -> Handler:
-    """The per-message coroutine: decode, count, queue, and wait for the commit."""
+def _make_sink(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) -> Sink:
+    """Per message: decode, keep any dead letter's reason, queue with its ack token."""
 
-    async def handle(topic: str, payload: bytes) -> None:
+    def sink(topic: str, payload: bytes, ack: AckToken | None) -> None:
         work = decode_message(topics, topic, payload)
-        metrics.messages_received.labels(kind=topic.rsplit("/", 1)[-1]).inc()
-        metrics.readings_received.inc(len(work.readings))
+        work.ack = ack
         if work.dead is not None:
             metrics.dead_letters.labels(reason=work.dead.reason).inc()
             log.warning(
@@ -84,12 +102,12 @@ def _make_handler(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) ->
                 work.dead.detail,
                 extra={"topic": topic[:200], "reason": work.dead.reason},
             )
-        await (await pipeline.submit(work))
+        pipeline.offer(work)
 
-    return handle
+    return sink
 
 
-def _build_intake(settings: Settings, topics: Topics, handle: Handler) -> MqttIntake:
+def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
     creds = settings.mqtt_credentials
     return MqttIntake(
         MqttOptions(
@@ -103,18 +121,12 @@ def _build_intake(settings: Settings, topics: Topics, handle: Handler) -> MqttIn
             session_expiry_s=settings.mqtt_session_expiry_s,
             receive_maximum=settings.mqtt_receive_maximum,
         ),
-        handle,
+        sink,
     )
 
 
-async def run_gateway(
-    settings: Settings,
-    stop: asyncio.Event,
-    *,
-    started: asyncio.Future[GatewayHandle] | None = None,
-    serve_http: bool = True,
-) -> None:
-    """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
+def _build_services(settings: Settings) -> Services:
+    """Pool (not yet open), pipeline and MQTT intake, wired together; nothing connects here."""
     metrics = Metrics()
     topics = Topics(settings.mqtt_topic_prefix)
     pool = AsyncConnectionPool(
@@ -125,10 +137,11 @@ async def run_gateway(
         open=False,
         name="gateway",
     )
-    await pool.open(wait=False)
 
     async def write(batch: Sequence[Work]) -> BatchResult:
-        async with pool.connection() as conn:
+        # Fail fast (PoolTimeout is an OperationalError) so the pipeline's retry loop, with its
+        # backoff and health flag, is what waits for the database, not the pool.
+        async with pool.connection(timeout=5.0) as conn:
             return await write_batch(conn, batch)
 
     pipeline = IngestPipeline(
@@ -140,11 +153,41 @@ async def run_gateway(
         ),
         metrics,
     )
-
-    handle = _make_handler(topics, pipeline, metrics)
-    intake = _build_intake(settings, topics, handle)
+    intake = _build_intake(settings, topics, _make_sink(topics, pipeline, metrics))
+    pipeline.committed = lambda batch: intake.acknowledge(w.ack for w in batch if w.ack)
+    pipeline.over_limit = intake.pause
+    pipeline.under_limit = intake.resume
     metrics.mqtt_connected.set_function(lambda: float(intake.connected.is_set()))
-    services = Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
+    return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
+
+
+async def _drain(settings: Settings, services: Services, flush_task: asyncio.Task[None]) -> None:
+    """Commit what is pending (within the grace period), then leave the broker."""
+    pipeline = services.pipeline
+    log.info("stopping: draining %d pending rows", pipeline.pending_rows)
+    await pipeline.close()
+    try:
+        await asyncio.wait_for(asyncio.shield(flush_task), settings.shutdown_grace_s)
+    except TimeoutError:
+        log.warning(
+            "could not commit %d pending rows within %.0f s; leaving them to the broker",
+            pipeline.pending_rows,
+            settings.shutdown_grace_s,
+        )
+        flush_task.cancel()
+    await services.intake.disconnect()
+
+
+async def run_gateway(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    started: asyncio.Future[GatewayHandle] | None = None,
+    serve_http: bool = True,
+) -> None:
+    """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
+    services = _build_services(settings)
+    await services.pool.open(wait=False)
     server: _Server | None = None
     sock: socket.socket | None = None
     if serve_http:
@@ -156,10 +199,15 @@ async def run_gateway(
 
     try:
         async with asyncio.TaskGroup() as tg:
-            flush_task = tg.create_task(pipeline.run(), name="ingest-flush")
+            flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
-            connect_task = tg.create_task(intake.connect(), name="mqtt-connect")
+            modbus_task = (
+                tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
+                if settings.modbus_enabled
+                else None
+            )
+            connect_task = tg.create_task(services.intake.connect(), name="mqtt-connect")
             stop_task = tg.create_task(stop.wait(), name="stop-signal")
             await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if connect_task.done():
@@ -172,15 +220,14 @@ async def run_gateway(
             else:
                 connect_task.cancel()
             await stop_task
-            log.info("stopping: draining %d pending rows", pipeline.pending_rows)
-            await pipeline.close()
-            await flush_task
-            await intake.disconnect()
+            if modbus_task is not None:
+                await modbus_task  # its last polls go into the pipeline before it drains
+            await _drain(settings, services, flush_task)
             if server is not None:
                 server.should_exit = True
     finally:
-        await intake.disconnect()
-        await pool.close()
+        await services.intake.disconnect()
+        await services.pool.close()
         if sock is not None:
             sock.close()
         log.info("gateway stopped")

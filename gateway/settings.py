@@ -63,8 +63,11 @@ class Settings(BaseSettings):
     mqtt_shared_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
     """When set, subscribe through ``$share/<group>/…`` so several gateways split the load."""
     mqtt_session_expiry_s: int = Field(7 * 86400, ge=0, le=0xFFFFFFFF)
-    mqtt_receive_maximum: int = Field(2000, ge=1, le=65535)
-    """Un-acknowledged QoS 1 messages the broker may have in flight to us (backpressure)."""
+    mqtt_receive_maximum: int = Field(20_000, ge=1, le=65535)
+    """Un-acknowledged QoS 1 messages the broker may have in flight to us. Acknowledging after
+    commit caps the message rate at about this many per flush cycle, and bounds the raw
+    payloads held in memory; the broker's own limit (Mosquitto ``max_inflight_messages``)
+    applies too, whichever is lower."""
 
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
@@ -74,6 +77,27 @@ class Settings(BaseSettings):
     batch_max_age_ms: int = Field(100, ge=1, le=60_000)
     ingest_max_pending_rows: int = Field(400_000, ge=1000)
     """Readings parsed but not yet committed; above this, intake pauses until a flush."""
+
+    modbus_enabled: bool = False
+    """Poll meters registered with transport ``modbus``. Enable it on one gateway only: many
+    meters accept a single TCP master."""
+    modbus_refresh_s: float = Field(30.0, ge=1, le=3600)
+    """How often the list of Modbus meters is re-read from the registry."""
+    modbus_concurrency: int = Field(64, ge=1, le=1024)
+    """Endpoints (host:port) with a request in flight at once."""
+    modbus_request_timeout_ms: int = Field(2000, ge=10, le=60_000)
+    modbus_connect_timeout_ms: int = Field(3000, ge=10, le=60_000)
+    modbus_pacing_ms: int = Field(0, ge=0, le=10_000)
+    """Pause between requests on one connection (devices that need it)."""
+    modbus_interval_s: float | None = Field(None, gt=0, le=86_400)
+    """Poll every meter this often instead of its registered reporting interval."""
+    modbus_backoff_max_s: float = Field(300.0, ge=1, le=86_400)
+    modbus_verified_only: bool = False
+    """Poll only meters an operator has verified."""
+
+    shutdown_grace_s: float = Field(10.0, ge=0, le=600)
+    """On stop, how long to keep trying to commit pending data before leaving it to the
+    broker (un-acknowledged messages are redelivered at the next start)."""
 
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.JSON

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from typing import Final, NamedTuple
 
+import orjson
+
 from protocols.channels import CHANNELS
 from protocols.errors import PayloadError
 from protocols.timestamps import parse_device_time, to_rfc3339
@@ -99,10 +101,6 @@ def check_value(channel: str, value: object) -> float:
     return number
 
 
-def _reject_constant(token: str) -> float:
-    raise PayloadError("bad_value", f"{token} is not a JSON number")
-
-
 def decode_json_telemetry(
     payload: bytes,
     *,
@@ -114,10 +112,9 @@ def decode_json_telemetry(
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError("oversized", f"payload of {len(payload)} bytes exceeds the limit")
     try:
-        body = json.loads(payload, parse_constant=_reject_constant)
-    except PayloadError:
-        raise
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        # orjson: strict RFC 8259 (no NaN/Infinity, 64-bit integers, bounded nesting), ~3x faster
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
         raise PayloadError("bad_json", f"not JSON: {str(exc)[:120]}") from None
     items: Iterable[object]
     if isinstance(body, dict):

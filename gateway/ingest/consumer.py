@@ -28,6 +28,7 @@ def decode_message(
     clock = now if now is not None else datetime.now(UTC)
     try:
         parsed = topics.parse(topic)
+        work.kind = parsed.kind.value
         match parsed.kind:
             case TopicKind.TELEMETRY:
                 if is_binary(payload):

@@ -1,11 +1,15 @@
-"""Batching between the MQTT intake and the database, with backpressure.
+"""Batching between the intakes (MQTT, Modbus) and the database, with backpressure.
 
-Intake calls :meth:`IngestPipeline.submit` per message and awaits the returned future; the
-MQTT layer sends the PUBACK only when it resolves, i.e. after commit. A single flush loop takes
-everything pending when the batch is full (``max_rows``) or old enough (``max_age``), writes it
-in one transaction and resolves the futures. While the database is slow or down, batches retry
-with exponential backoff and pending rows pile up to ``max_pending``; then ``submit`` waits, the
-un-acknowledged messages reach the broker's receive-maximum, and the broker holds the rest.
+The MQTT intake hands each message over with :meth:`IngestPipeline.offer` (it must not block);
+other producers use :meth:`IngestPipeline.submit` and may await the returned future. A single
+flush loop takes what is pending when the batch is full (``max_rows``) or old enough
+(``max_age``), writes it in one transaction, then reports the committed batch to ``committed``
+(the MQTT intake acknowledges its messages there) and resolves the futures.
+
+While the database is slow or down, the batch retries with exponential backoff and new work
+piles up to ``max_pending`` rows; past that ``over_limit`` is called (the MQTT intake stops
+reading its socket, so the broker holds the rest) and ``submit`` waits; ``under_limit`` is called
+once a flush has made room again.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,8 +45,21 @@ class PipelineLimits:
 
 
 class IngestPipeline:
-    def __init__(self, write: BatchWriter, limits: PipelineLimits, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        write: BatchWriter,
+        limits: PipelineLimits,
+        metrics: Metrics,
+        *,
+        committed: Callable[[Sequence[Work]], object] | None = None,
+        over_limit: Callable[[], None] | None = None,
+        under_limit: Callable[[], None] | None = None,
+    ) -> None:
         self._write = write
+        self.committed = committed
+        self.over_limit = over_limit
+        self.under_limit = under_limit
+        self._over = False
         self._limits = limits
         self._metrics = metrics
         self._pending: deque[Work] = deque()
@@ -53,26 +70,41 @@ class IngestPipeline:
         self._closing = False
         self.healthy = True
         """False while the last write attempt failed (reported by /readyz)."""
+        # Read at scrape time: a gauge set on every message costs a lock per message.
+        metrics.queue_depth.set_function(lambda: float(self._pending_rows))
 
     @property
     def pending_rows(self) -> int:
         return self._pending_rows
 
-    async def submit(self, work: Work) -> asyncio.Future[None]:
-        """Queue ``work``; the returned future resolves once it is committed."""
-        rows = work.rows
-        async with self._room:
-            await self._room.wait_for(
-                lambda: self._pending_rows + rows <= self._limits.max_pending or not self._pending
-            )
-        work.done = asyncio.get_running_loop().create_future()
+    def offer(self, work: Work) -> None:
+        """Queue ``work`` without waiting (the MQTT intake); ``committed`` reports it later."""
+        self._append(work)
+        if self._pending_rows > self._limits.max_pending and not self._over:
+            self._over = True
+            if self.over_limit is not None:
+                self.over_limit()
+
+    def _append(self, work: Work) -> None:
         self._pending.append(work)
-        self._pending_rows += rows
-        self._metrics.queue_depth.set(self._pending_rows)
+        self._pending_rows += work.rows
         self._has_work.set()
         if self._pending_rows >= self._limits.max_rows:
             self._full.set()
-        return work.done
+
+    async def submit(self, work: Work) -> asyncio.Future[None]:
+        """Queue ``work``; the returned future resolves once it is committed."""
+        rows = work.rows
+        if self._pending_rows + rows > self._limits.max_pending and self._pending:
+            async with self._room:
+                await self._room.wait_for(
+                    lambda: (
+                        self._pending_rows + rows <= self._limits.max_pending or not self._pending
+                    )
+                )
+        done = work.done = asyncio.get_running_loop().create_future()
+        self._append(work)
+        return done
 
     async def run(self) -> None:
         """Flush loop; returns after :meth:`close` once everything pending is written."""
@@ -132,12 +164,17 @@ class IngestPipeline:
             break
         self.healthy = True
         self._metrics.record_batch(
-            result, messages=len(batch), seconds=time.perf_counter() - started
+            result, kinds=Counter(w.kind for w in batch), seconds=time.perf_counter() - started
         )
-        self._metrics.queue_depth.set(self._pending_rows)
+        if self.committed is not None:
+            self.committed(batch)
         for work in batch:
             if work.done is not None and not work.done.done():
                 work.done.set_result(None)
+        if self._over and self._pending_rows <= self._limits.max_pending:
+            self._over = False
+            if self.under_limit is not None:
+                self.under_limit()
         async with self._room:
             self._room.notify_all()
 

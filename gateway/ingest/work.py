@@ -7,12 +7,23 @@ database transaction holding everything derived from that message has committed.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from protocols.events import Event
 from protocols.telemetry import Reading
 
-__all__ = ["DeadLetter", "MeterEvent", "MeterStatus", "Work"]
+__all__ = ["AckToken", "DeadLetter", "MeterEvent", "MeterStatus", "Work"]
+
+
+@dataclass(frozen=True, slots=True)
+class AckToken:
+    """How to acknowledge a QoS 1/2 message once committed: its packet id on a connection."""
+
+    connection: int
+    """Generation of the broker connection it arrived on; a later connection reuses ids."""
+    mid: int
+    qos: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,11 +54,16 @@ class Work:
 
     topic: str
     payload: bytes
-    readings: list[Reading] = field(default_factory=list)
-    events: list[MeterEvent] = field(default_factory=list)
+    kind: str = "other"
+    """Topic kind (``telemetry``, ``events`` …) for per-kind message counts."""
+    readings: Sequence[Reading] = ()
+    events: Sequence[MeterEvent] = ()
     status: MeterStatus | None = None
     dead: DeadLetter | None = None
+    ack: AckToken | None = None
+    """Set for MQTT QoS 1/2 messages: acknowledged by the intake after commit."""
     done: asyncio.Future[None] | None = None
+    """Set for producers that wait on commit (``IngestPipeline.submit``)."""
 
     @property
     def rows(self) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Final
 
 from psycopg import AsyncConnection
@@ -24,6 +23,23 @@ STAGING_DDL: Final = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
     meter_id text, ts timestamptz, channel text, value float8, raw_ts text, quality text
 ) ON COMMIT DELETE ROWS
+"""
+# last_seen is kept to within 10 seconds: a meter row is rewritten at most that often.
+_TOUCH_FROM_STAGE: Final = """
+INSERT INTO meters (meter_id, last_seen, last_reading_ts)
+SELECT meter_id, now(), max(ts) FROM ingest_stage GROUP BY meter_id ORDER BY meter_id
+ON CONFLICT (meter_id) DO UPDATE
+SET last_seen = excluded.last_seen,
+    last_reading_ts = greatest(meters.last_reading_ts, excluded.last_reading_ts)
+WHERE meters.last_seen IS NULL
+   OR meters.last_seen < excluded.last_seen - interval '10 seconds'
+   OR meters.last_reading_ts IS NULL
+"""
+_TOUCH_ONE: Final = """
+INSERT INTO meters (meter_id, last_seen) VALUES (%s, now())
+ON CONFLICT (meter_id) DO UPDATE SET last_seen = excluded.last_seen
+WHERE meters.last_seen IS NULL
+   OR meters.last_seen < excluded.last_seen - interval '10 seconds'
 """
 # Column order is protocols.telemetry.Reading's field order: readings are written as they are.
 _STAGE_TYPES: Final = ("text", "timestamptz", "text", "float8", "text", "text")
@@ -46,8 +62,6 @@ async def write_batch(
 ) -> BatchResult:
     """Store ``batch`` in one transaction on ``conn`` (which must be idle, not autocommit)."""
     staged = stored = events = dead = 0
-    now = datetime.now(UTC)
-    seen: dict[str, datetime | None] = {}
     async with conn.transaction():
         cur = conn.cursor()
         if any(w.readings for w in batch):
@@ -66,9 +80,9 @@ async def write_batch(
                 " ON CONFLICT DO NOTHING"
             )
             stored = max(cur.rowcount, 0)
-            await cur.execute("SELECT meter_id, max(ts) FROM ingest_stage GROUP BY meter_id")
-            for meter_id, latest in await cur.fetchall():
-                seen[str(meter_id)] = latest if isinstance(latest, datetime) else None
+            # One set-based statement registers unknown meters and refreshes last-seen.
+            await cur.execute(_TOUCH_FROM_STAGE)
+        touched: set[str] = set()
         event_rows = [
             (
                 e.meter_id,
@@ -87,20 +101,12 @@ async def write_batch(
                 event_rows,
             )
             events = len(event_rows)
-            for row in event_rows:
-                seen.setdefault(row[0], None)
+            touched.update(row[0] for row in event_rows)
         statuses = {w.status.meter_id: w.status for w in batch if w.status is not None}
-        for meter_id in statuses:
-            seen.setdefault(meter_id, None)
-        if seen:
+        touched.update(statuses)
+        if touched:
             # Sorted so that concurrent gateways lock meter rows in the same order (no deadlock).
-            await cur.executemany(
-                "INSERT INTO meters (meter_id, last_seen, last_reading_ts) VALUES (%s, %s, %s)"
-                " ON CONFLICT (meter_id) DO UPDATE SET"
-                " last_seen = greatest(meters.last_seen, excluded.last_seen),"
-                " last_reading_ts = greatest(meters.last_reading_ts, excluded.last_reading_ts)",
-                [(m, now, seen[m]) for m in sorted(seen)],
-            )
+            await cur.executemany(_TOUCH_ONE, [(m,) for m in sorted(touched)])
         if statuses:
             await cur.executemany(
                 "UPDATE meters SET online = %s, status = coalesce(%s, status) WHERE meter_id = %s",
