@@ -9,6 +9,7 @@ few seconds until Ctrl-C, which stops the fleet, the gateway and anything it sta
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import shutil
 import sys
@@ -18,9 +19,10 @@ from typing import Any
 import psycopg
 from pydantic import SecretStr
 
+from gateway import registry
 from gateway.cli import install_stop_signals
 from gateway.db.migrate import apply_migrations
-from gateway.devservices import BackingServices, ensure_services
+from gateway.devservices import BackingServices, ensure_services, free_port
 from gateway.errors import ServiceStartError
 from gateway.service import GatewayHandle, run_gateway
 from gateway.settings import Settings, redact_url
@@ -30,9 +32,48 @@ __all__ = ["run_demo"]
 log = logging.getLogger(__name__)
 
 REPORT_EVERY_S = 5.0
+MANIFEST = "fleet-manifest.jsonl"
+DEMO_MODBUS_INTERVAL_S = 5.0
 
 
-def _fleet_command(settings: Settings, *, meters: int, speed: float, seed: int) -> list[str]:
+async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) -> None:
+    """Register the simulated meters from the fleet's manifest (operators do this in real life)."""
+    for _ in range(200):  # the fleet writes its manifest right after it starts
+        if await asyncio.to_thread(manifest.exists) or stop.is_set():
+            break
+        await asyncio.sleep(0.05)
+    if not await asyncio.to_thread(manifest.exists):
+        log.error("the fleet wrote no manifest at %s; meters stay unverified", manifest)
+        return
+    lines = (await asyncio.to_thread(manifest.read_text, encoding="utf-8")).splitlines()
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        for line in lines:
+            row = json.loads(line)
+            modbus = row.get("modbus") or {}
+            await registry.upsert_meter(
+                conn,
+                registry.MeterSpec(
+                    meter_id=row["meter_id"],
+                    utility=row["utility"],
+                    payment="prepaid" if row.get("prepaid") else "postpaid",
+                    transport=row["transport"],
+                    reporting_interval_s=900,
+                    modbus_host=modbus.get("host"),
+                    modbus_port=modbus.get("port"),
+                    modbus_unit=modbus.get("unit"),
+                    modbus_word_order=modbus.get("word_order"),
+                ),
+            )
+    modbus_count = sum(1 for line in lines if '"modbus"' in line)
+    print(
+        f"[demo] registered {len(lines)} meters ({modbus_count} polled over Modbus TCP)",
+        flush=True,
+    )
+
+
+def _fleet_command(
+    settings: Settings, *, meters: int, speed: float, seed: int, modbus_port: int, data_dir: Path
+) -> list[str]:
     script = Path(sys.executable).with_name("firmware-sim")
     binary = str(script) if script.exists() else shutil.which("firmware-sim")
     if binary is None:
@@ -48,6 +89,12 @@ def _fleet_command(settings: Settings, *, meters: int, speed: float, seed: int) 
         str(speed),
         "--seed",
         str(seed),
+        "--modbus-port",
+        str(modbus_port),
+        "--manifest",
+        str(data_dir / MANIFEST),
+        "--truth",
+        str(data_dir / "ground-truth.jsonl"),
     ]
     if settings.mqtt_topic_prefix:
         command += ["--prefix", settings.mqtt_topic_prefix]
@@ -103,6 +150,14 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
         settings = settings.model_copy(update=updates)
         for note in services.notes:
             log.info(note)
+    demo_defaults: dict[str, object] = {
+        "modbus_enabled": True,
+        "modbus_interval_s": DEMO_MODBUS_INTERVAL_S,
+        "modbus_refresh_s": 2.0,
+    }
+    settings = settings.model_copy(
+        update={k: v for k, v in demo_defaults.items() if k not in explicit}
+    )
     conninfo = settings.database_url.get_secret_value()
     try:
         await asyncio.to_thread(apply_migrations, conninfo, timescale=settings.timescaledb)
@@ -122,11 +177,22 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
                 f"[demo] starting {meters} simulated meters; Ctrl-C stops everything",
                 flush=True,
             )
+            (data_dir / MANIFEST).unlink(missing_ok=True)
             fleet = await asyncio.create_subprocess_exec(
-                *_fleet_command(settings, meters=meters, speed=speed, seed=seed),
+                *_fleet_command(
+                    settings,
+                    meters=meters,
+                    speed=speed,
+                    seed=seed,
+                    modbus_port=free_port(),
+                    data_dir=data_dir,
+                ),
                 cwd=data_dir,
             )
             tg.create_task(_watch_fleet(fleet, stop), name="fleet-watch")
+            tg.create_task(
+                _register_fleet(conninfo, data_dir / MANIFEST, stop), name="fleet-register"
+            )
             tg.create_task(_report(conninfo, stop), name="demo-report")
             await stop.wait()
             if fleet.returncode is None:

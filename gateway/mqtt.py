@@ -110,7 +110,7 @@ class MqttIntake:
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         del client, packet
         self._generation += 1
-        if self.connected.is_set():
+        if self.connected.is_set() and self._client is not None:
             log.warning("disconnected from MQTT broker; reconnecting", extra={"error": str(exc)})
         self.connected.clear()
 
@@ -189,9 +189,9 @@ class MqttIntake:
         client.subscribe([gmqtt.Subscription(f, qos=1) for f in opts.filters])
 
     async def disconnect(self) -> None:
-        if self._client is not None:
-            await self._client.disconnect()
-            self._client = None
+        client, self._client = self._client, None  # None first: this disconnect is deliberate
+        if client is not None:
+            await client.disconnect()
         self.connected.clear()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
