@@ -21,7 +21,8 @@ __all__ = ["STAGING_DDL", "BatchResult", "write_batch"]
 
 STAGING_DDL: Final = """
 CREATE TEMP TABLE IF NOT EXISTS ingest_stage (
-    meter_id text, ts timestamptz, channel text, value float8, raw_ts text, quality text
+    meter_id text COLLATE "C", ts timestamptz, channel text COLLATE "C", value float8,
+    raw_ts text, quality text
 ) ON COMMIT DELETE ROWS
 """
 # last_seen is kept to within 10 seconds: a meter row is rewritten at most that often.

@@ -1,7 +1,7 @@
 -- Core schema: meter registry, readings storage, the `readings` read model, dead letters.
 
 CREATE TABLE meters (
-    meter_id            text PRIMARY KEY CHECK (meter_id ~ '^[A-Za-z0-9_-]{1,64}$'),
+    meter_id            text COLLATE "C" PRIMARY KEY CHECK (meter_id ~ '^[A-Za-z0-9_-]{1,64}$'),
     utility             text NOT NULL DEFAULT 'unknown'
                         CHECK (utility IN ('electricity', 'water', 'unknown')),
     payment             text NOT NULL DEFAULT 'unknown'
@@ -26,9 +26,11 @@ CREATE TABLE meters (
 
 -- One row per stored reading. The primary key is the idempotency key: a redelivered or
 -- duplicated reading (same meter, channel and device instant) is stored once.
+-- Identifiers are ASCII: the "C" collation compares them bytewise, which keeps the key index
+-- fast (any other collation calls strcoll for every comparison).
 CREATE TABLE reading_data (
-    meter_id    text NOT NULL,
-    channel     text NOT NULL,
+    meter_id    text COLLATE "C" NOT NULL,
+    channel     text COLLATE "C" NOT NULL,
     ts          timestamptz NOT NULL,
     value       double precision NOT NULL,
     raw_ts      text,
@@ -59,9 +61,9 @@ CREATE INDEX dead_letters_received_at ON dead_letters (received_at);
 
 -- Meter events (alarms, tamper, relay/valve changes, token results); idempotent like readings.
 CREATE TABLE meter_events (
-    meter_id    text NOT NULL,
+    meter_id    text COLLATE "C" NOT NULL,
     ts          timestamptz NOT NULL,
-    type        text NOT NULL,
+    type        text COLLATE "C" NOT NULL,
     details     jsonb NOT NULL DEFAULT '{}',
     raw_ts      text,
     received_at timestamptz NOT NULL DEFAULT now(),
