@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import calendar
 import json
+import sys
+from pathlib import Path
 
 import httpx
+import pytest
 
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
@@ -162,3 +166,40 @@ async def test_meter_registry_api(
         assert bad.status_code == 422
         assert (await http.put("/meters/x", json={"utility": "gas"})).status_code == 422
         assert (await http.get("/meters/bad%20id")).status_code == 422
+
+
+@pytest.mark.parametrize("mode", [[], ["--binary"], ["--binary", "--concentrator"]])
+async def test_simulated_fleet_load_is_stored_exactly(
+    gateway: GatewayHandle,
+    gateway_settings: Settings,
+    mqtt_url: str,
+    topic_prefix: str,
+    mode: list[str],
+) -> None:
+    """The fleet's `load` command through the real broker: every reading sent is stored."""
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "firmware-sim"),
+        "load",
+        "--meters",
+        "12",
+        "--readings",
+        "96",
+        "--batch",
+        "24",
+        "--broker",
+        mqtt_url,
+        "--prefix",
+        topic_prefix,
+        "--seed",
+        "7",
+        "--no-progress",
+        *mode,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out
+    url = gateway_settings.database_url.get_secret_value()
+    count = "SELECT count(*) FROM readings"
+    assert await wait_for_value(lambda: db_scalar(url, count), 12 * 96) == 12 * 96
+    assert db_scalar(url, "SELECT count(DISTINCT meter_id) FROM readings") == 12
+    assert db_scalar(url, "SELECT count(*) FROM dead_letters") == 0
