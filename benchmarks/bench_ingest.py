@@ -40,9 +40,9 @@ from gateway.db.migrate import apply_migrations
 from gateway.devservices import (
     LOCAL_PG_ADMIN,
     MosquittoProcess,
-    _with_database,
     create_database,
     free_port,
+    with_database,
 )
 from gateway.ingest.writer import STAGING_DDL
 from protocols import BinaryRow, encode_frame
@@ -99,7 +99,7 @@ async def create_session(port: int, client_id: str, filters: list[str]) -> None:
 def fresh_database() -> str:
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
     create_database(LOCAL_PG_ADMIN, name)
-    url = _with_database(LOCAL_PG_ADMIN, name)
+    url = with_database(LOCAL_PG_ADMIN, name)
     apply_migrations(url)
     return url
 

@@ -236,14 +236,14 @@ async def poller_db_run(
     from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415
 
     from gateway.db.migrate import apply_migrations  # noqa: PLC0415
-    from gateway.devservices import LOCAL_PG_ADMIN, _with_database, create_database  # noqa: PLC0415
+    from gateway.devservices import LOCAL_PG_ADMIN, create_database, with_database  # noqa: PLC0415
     from gateway.ingest.pipeline import IngestPipeline, PipelineLimits  # noqa: PLC0415
     from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch  # noqa: PLC0415
     from gateway.modbus import run_modbus_poller  # noqa: PLC0415
 
     name = f"bench_modbus_{uuid.uuid4().hex[:8]}"
     create_database(LOCAL_PG_ADMIN, name)
-    url = _with_database(LOCAL_PG_ADMIN, name)
+    url = with_database(LOCAL_PG_ADMIN, name)
     try:
         apply_migrations(url)
         with psycopg.connect(url) as conn:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocols.errors import UsageError
+from protocols.modbus import WordOrder
 from tokens.keys import (
     DecoderKey,
     Dkga,
@@ -65,15 +66,6 @@ class Utility(enum.StrEnum):
 class Transport(enum.StrEnum):
     MQTT = "mqtt"
     MODBUS = "modbus"
-
-
-class WordOrder(enum.StrEnum):
-    """Order of the two 16-bit words / four bytes of a float32 register pair (§9)."""
-
-    ABCD = "ABCD"
-    CDAB = "CDAB"
-    BADC = "BADC"
-    DCBA = "DCBA"
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,51 +10,31 @@ A read must fall entirely on implemented registers, else the device answers exce
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from typing import Final
 
-from firmware_sim.identity import Utility, WordOrder
+from firmware_sim.identity import Utility
+from protocols.modbus import DEFAULT_MAP, WordOrder, encode_float32
 
-__all__ = ["ELECTRICITY_MAP", "WATER_MAP", "float_registers", "register_image"]
+__all__ = ["ELECTRICITY_MAP", "WATER_MAP", "register_image"]
 
-# register address -> (channel, scale to the register's unit)
-ELECTRICITY_MAP: Final[Mapping[int, tuple[str, float]]] = {
-    0x0000: ("32.7.0", 1.0),
-    0x0002: ("52.7.0", 1.0),
-    0x0004: ("72.7.0", 1.0),
-    0x0006: ("31.7.0", 1.0),
-    0x0008: ("51.7.0", 1.0),
-    0x000A: ("71.7.0", 1.0),
-    0x000C: ("21.7.0", 1000.0),
-    0x000E: ("41.7.0", 1000.0),
-    0x0010: ("61.7.0", 1000.0),
-    0x0034: ("1.7.0", 1000.0),
-    0x0046: ("14.7.0", 1.0),
-    0x0048: ("1.8.0", 1.0),
-    0x004A: ("2.8.0", 1.0),
-    0x0104: ("credit", 1.0),
-    0x0200: ("96.3.10", 1.0),
-}
-WATER_MAP: Final[Mapping[int, tuple[str, float]]] = {
-    0x0100: ("24.2.1", 1.0),
-    0x0102: ("water.flow", 1.0),
-    0x0104: ("credit", 1.0),
-    0x0202: ("24.4.0", 1.0),
-}
+_WATER_ONLY: Final = frozenset({"24.2.1", "water.flow", "24.4.0"})
+_WATER: Final = _WATER_ONLY | {"credit"}
 
 
-def float_registers(value: float, order: WordOrder) -> tuple[int, int]:
-    a, b, c, d = struct.pack(">f", value)
-    match order:
-        case WordOrder.ABCD:
-            return a << 8 | b, c << 8 | d
-        case WordOrder.CDAB:
-            return c << 8 | d, a << 8 | b
-        case WordOrder.BADC:
-            return b << 8 | a, d << 8 | c
-        case WordOrder.DCBA:
-            return d << 8 | c, b << 8 | a
+def _device_map(
+    channels: frozenset[str] | None, exclude: frozenset[str]
+) -> dict[int, tuple[str, float]]:
+    """address -> (channel, factor from the channel's unit to the register's), from §9's map."""
+    return {
+        spec.address: (spec.channel, 1.0 / spec.scale)
+        for spec in DEFAULT_MAP.registers
+        if (channels is None or spec.channel in channels) and spec.channel not in exclude
+    }
+
+
+ELECTRICITY_MAP: Final[Mapping[int, tuple[str, float]]] = _device_map(None, _WATER_ONLY)
+WATER_MAP: Final[Mapping[int, tuple[str, float]]] = _device_map(_WATER, frozenset())
 
 
 def register_image(
@@ -71,7 +51,5 @@ def register_image(
         value = values.get(channel)
         if value is None:
             continue
-        high, low = float_registers(value * scale, order)
-        image[address] = high
-        image[address + 1] = low
+        image[address], image[address + 1] = encode_float32(value * scale, order)
     return image

@@ -37,6 +37,7 @@ __all__ = [
     "free_port",
     "port_answers",
     "start_mosquitto",
+    "with_database",
 ]
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def free_port() -> int:
         return port
 
 
-def _with_database(url: str, database: str) -> str:
+def with_database(url: str, database: str) -> str:
     """Replace the database of a libpq URL (keeping any ``?host=`` socket parameter)."""
     base, sep, query = url.partition("?")
     scheme, _, rest = base.partition("://")
@@ -178,7 +179,7 @@ def ensure_database(data_dir: Path, database: str) -> tuple[str, str, object | N
             create_database(LOCAL_PG_ADMIN, database)
         except psycopg.Error as exc:
             raise ServiceStartError(f"PostgreSQL on 127.0.0.1:5432 refused us: {exc}") from exc
-        return _with_database(LOCAL_PG_ADMIN, database), LOCAL_PG_ADMIN, None
+        return with_database(LOCAL_PG_ADMIN, database), LOCAL_PG_ADMIN, None
     return embedded_database(data_dir, database)
 
 
@@ -198,7 +199,7 @@ def embedded_database(data_dir: Path, database: str) -> tuple[str, str, object]:
     server = get_server(pgdata, cleanup_mode="stop")
     admin = str(server.get_uri())
     create_database(admin, database)
-    return _with_database(admin, database), admin, server
+    return with_database(admin, database), admin, server
 
 
 def ensure_broker(data_dir: Path) -> tuple[str, MosquittoProcess | None]:

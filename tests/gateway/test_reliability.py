@@ -14,6 +14,7 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -152,15 +153,24 @@ async def test_broker_restart_mid_stream_loses_nothing(
         assert_exactly(database_url, 300)
 
 
-async def test_database_cut_holds_messages_at_the_broker_and_recovers(
-    database_url: str, private_broker: MosquittoProcess, topic_prefix: str
-) -> None:
+@pytest.fixture
+async def db_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A TCP proxy in front of the test database, and the database URL through it."""
     parts = urlsplit(database_url)
     if parts.hostname is None:
         pytest.skip("database reached over a Unix socket; the TCP proxy cannot sit in between")
     proxy = TcpProxy(parts.hostname, parts.port or 5432)
     port = await proxy.start()
-    proxied = database_url.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{port}")
+    yield proxy, database_url.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{port}")
+
+
+async def test_database_cut_holds_messages_at_the_broker_and_recovers(
+    database_url: str,
+    db_proxy: tuple[TcpProxy, str],
+    private_broker: MosquittoProcess,
+    topic_prefix: str,
+) -> None:
+    proxy, proxied = db_proxy
     settings = make_settings(
         proxied,
         private_broker.url,
@@ -169,33 +179,30 @@ async def test_database_cut_holds_messages_at_the_broker_and_recovers(
         ingest_max_pending_rows=2000,
         mqtt_receive_maximum=100,
     )
-    try:
-        async with gateway_running(settings) as gw:
-            async with MqttTestClient(private_broker.url) as client:
-                await client.publish_all(numbered_messages(topic_prefix, 0, 40))
-                await wait_stored(database_url, 40)
-                proxy.cut()
-                await client.publish_all(numbered_messages(topic_prefix, 40, 400))
-                # Memory stays bounded: past 2000 pending rows the gateway stops reading; what
-                # was already read (at most Receive Maximum = 100 messages) still arrives.
-                peak = 0
-                for _ in range(40):
-                    peak = max(peak, gw.services.pipeline.pending_rows)
-                    await asyncio.sleep(0.05)
-                assert 2000 < peak <= 2000 + 100 * PER_MESSAGE
-                assert peak < 400 * PER_MESSAGE  # far from everything that was published
-                assert await wait_for_value(lambda: gw.services.pipeline.healthy, False) is False
-                async with httpx.AsyncClient() as http:
-                    ready = await http.get(f"http://127.0.0.1:{gw.http_port}/readyz")
-                assert ready.status_code == 503
-                assert db_scalar(database_url, "SELECT count(*) FROM readings") == 40 * PER_MESSAGE
-                proxy.restore()
-                await wait_stored(database_url, 440, timeout=90)
-            await asyncio.sleep(0.5)
-            assert_exactly(database_url, 440)
-            assert gw.services.pipeline.healthy
-    finally:
-        await proxy.close()
+    async with gateway_running(settings) as gw:
+        async with MqttTestClient(private_broker.url) as client:
+            await client.publish_all(numbered_messages(topic_prefix, 0, 40))
+            await wait_stored(database_url, 40)
+            proxy.cut()
+            await client.publish_all(numbered_messages(topic_prefix, 40, 400))
+            # Memory stays bounded: past 2000 pending rows the gateway stops reading; what
+            # was already read (at most Receive Maximum = 100 messages) still arrives.
+            peak = 0
+            for _ in range(40):
+                peak = max(peak, gw.services.pipeline.pending_rows)
+                await asyncio.sleep(0.05)
+            assert 2000 < peak <= 2000 + 100 * PER_MESSAGE
+            assert peak < 400 * PER_MESSAGE  # far from everything that was published
+            assert await wait_for_value(lambda: gw.services.pipeline.healthy, False) is False
+            async with httpx.AsyncClient() as http:
+                ready = await http.get(f"http://127.0.0.1:{gw.http_port}/readyz")
+            assert ready.status_code == 503
+            assert db_scalar(database_url, "SELECT count(*) FROM readings") == 40 * PER_MESSAGE
+            proxy.restore()
+            await wait_stored(database_url, 440, timeout=90)
+        await asyncio.sleep(0.5)
+        assert_exactly(database_url, 440)
+        assert gw.services.pipeline.healthy
 
 
 async def test_two_gateways_sharing_a_subscription_store_the_same_as_one(
@@ -268,28 +275,23 @@ async def test_fuzzed_payloads_are_each_stored_or_dead_lettered(
 
 
 async def test_stop_while_the_database_is_down_leaves_data_to_the_broker(
-    database_url: str, private_broker: MosquittoProcess, topic_prefix: str
+    database_url: str,
+    db_proxy: tuple[TcpProxy, str],
+    private_broker: MosquittoProcess,
+    topic_prefix: str,
 ) -> None:
-    parts = urlsplit(database_url)
-    if parts.hostname is None:
-        pytest.skip("database reached over a Unix socket; the TCP proxy cannot sit in between")
-    proxy = TcpProxy(parts.hostname, parts.port or 5432)
-    port = await proxy.start()
-    proxied = database_url.replace(f"{parts.hostname}:{parts.port or 5432}", f"127.0.0.1:{port}")
+    proxy, proxied = db_proxy
     settings = make_settings(proxied, private_broker.url, topic_prefix, shutdown_grace_s=1.0)
-    try:
-        async with gateway_running(settings) as gw:
-            proxy.cut()
-            async with MqttTestClient(private_broker.url) as client:
-                await client.publish_all(numbered_messages(topic_prefix, 0, 20))
-            await wait_for_value(lambda: gw.services.pipeline.pending_rows > 0, True)
-            started = asyncio.get_running_loop().time()
-        # gateway_running's exit has stopped it: within the grace period, not hung on the DB.
-        assert asyncio.get_running_loop().time() - started < 10
-        proxy.restore()
-        # What it could not commit was never acknowledged: a new gateway gets it all.
-        async with gateway_running(settings):
-            await wait_stored(database_url, 20)
-        assert_exactly(database_url, 20)
-    finally:
-        await proxy.close()
+    async with gateway_running(settings) as gw:
+        proxy.cut()
+        async with MqttTestClient(private_broker.url) as client:
+            await client.publish_all(numbered_messages(topic_prefix, 0, 20))
+        await wait_for_value(lambda: gw.services.pipeline.pending_rows > 0, True)
+        started = asyncio.get_running_loop().time()
+    # gateway_running's exit has stopped it: within the grace period, not hung on the DB.
+    assert asyncio.get_running_loop().time() - started < 10
+    proxy.restore()
+    # What it could not commit was never acknowledged: a new gateway gets it all.
+    async with gateway_running(settings):
+        await wait_stored(database_url, 20)
+    assert_exactly(database_url, 20)

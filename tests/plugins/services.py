@@ -24,10 +24,10 @@ from gateway.db.migrate import apply_migrations
 from gateway.devservices import (
     BackingServices,
     MosquittoProcess,
-    _with_database,
     create_database,
     ensure_services,
     start_mosquitto,
+    with_database,
 )
 from gateway.errors import ServiceStartError
 
@@ -56,7 +56,7 @@ def template_database(backing: BackingServices) -> Iterator[str]:
     """Name of a database with every migration applied, used as a template."""
     name = f"gw_tmpl_{uuid.uuid4().hex[:10]}"
     create_database(backing.admin_url, name)
-    apply_migrations(_with_database(backing.admin_url, name))
+    apply_migrations(with_database(backing.admin_url, name))
     yield name
     drop_database(backing.admin_url, name)
 
@@ -66,7 +66,7 @@ def database_url(backing: BackingServices, template_database: str) -> Iterator[s
     """A migrated database of this test's own."""
     name = f"gw_test_{uuid.uuid4().hex[:12]}"
     create_database(backing.admin_url, name, template=template_database)
-    yield _with_database(backing.admin_url, name)
+    yield with_database(backing.admin_url, name)
     drop_database(backing.admin_url, name)
 
 
@@ -75,7 +75,7 @@ def empty_database_url(backing: BackingServices) -> Iterator[str]:
     """An empty database of this test's own (for migration tests)."""
     name = f"gw_empty_{uuid.uuid4().hex[:12]}"
     create_database(backing.admin_url, name)
-    yield _with_database(backing.admin_url, name)
+    yield with_database(backing.admin_url, name)
     drop_database(backing.admin_url, name)
 
 
