@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -89,19 +90,46 @@ async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
     await conn.commit()
 
 
+class _DeadLetterLog:
+    """Logs a device's bad messages once per reason and quiet period, not once per message.
+
+    Every dead letter is stored and counted regardless; this only keeps a broken or hostile
+    device from flooding the log.
+    """
+
+    QUIET_S = 300.0
+    MAX_KEYS = 10_000
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+
+    def __call__(self, topic: str, reason: str, detail: str) -> None:
+        now = time.monotonic()
+        key = (topic, reason)
+        if now - self._last.get(key, -self.QUIET_S) < self.QUIET_S:
+            return
+        if len(self._last) >= self.MAX_KEYS:
+            self._last.clear()
+        self._last[key] = now
+        log.warning(
+            "dead-lettered message: %s (further %r from this topic quiet for %.0f s)",
+            detail,
+            reason,
+            self.QUIET_S,
+            extra={"topic": topic[:200], "reason": reason},
+        )
+
+
 def _make_sink(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) -> Sink:
     """Per message: decode, keep any dead letter's reason, queue with its ack token."""
+    log_dead = _DeadLetterLog()
 
     def sink(topic: str, payload: bytes, ack: AckToken | None) -> None:
         work = decode_message(topics, topic, payload)
         work.ack = ack
         if work.dead is not None:
             metrics.dead_letters.labels(reason=work.dead.reason).inc()
-            log.warning(
-                "dead-lettered message: %s",
-                work.dead.detail,
-                extra={"topic": topic[:200], "reason": work.dead.reason},
-            )
+            log_dead(topic, work.dead.reason, work.dead.detail)
         pipeline.offer(work)
 
     return sink

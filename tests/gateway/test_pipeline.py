@@ -1,0 +1,138 @@
+"""Batching, isolation of refused messages, retry and backpressure of the ingest pipeline.
+
+The writer here is an in-memory stand-in: these tests are about the pipeline's own logic
+(storage itself is tested against PostgreSQL in test_ingest_e2e and test_reliability).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
+from gateway.ingest.work import Work
+from gateway.ingest.writer import BatchResult
+from gateway.metrics import Metrics
+from gateway.service import _DeadLetterLog
+from protocols.telemetry import Reading
+
+TS = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def work(meter: str, n: int = 1) -> Work:
+    readings = [Reading(meter, TS, "1.8.0", float(i), None, "measured") for i in range(n)]
+    return Work(
+        topic=f"meters/{meter}/telemetry", payload=b"x", kind="telemetry", readings=readings
+    )
+
+
+class FakeWriter:
+    def __init__(self) -> None:
+        self.batches: list[list[Work]] = []
+        self.refuse: set[str] = set()
+        self.down = 0
+
+    async def __call__(self, batch: Sequence[Work]) -> BatchResult:
+        if self.down:
+            self.down -= 1
+            raise psycopg.OperationalError("connection refused")
+        if any(w.readings and w.readings[0].meter_id in self.refuse for w in batch):
+            raise psycopg.errors.CheckViolation("value refused")
+        self.batches.append(list(batch))
+        staged = sum(len(w.readings) for w in batch)
+        return BatchResult(staged, staged, 0, sum(w.dead is not None for w in batch))
+
+
+async def run_until_drained(pipeline: IngestPipeline) -> None:
+    task = asyncio.create_task(pipeline.run())
+    await pipeline.close()
+    await asyncio.wait_for(task, 10)
+
+
+async def test_batches_are_cut_at_max_rows() -> None:
+    writer = FakeWriter()
+    pipeline = IngestPipeline(writer, PipelineLimits(max_rows=10, max_age_s=5), Metrics())
+    for i in range(7):
+        pipeline.offer(work(f"M{i}", 4))  # 5 rows each (4 readings + 1)
+    await run_until_drained(pipeline)
+    assert [len(b) for b in writer.batches] == [2, 2, 2, 1]
+    assert pipeline.pending_rows == 0
+
+
+async def test_a_refused_message_is_dead_lettered_alone_and_the_rest_commit() -> None:
+    writer = FakeWriter()
+    writer.refuse = {"BAD"}
+    committed: list[Work] = []
+    pipeline = IngestPipeline(
+        writer, PipelineLimits(max_rows=100), Metrics(), committed=committed.extend
+    )
+    for meter in ("A", "BAD", "C"):
+        pipeline.offer(work(meter))
+    await run_until_drained(pipeline)
+    stored = [w for b in writer.batches for w in b]
+    assert [w.readings[0].meter_id for w in stored if w.readings] == ["A", "C"]
+    [dead] = [w.dead for w in stored if w.dead is not None]
+    assert dead.reason == "storage_rejected" and dead.topic == "meters/BAD/telemetry"
+    assert len(committed) == 3  # all three are acknowledged: two stored, one kept as dead letter
+
+
+async def test_database_outage_is_retried_until_it_commits() -> None:
+    writer = FakeWriter()
+    writer.down = 3
+    pipeline = IngestPipeline(
+        writer, PipelineLimits(retry_initial_s=0.01, retry_max_s=0.02), Metrics()
+    )
+    pipeline.offer(work("A"))
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.005)
+    await pipeline.close()
+    await asyncio.wait_for(task, 10)
+    assert writer.down == 0 and len(writer.batches) == 1 and pipeline.healthy
+
+
+async def test_over_and_under_limit_callbacks_bound_intake() -> None:
+    writer = FakeWriter()
+    calls: list[str] = []
+    pipeline = IngestPipeline(
+        writer,
+        PipelineLimits(max_rows=1000, max_pending=1000, max_age_s=0.01),
+        Metrics(),
+        over_limit=lambda: calls.append("over"),
+        under_limit=lambda: calls.append("under"),
+    )
+    for i in range(30):
+        pipeline.offer(work(f"M{i}", 49))  # 50 rows each: 1500 rows pending
+    assert calls == ["over"]
+    await run_until_drained(pipeline)
+    assert calls == ["over", "under"]
+
+
+async def test_submit_waits_for_room_and_resolves_after_commit() -> None:
+    writer = FakeWriter()
+    pipeline = IngestPipeline(writer, PipelineLimits(max_rows=1000, max_pending=1000), Metrics())
+    first = await pipeline.submit(work("A", 899))
+    blocked = asyncio.create_task(pipeline.submit(work("B", 199)))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()  # 900 + 200 rows would pass max_pending
+    task = asyncio.create_task(pipeline.run())
+    second = await asyncio.wait_for(blocked, 5)
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    await pipeline.close()
+    await asyncio.wait_for(task, 5)
+    assert [w.readings[0].meter_id for b in writer.batches for w in b] == ["A", "B"]
+
+
+def test_dead_letter_logging_is_throttled_per_topic_and_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    log_dead = _DeadLetterLog()
+    with caplog.at_level("WARNING", logger="gateway.service"):
+        for _ in range(50):
+            log_dead("meters/X/telemetry", "bad_json", "not JSON")
+        log_dead("meters/X/telemetry", "unknown_channel", "x")
+        log_dead("meters/Y/telemetry", "bad_json", "not JSON")
+    assert len(caplog.records) == 3
