@@ -12,12 +12,12 @@ a bad field raise PayloadError("bad_frame", …); per-value checks are those of 
 
 from __future__ import annotations
 
-import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Final
+from datetime import UTC, datetime
+from math import isnan
+from typing import Any, Final
 
 from protocols.errors import PayloadError
 from protocols.telemetry import MAX_PAYLOAD_BYTES, Reading, check_value
@@ -30,7 +30,6 @@ MAGIC: Final = b"MG"
 VERSION: Final = 1
 FLAG_METER_IDS: Final = 0x01
 _HEADER = struct.Struct(">2sBBqB")
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def is_binary(payload: bytes) -> bool:
@@ -93,6 +92,30 @@ def decode_frame(
         raise PayloadError("bad_frame", "truncated or non-ASCII frame field") from None
 
 
+def _rows(
+    payload: bytes, pos: int, n_rows: int, row_fmt: struct.Struct, topic_meter: str | None
+) -> Iterator[tuple[str, tuple[Any, ...]]]:
+    """(meter id, unpacked row) for every row; the frame must end exactly after the last."""
+    if topic_meter is not None:
+        # Fixed-size rows back to back: unpack them in one pass.
+        end = pos + n_rows * row_fmt.size
+        if end != len(payload):
+            raise PayloadError("bad_frame", f"rows end at byte {end}, frame has {len(payload)}")
+        for row in row_fmt.iter_unpack(payload[pos:end]):
+            yield topic_meter, row
+        return
+    for _ in range(n_rows):
+        size = payload[pos]
+        row_meter = payload[pos + 1 : pos + 1 + size].decode("ascii")
+        pos += 1 + size
+        if not METER_ID_PATTERN.fullmatch(row_meter):
+            raise PayloadError("bad_frame", f"invalid meter id {row_meter[:70]!r}")
+        yield row_meter, row_fmt.unpack_from(payload, pos)
+        pos += row_fmt.size
+    if pos != len(payload):
+        raise PayloadError("bad_frame", f"{len(payload) - pos} trailing bytes after the rows")
+
+
 def _decode(payload: bytes, topic_meter: str | None, now: datetime) -> list[Reading]:
     magic, version, flags, base_ms, n_channels = _HEADER.unpack_from(payload, 0)
     if magic != MAGIC or version != VERSION or flags & ~FLAG_METER_IDS:
@@ -115,35 +138,21 @@ def _decode(payload: bytes, topic_meter: str | None, now: datetime) -> list[Read
     if n_rows == 0:
         raise PayloadError("bad_frame", "frame has no rows")
     row_fmt = struct.Struct(f">I{n_channels}d")
-    lowest, highest = EARLIEST, now + MAX_FUTURE
+    lowest_ms = int(EARLIEST.timestamp() * 1000)
+    highest_ms = int((now + MAX_FUTURE).timestamp() * 1000)
     readings: list[Reading] = []
-    for _ in range(n_rows):
-        row_meter = topic_meter
-        if with_ids:
-            size = payload[pos]
-            row_meter = payload[pos + 1 : pos + 1 + size].decode("ascii")
-            pos += 1 + size
-            if not METER_ID_PATTERN.fullmatch(row_meter):
-                raise PayloadError("bad_frame", f"invalid meter id {row_meter[:70]!r}")
-        offset_ms, *values = row_fmt.unpack_from(payload, pos)
-        pos += row_fmt.size
-        try:
-            ts = _EPOCH + timedelta(milliseconds=base_ms + offset_ms)
-        except OverflowError:
-            raise PayloadError("absurd_timestamp", "frame time out of range") from None
-        if not lowest <= ts <= highest:
-            raise PayloadError("absurd_timestamp", f"row time {ts.isoformat()} is implausible")
-        assert row_meter is not None
+    append = readings.append
+    for row_meter, (offset_ms, *values) in _rows(payload, pos, n_rows, row_fmt, topic_meter):
+        at_ms = base_ms + offset_ms
+        if not lowest_ms <= at_ms <= highest_ms:
+            raise PayloadError("absurd_timestamp", f"row time {at_ms} ms is implausible")
+        ts = datetime.fromtimestamp(at_ms / 1000, UTC)
         present = False
         for channel, value in zip(channels, values, strict=True):
-            if math.isnan(value):
+            if isnan(value):  # not measured in this row
                 continue
             present = True
-            readings.append(
-                Reading(row_meter, ts, channel, check_value(channel, value), None, "measured")
-            )
+            append(Reading(row_meter, ts, channel, check_value(channel, value), None, "measured"))
         if not present:
             raise PayloadError("bad_frame", "row has no measured value")
-    if pos != len(payload):
-        raise PayloadError("bad_frame", f"{len(payload) - pos} trailing bytes after the rows")
     return readings
