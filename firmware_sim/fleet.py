@@ -28,7 +28,7 @@ from firmware_sim.identity import (
     Transport,
     make_identity,
 )
-from firmware_sim.keypad import Keypad
+from firmware_sim.keypad import Keypad, medium_of
 from firmware_sim.meter import Meter, MeterConfig
 from firmware_sim.mqtt_link import BrokerAddress, MqttLink
 from firmware_sim.transmit import PayloadFormat, Transmitter
@@ -94,7 +94,7 @@ def build_fleet(
             Device(
                 meter,
                 Transmitter(ident.meter_id, batch=spec.batch, fmt=spec.fmt),
-                keypad=Keypad(ident.sts) if ident.sts is not None else None,
+                keypad=Keypad(ident.sts, medium_of(ident)) if ident.sts is not None else None,
             )
         )
     return devices

@@ -15,20 +15,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from firmware_sim.control import KeypadEntry, token_rejected
-from firmware_sim.identity import StsParams
+from firmware_sim.identity import MeterIdentity, StsParams, Utility
 from firmware_sim.meter import Meter, StepResult
 from protocols.events import EventType
 from tokens.decoder import Accepted, MeterDecoder
 from tokens.records import ClearCredit, Medium, TransferCredit
 
-__all__ = ["Keypad"]
+__all__ = ["Keypad", "medium_of"]
 
 log = logging.getLogger(__name__)
+
+
+def medium_of(identity: MeterIdentity) -> Medium:
+    """The STS medium of a meter's credit register."""
+    return Medium.ELECTRICITY if identity.utility is Utility.ELECTRICITY else Medium.WATER
 
 
 @dataclass(slots=True)
 class Keypad:
     sts: StsParams
+    medium: Medium
+    """The one credit register this meter has: a credit token for another medium is rejected
+    (``wrong_medium``), as a real meter does, instead of burning its TID for nothing."""
     decoder: MeterDecoder = field(init=False)
 
     def __post_init__(self) -> None:
@@ -39,6 +47,7 @@ class Keypad:
             krn=params.krn,
             ti=params.ti,
             sgc=params.sgc,
+            media=(self.medium,),
         )
 
     def enter(self, meter: Meter, entry: KeypadEntry, now: datetime) -> StepResult:
@@ -59,16 +68,12 @@ class Keypad:
             "token_id": entry.request_id,
             "token_type": record.name,
         }
-        own = Medium.ELECTRICITY if meter.is_electric else Medium.WATER
         match record:
-            case TransferCredit(medium=medium, tenths=tenths) if medium is own:
+            case TransferCredit(medium=medium, tenths=tenths):
                 # The meter's credit register is authoritative: move the amount across.
                 self.decoder.use_credit(medium, tenths)
                 result = meter.add_credit(tenths / 10.0, now)
                 details["amount"] = tenths / 10.0
-            case TransferCredit(medium=medium, tenths=tenths):
-                self.decoder.use_credit(medium, tenths)
-                log.info("credit for another medium ignored", extra={"meter_id": meter.meter_id})
             case ClearCredit():
                 result = meter.clear_credit(now)
             case _:

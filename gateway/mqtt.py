@@ -25,7 +25,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import gmqtt
@@ -50,7 +50,7 @@ class MqttOptions:
     filters: Sequence[str]
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     session_expiry_s: int = 7 * 86400
     receive_maximum: int = 20_000
     keepalive_s: int = 30
@@ -92,6 +92,10 @@ class MqttIntake:
         self._generation = 0
         self._paused = False
         self.connected = asyncio.Event()
+        self.subscribed = asyncio.Event()
+        """Set once the broker has granted this connection's subscriptions (SUBACK)."""
+        self.resume_paused: Callable[[], bool] | None = None
+        """Tells, on a reconnect, whether intake must start paused (pipeline still full)."""
 
     def _on_publish(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         self._sink(topic, payload, AckToken(self._generation, mid, qos))
@@ -101,14 +105,31 @@ class MqttIntake:
         self._sink(topic, payload, None)
 
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
-        del client, rc, properties
+        del rc, properties
         self._generation += 1
         self._paused = False
+        # Subscribe on every connect: gmqtt does not, and a broker that lost the session (expiry,
+        # no persistence) would otherwise deliver nothing. Retain handling 1 sends retained
+        # messages only for subscriptions that are new to the session.
+        client.subscribe(
+            [gmqtt.Subscription(f, qos=1, retain_handling_options=1) for f in self._options.filters]
+        )
         log.info("connected to MQTT broker", extra={"session_present": bool(flags)})
         self.connected.set()
+        if self.resume_paused is not None and self.resume_paused():
+            self.pause()  # the pipeline is still full: keep the new socket paused too
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        del client, mid, properties
+        refused = [code for code in qos if code >= 0x80]
+        if refused:
+            log.error("the broker refused subscriptions: reason codes %s", refused)
+            return
+        self.subscribed.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
         del client, packet
+        self.subscribed.clear()
         self._generation += 1
         if self.connected.is_set() and self._client is not None:
             log.warning("disconnected from MQTT broker; reconnecting", extra={"error": str(exc)})
@@ -161,6 +182,7 @@ class MqttIntake:
         self._handler = _install_hooks(client, self._on_publish)
         client.on_message = self._on_qos0
         client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         # gmqtt retries reconnects itself once connected; delays in seconds.
         client.set_config({"reconnect_retries": -1, "reconnect_delay": 1})
@@ -186,13 +208,13 @@ class MqttIntake:
                 await asyncio.sleep(delay_s)
                 delay_s = min(delay_s * 2, 10.0)
         self._client = client
-        client.subscribe([gmqtt.Subscription(f, qos=1) for f in opts.filters])
 
     async def disconnect(self) -> None:
         client, self._client = self._client, None  # None first: this disconnect is deliberate
         if client is not None:
             await client.disconnect()
         self.connected.clear()
+        self.subscribed.clear()
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> None:
         if self._client is None:

@@ -185,6 +185,7 @@ def _build_services(settings: Settings) -> Services:
     pipeline.committed = lambda batch: intake.acknowledge(w.ack for w in batch if w.ack)
     pipeline.over_limit = intake.pause
     pipeline.under_limit = intake.resume
+    intake.resume_paused = lambda: pipeline.over
     metrics.mqtt_connected.set_function(lambda: float(intake.connected.is_set()))
     return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
 
@@ -215,17 +216,16 @@ async def run_gateway(
 ) -> None:
     """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
     services = _build_services(settings)
-    await services.pool.open(wait=False)
     server: _Server | None = None
     sock: socket.socket | None = None
-    if serve_http:
-        # Bind before serving so that the port is listening (and known, when 0 was asked for)
-        # by the time ``started`` resolves.
-        sock = socket.create_server((settings.http_host, settings.http_port), reuse_port=False)
-        config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
-        server = _Server(config)
-
     try:
+        await services.pool.open(wait=False)
+        if serve_http:
+            # Bind before serving so that the port is listening (and known, when 0 was asked
+            # for) by the time ``started`` resolves.
+            sock = socket.create_server((settings.http_host, settings.http_port))
+            config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
+            server = _Server(config)
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
             if server is not None and sock is not None:

@@ -8,6 +8,7 @@ values from it, never the object itself. Secrets (database password, MQTT passwo
 from __future__ import annotations
 
 import enum
+import re
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -33,14 +34,16 @@ class LogFormat(enum.StrEnum):
     TEXT = "text"
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***`` (for logs and error messages)."""
+    """``url`` with any password (user-info or ``?password=``) replaced by ``***``."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[1]
+        url = urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+    return _QUERY_PASSWORD.sub(r"\1***", url)
 
 
 class Settings(BaseSettings):

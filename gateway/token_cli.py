@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -170,6 +171,11 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_issue_parser(commands)
     dec = commands.add_parser("decode", help="decode a token", parents=[_key_options()])
     dec.add_argument("token", help="20 digits; spaces and dashes are ignored")
+    dec.add_argument(
+        "--show-key-material",
+        action="store_true",
+        help="print the new-key fields of key-change tokens (a secret; hidden by default)",
+    )
     commands.add_parser(
         "batch", help="JSON Lines requests on stdin -> one JSON line each on stdout"
     )
@@ -212,7 +218,7 @@ def _decode(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         record = decode(args.token, key)
     except TokenError as exc:
         return _fail(exc, args.json, out, err)
-    described = record_to_json(record)
+    described = record_to_json(record, show_key_material=args.show_key_material)
     tid = described["fields"].get("tid")
     if args.base_date is not None and isinstance(tid, int):
         described["issued_at"] = datetime_from_tid(tid, BaseDate(args.base_date)).isoformat()
@@ -238,6 +244,8 @@ def _batch(stdin: Any, out: TextIO, err: TextIO) -> int:
         except Exception as exc:  # a bug must not stop the batch: reported, then go on
             status = 1
             err.write(f"sts-token: line {number}: internal error {type(exc).__name__}\n")
+            # The traceback names code and lines only (no locals), so no key material.
+            err.write("".join(traceback.format_exception(exc)))
             response = {
                 "id": None,
                 "error": {"code": "internal_error", "message": type(exc).__name__},

@@ -286,15 +286,20 @@ def process_line(line: str, ctx: BatchContext) -> dict[str, Any]:
     return process_request(request, ctx)
 
 
-def record_to_json(record: TokenRecord) -> dict[str, Any]:
-    """A JSON-able description of a decoded record (type, class, subclass and fields)."""
+def record_to_json(record: TokenRecord, *, show_key_material: bool = False) -> dict[str, Any]:
+    """A JSON-able description of a decoded record (type, class, subclass and fields).
+
+    The new-key fields of key-change sections (``nk_*``) are parts of a decoder key, a secret:
+    they are shown as ``"hidden"`` unless ``show_key_material`` is set.
+    """
     values: dict[str, Any] = {}
     for f in fields(record):
         value = getattr(record, f.name)
         if isinstance(value, Medium):
             value = value.name.lower()
         elif f.name.startswith("nk_"):
-            value = f"{value:08x}"  # key bytes are conventionally read in hex
+            # key bytes are conventionally read in hex
+            value = f"{value:08x}" if show_key_material else "hidden"
         values[f.name] = value
     return {
         "type": record.name,

@@ -14,7 +14,7 @@ key into sections and assembles them back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from tokens.bitfields import TokenClass, check_field
@@ -36,7 +36,7 @@ class Set1stSectionDecoderKey:
     krn: int
     ro: int
     key_type: int
-    nk_high: int
+    nk_high: int = field(repr=False)  # part of the new decoder key: a secret
     res: int = 0
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 3
@@ -70,7 +70,7 @@ class Set2ndSectionDecoderKey:
 
     ken_low: int
     ti: int
-    nk_low: int
+    nk_low: int = field(repr=False)  # part of the new decoder key: a secret
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 4
     name: ClassVar[str] = "Set2ndSectionDecoderKey"
@@ -93,7 +93,7 @@ class Set3rdSectionDecoderKey:
     """Class 2 sub 8 (128-bit keys): SGC bits 11..0 | NKMO2 (key bytes 4-7)."""
 
     sgc_low: int
-    nk_mid2: int
+    nk_mid2: int = field(repr=False)  # part of the new decoder key: a secret
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 8
     name: ClassVar[str] = "Set3rdSectionDecoderKey"
@@ -115,7 +115,7 @@ class Set4thSectionDecoderKey:
     """Class 2 sub 9 (128-bit keys): SGC bits 23..12 | NKMO1 (key bytes 8-11)."""
 
     sgc_high: int
-    nk_mid1: int
+    nk_mid1: int = field(repr=False)  # part of the new decoder key: a secret
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 9
     name: ClassVar[str] = "Set4thSectionDecoderKey"

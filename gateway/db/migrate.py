@@ -144,7 +144,17 @@ def _apply_locked(
         int(str(v)): str(c)
         for v, c in conn.execute("SELECT version, checksum FROM schema_migrations").fetchall()
     }
-    use_ts = _use_timescale(conn, mode)
+    recorded = {str(v) for (v,) in conn.execute("SELECT DISTINCT variant FROM schema_migrations")}
+    if recorded:
+        # A schema keeps the variant it started with: TimescaleDB appearing (or going) later
+        # must not mix hypertable SQL into a plain schema or the reverse.
+        use_ts = recorded == {"timescale"}
+        if mode is TimescaleMode.ON and not use_ts:
+            raise MigrationError(
+                "GATEWAY_TIMESCALEDB=on but this schema was created without TimescaleDB"
+            )
+    else:
+        use_ts = _use_timescale(conn, mode)
     applied: list[int] = []
     already: list[int] = []
     for migration in todo:

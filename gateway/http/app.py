@@ -61,6 +61,8 @@ def create_app(services: Services) -> FastAPI:
             problems.append(db)
         if not svc.intake.connected.is_set():
             problems.append("mqtt: not connected")
+        elif not svc.intake.subscribed.is_set():
+            problems.append("mqtt: subscriptions not granted")
         if not svc.pipeline.healthy:
             problems.append("ingest: last batch write failed")
         body = {"status": "ready" if not problems else "not ready", "problems": problems}

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gateway import registry
 from gateway.http.deps import ServicesDep
+from protocols.errors import UsageError
+from protocols.modbus import RegisterMap
 
 __all__ = ["router"]
 
@@ -43,6 +45,16 @@ class MeterIn(_MeterFields):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
+    @field_validator("register_map")
+    @classmethod
+    def _register_map(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            try:
+                RegisterMap.from_json(value)
+            except UsageError as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @model_validator(mode="after")

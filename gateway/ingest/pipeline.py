@@ -77,6 +77,11 @@ class IngestPipeline:
     def pending_rows(self) -> int:
         return self._pending_rows
 
+    @property
+    def over(self) -> bool:
+        """True from the moment intake was told to stop until a flush made room again."""
+        return self._over
+
     def offer(self, work: Work) -> None:
         """Queue ``work`` without waiting (the MQTT intake); ``committed`` reports it later."""
         self._append(work)

@@ -30,8 +30,14 @@ class AckToken:
 class DeadLetter:
     topic: str
     payload: bytes
+    """Kept byte for byte (bytea)."""
     reason: str
     detail: str
+
+    def __post_init__(self) -> None:
+        # PostgreSQL text cannot hold NUL; the raw bytes are in ``payload`` anyway.
+        object.__setattr__(self, "topic", self.topic.replace("\x00", "\\x00")[:1024])
+        object.__setattr__(self, "detail", self.detail.replace("\x00", "\\x00")[:2000])
 
 
 @dataclass(frozen=True, slots=True)

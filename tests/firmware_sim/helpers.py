@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from firmware_sim.device import Device
 from firmware_sim.faults import Fault
 from firmware_sim.identity import Transport, Utility, make_identity
-from firmware_sim.keypad import Keypad
+from firmware_sim.keypad import Keypad, medium_of
 from firmware_sim.meter import Meter, MeterConfig
 from firmware_sim.transmit import Transmitter
 
@@ -44,5 +44,5 @@ def make_device(
         config=MeterConfig(initial_credit=credit),
         faults=faults,
     )
-    keypad = Keypad(ident.sts) if ident.sts is not None else None
+    keypad = Keypad(ident.sts, medium_of(ident)) if ident.sts is not None else None
     return Device(meter, Transmitter(ident.meter_id, batch=batch), keypad=keypad)

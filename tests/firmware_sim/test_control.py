@@ -19,7 +19,13 @@ from tokens.records import Medium, TransferCredit
 from tokens.tid import BaseDate, tid_from_datetime
 
 
-def _token(device: Device, tenths: int, minute: int, vending_key: bytes = DEV_VENDING_KEY) -> str:
+def _token(
+    device: Device,
+    tenths: int,
+    minute: int,
+    vending_key: bytes = DEV_VENDING_KEY,
+    medium: Medium | None = None,
+) -> str:
     """A credit token as a vendor would generate it, from the meter's documented parameters."""
     params = KeyParameters(
         meter=MeterNumber.from_pan(device.meter.identity.pan),
@@ -30,7 +36,8 @@ def _token(device: Device, tenths: int, minute: int, vending_key: bytes = DEV_VE
         base_date=BaseDate.Y2014,
     )
     key = derive_decoder_key(VendingKey(Dkga.DKGA02, vending_key), params)
-    medium = Medium.ELECTRICITY if device.meter.is_electric else Medium.WATER
+    if medium is None:
+        medium = Medium.ELECTRICITY if device.meter.is_electric else Medium.WATER
     tid = tid_from_datetime(START + timedelta(minutes=minute), BaseDate.Y2014)
     return encode(TransferCredit(medium=medium, tenths=tenths, tid=tid, rnd=3), key)
 
@@ -70,6 +77,19 @@ def test_token_raises_credit_and_replay_is_rejected() -> None:
     assert event["type"] == "token_rejected"
     assert event["details"] == {"token_id": "vend-1-again", "reason": "tid_reused"}
     assert device.meter.credit == pytest.approx(35.5)
+
+
+def test_credit_for_another_medium_is_rejected_and_keeps_its_tid_usable() -> None:
+    device = make_device(Utility.ELECTRICITY, credit=10.0)
+    gas = _token(device, tenths=100, minute=5, medium=Medium.GAS)
+    (event,) = _events(_keypad(device, gas, "v-gas"))
+    assert event["type"] == "token_rejected"
+    assert event["details"]["reason"] == "wrong_medium"  # type: ignore[index]
+    assert device.meter.credit == pytest.approx(10.0)
+    # The refused token did not use up its TID: the right token for that minute still works.
+    (event,) = _events(_keypad(device, _token(device, tenths=100, minute=5), "v-ok"))
+    assert event["type"] == "token_accepted"
+    assert device.meter.credit == pytest.approx(20.0)
 
 
 def test_water_token_and_wrong_key_and_garbage() -> None:

@@ -164,6 +164,18 @@ async def test_meter_registry_api(
         assert missing.status_code == 404 and missing.json()["error"]["code"] == "NotFoundError"
         bad = await http.put("/meters/MB-8", json={"utility": "electricity", "transport": "modbus"})
         assert bad.status_code == 422
+        bad_map = await http.put(
+            "/meters/MB-9",
+            json={
+                "utility": "electricity",
+                "transport": "modbus",
+                "modbus_host": "10.0.0.5",
+                "modbus_port": 502,
+                "modbus_unit": 9,
+                "register_map": {"1.8.0": {"addr": 1}},
+            },
+        )
+        assert bad_map.status_code == 422 and "register map" in bad_map.text
         assert (await http.put("/meters/x", json={"utility": "gas"})).status_code == 422
         assert (await http.get("/meters/bad%20id")).status_code == 422
 

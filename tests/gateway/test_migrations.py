@@ -71,6 +71,12 @@ def test_an_edited_applied_migration_is_refused(empty_database_url: str) -> None
         apply_migrations(empty_database_url, migrations=edited)
 
 
+def test_a_plain_schema_stays_plain(empty_database_url: str) -> None:
+    apply_migrations(empty_database_url, timescale=TimescaleMode.OFF)
+    with pytest.raises(MigrationError, match="created without TimescaleDB"):
+        apply_migrations(empty_database_url, timescale=TimescaleMode.ON)
+
+
 def test_requiring_timescaledb_without_it_fails_clearly(empty_database_url: str) -> None:
     with psycopg.connect(empty_database_url) as conn:
         if conn.execute(

@@ -187,13 +187,15 @@ async def test_database_cut_holds_messages_at_the_broker_and_recovers(
             await client.publish_all(numbered_messages(topic_prefix, 40, 400))
             # Memory stays bounded: past 2000 pending rows the gateway stops reading; what
             # was already read (at most Receive Maximum = 100 messages) still arrives.
+            pipeline = gw.services.pipeline
+            assert await wait_for_value(lambda: pipeline.over, True, timeout=60) is True
             peak = 0
-            for _ in range(40):
-                peak = max(peak, gw.services.pipeline.pending_rows)
+            for _ in range(20):
+                peak = max(peak, pipeline.pending_rows)
                 await asyncio.sleep(0.05)
             assert 2000 < peak <= 2000 + 100 * PER_MESSAGE
             assert peak < 400 * PER_MESSAGE  # far from everything that was published
-            assert await wait_for_value(lambda: gw.services.pipeline.healthy, False) is False
+            assert await wait_for_value(lambda: pipeline.healthy, False, timeout=60) is False
             async with httpx.AsyncClient() as http:
                 ready = await http.get(f"http://127.0.0.1:{gw.http_port}/readyz")
             assert ready.status_code == 503
@@ -293,5 +295,26 @@ async def test_stop_while_the_database_is_down_leaves_data_to_the_broker(
     proxy.restore()
     # What it could not commit was never acknowledged: a new gateway gets it all.
     async with gateway_running(settings):
+        await wait_stored(database_url, 20)
+    assert_exactly(database_url, 20)
+
+
+async def test_gateway_resubscribes_when_the_broker_lost_its_session(
+    database_url: str, private_broker: MosquittoProcess, topic_prefix: str
+) -> None:
+    settings = make_settings(database_url, private_broker.url, topic_prefix)
+    async with gateway_running(settings) as gw:
+        async with MqttTestClient(private_broker.url) as client:
+            await client.publish_all(numbered_messages(topic_prefix, 0, 10))
+        await wait_stored(database_url, 10)
+        intake = gw.services.intake
+        private_broker.stop()
+        (private_broker.directory / "mosquitto.db").unlink()  # the broker forgets every session
+        assert await wait_for_value(intake.subscribed.is_set, False) is False
+        private_broker.start()
+        # Without a session nothing is queued for the gateway until it subscribes again.
+        assert await wait_for_value(intake.subscribed.is_set, True) is True
+        async with MqttTestClient(private_broker.url) as client:
+            await client.publish_all(numbered_messages(topic_prefix, 10, 10))
         await wait_stored(database_url, 20)
     assert_exactly(database_url, 20)

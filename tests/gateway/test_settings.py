@@ -48,4 +48,12 @@ def test_secrets_are_redacted_when_described(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_redact_url_leaves_password_free_urls_alone() -> None:
-    assert redact_url("mqtt://127.0.0.1:1883") == "mqtt://127.0.0.1:1883"
+    for url in ("mqtt://127.0.0.1:1883", "postgresql:///gateway?host=/run/postgresql"):
+        assert redact_url(url) == url
+
+
+def test_redact_url_hides_query_string_passwords() -> None:
+    assert (
+        redact_url("postgresql://db/gw?sslmode=require&password=hunter2")
+        == "postgresql://db/gw?sslmode=require&password=***"
+    )

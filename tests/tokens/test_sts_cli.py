@@ -101,3 +101,20 @@ def test_issue_prints_grouped_tokens() -> None:
                     "--tenths", "99999999")  # fmt: skip
     assert bad.returncode == 1 and "value_out_of_range" in bad.stderr
     assert "e653341f" not in bad.stderr
+
+
+def test_decoding_a_key_change_hides_the_new_key_unless_asked() -> None:
+    new_key = {**DKGA02_KEY, "vending_key": "0123456789abcdef", "krn": 2}
+    change = {"type": "key_change", "new_key": new_key, "ken": 255, "ro": 0}
+    request = {"id": 1, "key": DKGA02_KEY, "token": change}
+    issued = sts_token("batch", stdin=json.dumps(request) + "\n")
+    first_section = json.loads(issued.stdout)["tokens"][0]
+    args = ("decode", "--dkga", "02", "--vending-key", "abababababababab", "--pan",
+            DKGA02_KEY["pan"], "--key-type", "2", "--sgc", "123456", "--ti", "1", "--krn", "1",
+            "--base-date", "2014", "--ea", "07", "--json", first_section)  # fmt: skip
+    hidden = json.loads(sts_token(*args).stdout)
+    shown = json.loads(sts_token(*args, "--show-key-material").stdout)
+    assert hidden["fields"]["nk_high"] == "hidden"
+    nk_high = shown["fields"]["nk_high"]
+    assert len(nk_high) == 8 and int(nk_high, 16) >= 0
+    assert nk_high not in json.dumps(hidden)
