@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Self
 
 from tokens.amount import decode_amount, encode_amount
 from tokens.bitfields import TID_MAX, TokenClass, check_field
@@ -161,8 +161,63 @@ class InitiateMeterTestOrDisplay:
         )
 
 
+class _ManagementValue:
+    """Layout shared by the class 2 management tokens: RND (4) | TID (24) | value (16).
+
+    Each record names its value field (``_value_field``) and says how the 16 bits encode it:
+    plain binary here, the amount encoding in :class:`_PowerLimit`.
+    """
+
+    __slots__ = ()
+    _value_field: ClassVar[str]
+    _value_label: ClassVar[str]
+    rnd: int
+    tid: int
+
+    def _field(self) -> int:
+        value: int = getattr(self, self._value_field)
+        return value
+
+    def __post_init__(self) -> None:
+        check_field(self._field(), 16, self._value_label)
+        _check_rnd_tid(self.rnd, self.tid)
+
+    def body(self) -> int:
+        return self.rnd << 40 | self.tid << 16 | self._field()
+
+    @classmethod
+    def from_body(cls, subclass: int, body: int) -> Self:
+        del subclass
+        rnd, tid, field = _rnd_tid_value(body)
+        return cls(**{cls._value_field: cls._from_field(field), "tid": tid, "rnd": rnd})
+
+    @classmethod
+    def _from_field(cls, field: int) -> int:
+        return field
+
+
+class _PowerLimit(_ManagementValue):
+    """A limit in watts, carried in the amount encoding and rounded up when built."""
+
+    __slots__ = ()
+    _value_field: ClassVar[str] = "watts"
+    watts: int
+
+    def __post_init__(self) -> None:
+        field = encode_amount(self.watts, what=self._value_label)
+        object.__setattr__(self, "watts", decode_amount(field))
+        _check_rnd_tid(self.rnd, self.tid)
+
+    def _field(self) -> int:
+        return encode_amount(self.watts)
+
+    @classmethod
+    def _from_field(cls, field: int) -> int:
+        return decode_amount(field)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetMaximumPowerLimit:
+class SetMaximumPowerLimit(_PowerLimit):
     """Class 2 sub 0: maximum power limit in watts (amount encoding, rounded up)."""
 
     watts: int
@@ -171,23 +226,11 @@ class SetMaximumPowerLimit:
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 0
     name: ClassVar[str] = "SetMaximumPowerLimit"
-
-    def __post_init__(self) -> None:
-        field = encode_amount(self.watts, what="power limit (W)")
-        object.__setattr__(self, "watts", decode_amount(field))
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | encode_amount(self.watts)
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> SetMaximumPowerLimit:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(watts=decode_amount(field), tid=tid, rnd=rnd)
+    _value_label: ClassVar[str] = "power limit (W)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetMaximumPhasePowerUnbalanceLimit:
+class SetMaximumPhasePowerUnbalanceLimit(_PowerLimit):
     """Class 2 sub 6: maximum phase power unbalance limit in watts (amount encoding)."""
 
     watts: int
@@ -196,23 +239,11 @@ class SetMaximumPhasePowerUnbalanceLimit:
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 6
     name: ClassVar[str] = "SetMaximumPhasePowerUnbalanceLimit"
-
-    def __post_init__(self) -> None:
-        field = encode_amount(self.watts, what="phase unbalance limit (W)")
-        object.__setattr__(self, "watts", decode_amount(field))
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | encode_amount(self.watts)
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> SetMaximumPhasePowerUnbalanceLimit:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(watts=decode_amount(field), tid=tid, rnd=rnd)
+    _value_label: ClassVar[str] = "phase unbalance limit (W)"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClearCredit:
+class ClearCredit(_ManagementValue):
     """Class 2 sub 1: clear a credit register (its class 0 subclass; 0xFFFF = all)."""
 
     register: int
@@ -222,22 +253,12 @@ class ClearCredit:
     subclass: ClassVar[int] = 1
     name: ClassVar[str] = "ClearCredit"
     ALL_REGISTERS: ClassVar[int] = 0xFFFF
-
-    def __post_init__(self) -> None:
-        check_field(self.register, 16, "register")
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | self.register
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> ClearCredit:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(register=field, tid=tid, rnd=rnd)
+    _value_field: ClassVar[str] = "register"
+    _value_label: ClassVar[str] = "register"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetTariffRate:
+class SetTariffRate(_ManagementValue):
     """Class 2 sub 2: tariff rate (16-bit binary)."""
 
     rate: int
@@ -246,22 +267,12 @@ class SetTariffRate:
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 2
     name: ClassVar[str] = "SetTariffRate"
-
-    def __post_init__(self) -> None:
-        check_field(self.rate, 16, "tariff rate")
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | self.rate
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> SetTariffRate:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(rate=field, tid=tid, rnd=rnd)
+    _value_field: ClassVar[str] = "rate"
+    _value_label: ClassVar[str] = "tariff rate"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ClearTamperCondition:
+class ClearTamperCondition(_ManagementValue):
     """Class 2 sub 5: clear the tamper flag; the 16-bit value is a pad (0 when issued)."""
 
     tid: int
@@ -270,22 +281,12 @@ class ClearTamperCondition:
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 5
     name: ClassVar[str] = "ClearTamperCondition"
-
-    def __post_init__(self) -> None:
-        check_field(self.pad, 16, "pad")
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | self.pad
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> ClearTamperCondition:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(tid=tid, rnd=rnd, pad=field)
+    _value_field: ClassVar[str] = "pad"
+    _value_label: ClassVar[str] = "pad"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class SetWaterMeterFactor:
+class SetWaterMeterFactor(_ManagementValue):
     """Class 2 sub 7: water meter factor (16-bit binary)."""
 
     factor: int
@@ -294,18 +295,8 @@ class SetWaterMeterFactor:
     token_class: ClassVar[TokenClass] = TokenClass.MANAGEMENT
     subclass: ClassVar[int] = 7
     name: ClassVar[str] = "SetWaterMeterFactor"
-
-    def __post_init__(self) -> None:
-        check_field(self.factor, 16, "water meter factor")
-        _check_rnd_tid(self.rnd, self.tid)
-
-    def body(self) -> int:
-        return self.rnd << 40 | self.tid << 16 | self.factor
-
-    @classmethod
-    def from_body(cls, subclass: int, body: int) -> SetWaterMeterFactor:
-        rnd, tid, field = _rnd_tid_value(body)
-        return cls(factor=field, tid=tid, rnd=rnd)
+    _value_field: ClassVar[str] = "factor"
+    _value_label: ClassVar[str] = "water meter factor"
 
 
 TokenRecord = (
