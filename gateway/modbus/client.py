@@ -83,6 +83,13 @@ class EndpointClient:
     def close(self) -> None:
         self._client.close()
 
+    async def wait_for_pacing(self) -> None:
+        """Sleep until the device's inter-request pause has passed (no-op without pacing)."""
+        if self._pacing > 0:
+            pause = self._last_answer + self._pacing - asyncio.get_running_loop().time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+
     async def read_input_registers(self, unit: int, address: int, count: int) -> list[int]:
         """FC04 ``count`` registers from ``address`` of ``unit``.
 
@@ -93,10 +100,7 @@ class EndpointClient:
         if not self._client.connected:
             raise ModbusConnectError(f"not connected to {self}")
         loop = asyncio.get_running_loop()
-        if self._pacing > 0:
-            pause = self._last_answer + self._pacing - loop.time()
-            if pause > 0:
-                await asyncio.sleep(pause)
+        await self.wait_for_pacing()
         try:
             async with asyncio.timeout(self._request_timeout):
                 response = await self._client.read_input_registers(

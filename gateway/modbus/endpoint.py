@@ -185,8 +185,7 @@ class Endpoint:
                         connected = await self._connect()
                     if not connected:
                         continue
-                async with self._semaphore:
-                    work = await self._poll(device)
+                work = await self._poll(device)  # takes the semaphore per request
                 if work is not None:
                     await self._sink.submit(work)
         finally:
@@ -238,26 +237,35 @@ class Endpoint:
         values: dict[str, float] = {}
         rejected: list[Rejection] = []
         self.polls += 1
+        failure: ModbusError | PayloadError | None = None
         try:
             for block in device.blocks:
+                # A block that fails ends the poll (a busy or silent device is not pressed
+                # further), but what earlier blocks read is kept: missing data, not a lost poll.
                 await self._read(device, block, values, rejected)
             if not values and not rejected:
                 raise _NothingImplementedError(
                     f"unit {config.unit} at {self.name} implements none of the mapped registers"
                 )
         except (ModbusError, PayloadError) as exc:
-            self._failed(device, exc, asyncio.get_running_loop().time())
-            return None
+            failure = exc
         finally:
             if device.replan_needed:
                 device.replan()
-        self._succeeded(device, asyncio.get_running_loop().time())
+        now = asyncio.get_running_loop().time()
+        if failure is not None:
+            self._failed(device, failure, now)
+            if not values and not rejected:
+                return None
+        else:
+            self._succeeded(device, now)
         topic = f"modbus/{config.meter_id}"
         readings = [
             Reading(config.meter_id, ts, channel, value, None, _MEASURED)
             for channel, value in values.items()
         ]
-        self._metrics.modbus_polls.labels(result="ok" if readings else "invalid").inc()
+        if failure is None:
+            self._metrics.modbus_polls.labels(result="ok" if readings else "invalid").inc()
         return Work(
             topic=topic,
             payload=b"",
@@ -275,9 +283,13 @@ class Endpoint:
     ) -> None:
         config = device.config
         try:
-            registers = await self.client.read_input_registers(
-                config.unit, block.address, block.count
-            )
+            # Pause for the device's pacing before taking a concurrency slot, so that a paced
+            # device does not hold a slot other endpoints could use while it waits.
+            await self.client.wait_for_pacing()
+            async with self._semaphore:
+                registers = await self.client.read_input_registers(
+                    config.unit, block.address, block.count
+                )
         except IllegalAddressError:
             self._timeouts_in_row = 0
             device.replan_needed = True

@@ -98,6 +98,8 @@ class FakeMeters(ModbusServerContext):
         self.simdevices: list[Any] = []
         self.images: dict[int, dict[int, int]] = {}
         self.busy: set[int] = set()
+        self.busy_from: dict[int, int] = {}
+        """unit -> first register address that answers busy (a device busy mid-poll)."""
         self.silent: set[int] = set()
         self.requests: Counter[int] = Counter()
 
@@ -112,7 +114,7 @@ class FakeMeters(ModbusServerContext):
         self.requests[device_id] += 1
         if func_code != 4:
             return ExcCodes.ILLEGAL_FUNCTION
-        if device_id in self.busy:
+        if device_id in self.busy or address >= self.busy_from.get(device_id, 1 << 16):
             return ExcCodes.DEVICE_BUSY
         image = self.images[device_id]
         try:
@@ -315,6 +317,20 @@ async def test_unimplemented_registers_are_learned_not_failed(harness: Harness) 
     assert polls(harness.metrics, "failed") == 0
     # Learned plan: [0,1] [6,7] [10,17] [0x34] [0x46..0x4B] [0x104] [0x200] = 7 reads per poll.
     assert requests / done == pytest.approx(7, abs=1)
+
+
+async def test_a_block_busy_mid_poll_keeps_what_was_read(harness: Harness) -> None:
+    """Busy is missing data (DOMAIN §3): values read before the busy block are stored."""
+    url = harness.url
+    async with modbus_server({4: register_image(ELECTRICITY, WordOrder.ABCD)}) as server:
+        server.context.busy_from[4] = 0x0034  # voltages, currents, phase powers answer
+        register_meter(url, "E-HALF", server.port, 4)
+        async with harness.poller():
+            await wait_for_value(lambda: polls(harness.metrics, "busy") >= 2, True)
+    stored = {channel for channel, _, _ in readings_of(url, "E-HALF")}
+    assert {"32.7.0", "31.7.0", "21.7.0"} <= stored
+    assert stored.isdisjoint({"1.7.0", "14.7.0", "1.8.0", "2.8.0", "credit", "96.3.10"})
+    assert latest_poll(url, "E-HALF")["32.7.0"] == EXPECTED_ELECTRICITY["32.7.0"]
 
 
 async def test_busy_device_yields_no_reading_and_is_counted(harness: Harness) -> None:
