@@ -195,6 +195,11 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     request: dict[str, Any] = {"token": _token_object(args, key)}
     if key is not None:
         request["key"] = key
+    if args.token_type == "key_change" and request["token"]["new_key"] == key:  # noqa: S105
+        # A "change" to the very same key spends a token set and changes nothing: an operator
+        # forgot the --new-* options.
+        err.write("sts-token: bad_request: the new key equals the current key; give --new-*\n")
+        return 1
     response = process_request(request, BatchContext(clock=_utc_now))
     response.pop("id", None)
     if "error" in response:

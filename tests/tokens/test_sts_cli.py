@@ -118,3 +118,14 @@ def test_decoding_a_key_change_hides_the_new_key_unless_asked() -> None:
     nk_high = shown["fields"]["nk_high"]
     assert len(nk_high) == 8 and int(nk_high, 16) >= 0
     assert nk_high not in json.dumps(hidden)
+
+
+def test_issue_refuses_a_key_change_to_the_same_key() -> None:
+    key = ("--dkga", "02", "--vending-key", "abababababababab", "--pan", DKGA02_KEY["pan"],
+           "--key-type", "2", "--sgc", "123456", "--ti", "1", "--krn", "1",
+           "--base-date", "2014", "--ea", "07")  # fmt: skip
+    same = sts_token("issue", "key-change", *key)
+    assert same.returncode == 1 and "equals the current key" in same.stderr
+    assert same.stdout == ""
+    changed = sts_token("issue", "key-change", *key, "--new-krn", "2", "--json")
+    assert changed.returncode == 0 and len(json.loads(changed.stdout)["tokens"]) == 2
