@@ -63,7 +63,10 @@ class IngestPipeline:
         self._limits = limits
         self._metrics = metrics
         self._pending: deque[Work] = deque()
-        self._pending_rows = 0
+        self._queued_rows = 0
+        """Rows offered but not yet taken into a batch."""
+        self._inflight_rows = 0
+        """Rows of the batch being written (kept until it commits, through any retries)."""
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._room = asyncio.Condition()
@@ -71,11 +74,12 @@ class IngestPipeline:
         self.healthy = True
         """False while the last write attempt failed (reported by /readyz)."""
         # Read at scrape time: a gauge set on every message costs a lock per message.
-        metrics.queue_depth.set_function(lambda: float(self._pending_rows))
+        metrics.queue_depth.set_function(lambda: float(self.pending_rows))
 
     @property
     def pending_rows(self) -> int:
-        return self._pending_rows
+        """Rows received and not yet committed: queued plus the batch being written."""
+        return self._queued_rows + self._inflight_rows
 
     @property
     def over(self) -> bool:
@@ -85,26 +89,26 @@ class IngestPipeline:
     def offer(self, work: Work) -> None:
         """Queue ``work`` without waiting (the MQTT intake); ``committed`` reports it later."""
         self._append(work)
-        if self._pending_rows > self._limits.max_pending and not self._over:
+        if self.pending_rows > self._limits.max_pending and not self._over:
             self._over = True
             if self.over_limit is not None:
                 self.over_limit()
 
     def _append(self, work: Work) -> None:
         self._pending.append(work)
-        self._pending_rows += work.rows
+        self._queued_rows += work.rows
         self._has_work.set()
-        if self._pending_rows >= self._limits.max_rows:
+        if self._queued_rows >= self._limits.max_rows:
             self._full.set()
 
     async def submit(self, work: Work) -> asyncio.Future[None]:
         """Queue ``work``; the returned future resolves once it is committed."""
         rows = work.rows
-        if self._pending_rows + rows > self._limits.max_pending and self._pending:
+        if self.pending_rows + rows > self._limits.max_pending and self._pending:
             async with self._room:
                 await self._room.wait_for(
                     lambda: (
-                        self._pending_rows + rows <= self._limits.max_pending or not self._pending
+                        self.pending_rows + rows <= self._limits.max_pending or not self._pending
                     )
                 )
         done = work.done = asyncio.get_running_loop().create_future()
@@ -138,10 +142,11 @@ class IngestPipeline:
             work = pending.popleft()
             batch.append(work)
             rows += work.rows
-        self._pending_rows -= rows
+        self._queued_rows -= rows
+        self._inflight_rows = rows
         if not pending and not self._closing:
             self._has_work.clear()
-        if self._pending_rows < self._limits.max_rows:
+        if self._queued_rows < self._limits.max_rows:
             self._full.clear()
         return batch
 
@@ -176,7 +181,8 @@ class IngestPipeline:
         for work in batch:
             if work.done is not None and not work.done.done():
                 work.done.set_result(None)
-        if self._over and self._pending_rows <= self._limits.max_pending:
+        self._inflight_rows = 0
+        if self._over and self.pending_rows <= self._limits.max_pending:
             self._over = False
             if self.under_limit is not None:
                 self.under_limit()

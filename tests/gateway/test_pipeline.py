@@ -136,3 +136,20 @@ def test_dead_letter_logging_is_throttled_per_topic_and_reason(
         log_dead("meters/X/telemetry", "unknown_channel", "x")
         log_dead("meters/Y/telemetry", "bad_json", "not JSON")
     assert len(caplog.records) == 3
+
+
+async def test_a_batch_being_retried_still_counts_as_pending() -> None:
+    writer = FakeWriter()
+    writer.down = 10**6  # the database stays down for this test
+    pipeline = IngestPipeline(
+        writer, PipelineLimits(max_rows=10, max_age_s=0.001, retry_initial_s=0.01), Metrics()
+    )
+    for i in range(4):
+        pipeline.offer(work(f"M{i}", 4))  # 5 rows each
+    task = asyncio.create_task(pipeline.run())
+    await asyncio.sleep(0.05)  # the first batch is taken and failing
+    assert writer.batches == [] and not pipeline.healthy
+    assert pipeline.pending_rows == 20  # nothing committed: all of it is still held
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
