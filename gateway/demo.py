@@ -46,10 +46,12 @@ async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) ->
         log.error("the fleet wrote no manifest at %s; meters stay unverified", manifest)
         return
     lines = (await asyncio.to_thread(manifest.read_text, encoding="utf-8")).splitlines()
+    modbus_count = 0
     async with await psycopg.AsyncConnection.connect(conninfo) as conn:
         for line in lines:
             row = json.loads(line)
             modbus = row.get("modbus") or {}
+            modbus_count += bool(modbus)
             await registry.upsert_meter(
                 conn,
                 registry.MeterSpec(
@@ -64,7 +66,6 @@ async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) ->
                     modbus_word_order=modbus.get("word_order"),
                 ),
             )
-    modbus_count = sum(1 for line in lines if '"modbus"' in line)
     print(
         f"[demo] registered {len(lines)} meters ({modbus_count} polled over Modbus TCP)",
         flush=True,
