@@ -1,4 +1,4 @@
-"""Shared fixtures for the token engine tests: the development vectors."""
+"""Fixtures for the token engine tests: the published STS development vectors (data/)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,7 @@ from typing import Any
 
 import pytest
 
-VECTORS_PATH = (
-    Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "sts_dev_vectors.json"
-)
+VECTORS_PATH = Path(__file__).resolve().parent / "data" / "sts_dev_vectors.json"
 
 
 def load_vectors() -> dict[str, Any]:

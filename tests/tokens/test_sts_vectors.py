@@ -1,6 +1,6 @@
 """Known-answer tests: every development vector, in both directions.
 
-Expected values come only from ../shared/data/sts_dev_vectors.json.
+Expected values come only from the published development vectors in data/sts_dev_vectors.json.
 """
 
 from __future__ import annotations
