@@ -37,7 +37,7 @@ import gmqtt
 import psycopg
 
 from gateway.db.migrate import apply_migrations
-from gateway.devservices import (
+from gateway.dev.services import (
     LOCAL_PG_ADMIN,
     MosquittoProcess,
     create_database,

@@ -41,7 +41,7 @@ from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
 from pymodbus.server import ModbusTcpServer
 
-from gateway.devservices import free_port
+from gateway.dev.services import free_port
 from gateway.ingest.work import Work
 from gateway.metrics import Metrics
 from gateway.modbus import DeviceConfig, LoadedDevices, ModbusPoller, PollerOptions
@@ -236,7 +236,7 @@ async def poller_db_run(
     from psycopg_pool import AsyncConnectionPool  # noqa: PLC0415
 
     from gateway.db.migrate import apply_migrations  # noqa: PLC0415
-    from gateway.devservices import LOCAL_PG_ADMIN, create_database, with_database  # noqa: PLC0415
+    from gateway.dev.services import LOCAL_PG_ADMIN, create_database, with_database  # noqa: PLC0415
     from gateway.ingest.pipeline import IngestPipeline, PipelineLimits  # noqa: PLC0415
     from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch  # noqa: PLC0415
     from gateway.modbus import run_modbus_poller  # noqa: PLC0415

@@ -15,12 +15,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
-from typing import TextIO
 
 from firmware_sim.clock import SimClock
 from firmware_sim.device import Device
-from firmware_sim.faults import Fault, FaultRecord
+from firmware_sim.faults import Fault
 from firmware_sim.identity import (
     DEV_COMMAND_MASTER_KEY,
     DEV_VENDING_KEY,
@@ -30,8 +28,10 @@ from firmware_sim.identity import (
 )
 from firmware_sim.keypad import Keypad, medium_of
 from firmware_sim.meter import Meter, MeterConfig
+from firmware_sim.modbus_server import serve_modbus
 from firmware_sim.mqtt_link import BrokerAddress, MqttLink
 from firmware_sim.transmit import PayloadFormat, Transmitter
+from firmware_sim.truth import GroundTruth
 from protocols.errors import UsageError
 from protocols.topics import Topics
 
@@ -100,25 +100,6 @@ def build_fleet(
     return devices
 
 
-class GroundTruth:
-    """Appends fault records as JSON Lines (flushed per record, so readers can follow)."""
-
-    def __init__(self, path: Path | None) -> None:
-        self._file: TextIO | None = path.open("a", encoding="utf-8") if path else None
-        self.records: list[FaultRecord] = []
-
-    def write(self, records: Sequence[FaultRecord]) -> None:
-        self.records.extend(records)
-        if self._file is not None:
-            for record in records:
-                self._file.write(record.to_json_line() + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-
-
 async def run_fleet(
     devices: Sequence[Device],
     *,
@@ -167,8 +148,6 @@ async def run_fleet(
             group.create_task(link.ticks(stop), name=f"mqtt-{link.link_id}-ticks")
             group.create_task(link.inbox(stop), name=f"mqtt-{link.link_id}-inbox")
         if modbus_devices:
-            from firmware_sim.modbus_server import serve_modbus  # noqa: PLC0415
-
             assert modbus_port is not None
             group.create_task(
                 serve_modbus(

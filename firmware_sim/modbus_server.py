@@ -27,8 +27,8 @@ from pymodbus.server import ModbusTcpServer
 from firmware_sim.clock import SimClock
 from firmware_sim.device import Device
 from firmware_sim.faults import FaultKind
-from firmware_sim.fleet import GroundTruth
 from firmware_sim.modbus_map import register_image
+from firmware_sim.truth import GroundTruth
 
 __all__ = ["MeterContext", "serve_modbus"]
 

@@ -2,6 +2,11 @@
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
+
+Each subcommand is one :class:`Command` in :data:`COMMANDS`: its name, help, an optional function
+adding its arguments, and its handler, ``(settings, args) -> exit code``. Handlers import heavy
+modules (the service, the demo) inside themselves, so ``gateway migrate`` starts light and no
+module imported here imports this one back.
 """
 
 from __future__ import annotations
@@ -10,33 +15,35 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import sys
-from collections.abc import Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
+from gateway.runtime import install_stop_signals, run_async
 from gateway.settings import Settings, load_settings
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
 log = logging.getLogger("gateway")
 
-
-def _run_async(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 - optional speed-up where available
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+Handler = Callable[[Settings, argparse.Namespace], int]
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+def _no_arguments(parser: argparse.ArgumentParser) -> None:
+    del parser
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One ``gateway`` subcommand."""
+
+    name: str
+    help: str
+    run: Handler
+    arguments: Callable[[argparse.ArgumentParser], None] = _no_arguments
 
 
 async def _serve(settings: Settings) -> int:
@@ -48,16 +55,22 @@ async def _serve(settings: Settings) -> int:
     return 0
 
 
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--migrate", action="store_true", help="apply migrations before starting")
+
+
 def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if args.migrate:
         _cmd_migrate(settings, args)
-    return _run_async(_serve(settings))
+    return run_async(_serve(settings))
 
 
 def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     del args
     report = apply_migrations(
-        settings.database_url.get_secret_value(), timescale=settings.timescaledb
+        settings.database_url.get_secret_value(),
+        timescale=settings.timescaledb,
+        time_zone=settings.deployment_time_zone,
     )
     log.info(
         "schema up to date",
@@ -70,10 +83,16 @@ def _cmd_migrate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from gateway.demo import run_demo  # noqa: PLC0415 - pulls in the fleet tooling
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--meters", type=int, default=200, help="simulated meters (default 200)")
+    parser.add_argument("--speed", type=float, default=180.0, help="simulated time speed-up")
+    parser.add_argument("--seed", type=int, default=1, help="fleet random seed")
 
-    return _run_async(run_demo(settings, meters=args.meters, speed=args.speed, seed=args.seed))
+
+def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.dev.demo import run_demo  # noqa: PLC0415 - pulls in the fleet tooling
+
+    return run_async(run_demo(settings, meters=args.meters, speed=args.speed, seed=args.seed))
 
 
 def _cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
@@ -82,23 +101,26 @@ def _cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+COMMANDS: tuple[Command, ...] = (
+    Command("run", "run the gateway service", _cmd_run, _run_arguments),
+    Command("migrate", "apply database migrations", _cmd_migrate),
+    Command(
+        "demo",
+        "local backing services + migrations + gateway + simulated fleet",
+        _cmd_demo,
+        _demo_arguments,
+    ),
+    Command("settings", "print effective settings, secrets redacted", _cmd_settings),
+)
+
+
+def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the gateway service")
-    run.add_argument("--migrate", action="store_true", help="apply migrations before starting")
-    run.set_defaults(func=_cmd_run)
-    sub.add_parser("migrate", help="apply database migrations").set_defaults(func=_cmd_migrate)
-    demo = sub.add_parser(
-        "demo", help="local backing services + migrations + gateway + simulated fleet"
-    )
-    demo.add_argument("--meters", type=int, default=200, help="simulated meters (default 200)")
-    demo.add_argument("--speed", type=float, default=180.0, help="simulated time speed-up")
-    demo.add_argument("--seed", type=int, default=1, help="fleet random seed")
-    demo.set_defaults(func=_cmd_demo)
-    sub.add_parser("settings", help="print effective settings, secrets redacted").set_defaults(
-        func=_cmd_settings
-    )
+    for command in commands:
+        child = sub.add_parser(command.name, help=command.help)
+        command.arguments(child)
+        child.set_defaults(func=command.run)
     return parser
 
 

@@ -10,14 +10,38 @@ from __future__ import annotations
 import enum
 import re
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.errors import ConfigError
 
-__all__ = ["LogFormat", "Settings", "TimescaleMode", "load_settings", "redact_url"]
+__all__ = [
+    "DEFAULT_DEPLOYMENT_TIME_ZONE",
+    "LogFormat",
+    "Settings",
+    "TimescaleMode",
+    "check_time_zone",
+    "load_settings",
+    "redact_url",
+]
+
+DEFAULT_DEPLOYMENT_TIME_ZONE: Final = "Africa/Johannesburg"
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
+
+
+def check_time_zone(name: str) -> str:
+    """``name`` if it is an IANA time zone name known here; ValueError otherwise."""
+    if not _ZONE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not an IANA time zone name such as Africa/Johannesburg")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r}") from None
+    return name
 
 
 class TimescaleMode(enum.StrEnum):
@@ -58,6 +82,9 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(2, ge=1, le=100)
     db_pool_max: int = Field(8, ge=1, le=200)
     timescaledb: TimescaleMode = TimescaleMode.AUTO
+    deployment_time_zone: str = DEFAULT_DEPLOYMENT_TIME_ZONE
+    """IANA zone of the deployment: daily aggregates bucket days from its local midnight
+    (hourly ones are UTC hours). Fixed when the schema is created; see README."""
 
     mqtt_url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
     """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` for TLS."""
@@ -115,6 +142,11 @@ class Settings(BaseSettings):
         if scheme not in ("postgresql", "postgres"):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @field_validator("deployment_time_zone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        return check_time_zone(value)
 
     @field_validator("mqtt_url")
     @classmethod

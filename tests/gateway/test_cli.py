@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from gateway.devservices import free_port
+from gateway.dev.services import free_port
 
 BIN = Path(sys.executable).parent
 

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from gateway.db.migrate import apply_migrations
-from gateway.devservices import embedded_database, port_answers, start_mosquitto
+from gateway.dev.services import embedded_database, port_answers, start_mosquitto
 
 
 def test_embedded_postgresql_starts_and_takes_the_schema(tmp_path: Path) -> None:

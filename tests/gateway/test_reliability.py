@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from gateway.devservices import MosquittoProcess, free_port
+from gateway.dev.services import MosquittoProcess, free_port
 from tests.plugins.gateway import (
     MqttTestClient,
     db_scalar,

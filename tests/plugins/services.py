@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from gateway.db.migrate import apply_migrations
-from gateway.devservices import (
+from gateway.dev.services import (
     BackingServices,
     MosquittoProcess,
     create_database,

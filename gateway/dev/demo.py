@@ -1,6 +1,6 @@
 """``gateway demo`` (what ``make run`` starts): the gateway with a simulated fleet, locally.
 
-Finds or starts PostgreSQL and an MQTT broker (see :mod:`gateway.devservices`) unless
+Finds or starts PostgreSQL and an MQTT broker (see :mod:`gateway.dev.services`) unless
 ``GATEWAY_DATABASE_URL`` / ``GATEWAY_MQTT_URL`` are set, applies migrations, runs the gateway
 and a ``firmware-sim run`` fleet beside it, and prints how many readings have been stored every
 few seconds until Ctrl-C, which stops the fleet, the gateway and anything it started.
@@ -20,10 +20,10 @@ import psycopg
 from pydantic import SecretStr
 
 from gateway import registry
-from gateway.cli import install_stop_signals
 from gateway.db.migrate import apply_migrations
-from gateway.devservices import BackingServices, ensure_services, free_port
+from gateway.dev.services import BackingServices, ensure_services, free_port
 from gateway.errors import ServiceStartError
+from gateway.runtime import install_stop_signals
 from gateway.service import GatewayHandle, run_gateway
 from gateway.settings import Settings, redact_url
 
@@ -161,7 +161,12 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
     )
     conninfo = settings.database_url.get_secret_value()
     try:
-        await asyncio.to_thread(apply_migrations, conninfo, timescale=settings.timescaledb)
+        await asyncio.to_thread(
+            apply_migrations,
+            conninfo,
+            timescale=settings.timescaledb,
+            time_zone=settings.deployment_time_zone,
+        )
         started: asyncio.Future[GatewayHandle] = asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as tg:
             gateway = tg.create_task(run_gateway(settings, stop, started=started), name="gateway")
