@@ -32,9 +32,7 @@ def _resolve(module: str, is_package: bool, node: ast.ImportFrom) -> str:
 
 
 def import_graph() -> dict[str, set[str]]:
-    files = {
-        _module_name(path): path for pkg in PACKAGES for path in (ROOT / pkg).rglob("*.py")
-    }
+    files = {_module_name(path): path for pkg in PACKAGES for path in (ROOT / pkg).rglob("*.py")}
     graph: dict[str, set[str]] = {}
     for module, path in files.items():
         tree = ast.parse(path.read_text(encoding="utf-8"))

@@ -1,8 +1,11 @@
-"""The SQL read model: `readings`, hourly/daily aggregates and comms state (plain PostgreSQL)."""
+"""The SQL read model: `readings`, hourly/daily aggregates, comms state (both variants)."""
 
 from __future__ import annotations
 
 import psycopg
+import pytest
+
+pytestmark = pytest.mark.both_variants
 
 
 def test_aggregates_and_comms_state(database_url: str) -> None:
