@@ -137,6 +137,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GatewayError as exc:
         log.error("%s", exc)
         return 1
+    except BaseExceptionGroup as group:
+        # A task of a TaskGroup (the demo runs the gateway as one) failed: a domain error is
+        # still one clear line, not a traceback.
+        matched, rest = group.split(GatewayError)
+        if matched is None or rest is not None:
+            raise
+        for error in _leaves(matched):
+            log.error("%s", error)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out

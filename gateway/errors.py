@@ -9,6 +9,7 @@
         ├── StorageError         the database failed in a way retrying will not fix
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
+        ├── ListenError          the HTTP server cannot listen (port in use, bad address)
         ├── ModbusError          a Modbus device failed a poll: see gateway.modbus.errors
         └── ServiceStartError    an embedded PostgreSQL/broker could not be found or started
 
@@ -24,6 +25,7 @@ __all__ = [
     "BrokerError",
     "ConfigError",
     "GatewayError",
+    "ListenError",
     "MigrationError",
     "NotFoundError",
     "ServiceStartError",
@@ -53,6 +55,10 @@ class MigrationError(GatewayError):
 
 class BrokerError(GatewayError):
     """The MQTT broker could not be used."""
+
+
+class ListenError(GatewayError):
+    """The HTTP server cannot listen on its configured address."""
 
 
 class ServiceStartError(GatewayError):

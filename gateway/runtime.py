@@ -1,13 +1,17 @@
-"""Process-level helpers shared by the commands: the event loop runner and stop signals."""
+"""Process-level helpers shared by the commands: event loop, stop signals, listening socket."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
+import socket
 from collections.abc import Coroutine
 from typing import Any
 
-__all__ = ["install_stop_signals", "run_async"]
+from gateway.errors import ListenError
+
+__all__ = ["install_stop_signals", "listen", "run_async"]
 
 
 def run_async(coro: Coroutine[Any, Any, int]) -> int:
@@ -24,3 +28,25 @@ def install_stop_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (0 = a free port); ListenError saying what to
+    change when that is impossible (``GATEWAY_HTTP_PORT`` / ``GATEWAY_HTTP_HOST``)."""
+    try:
+        return socket.create_server((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(
+                f"HTTP port {port} on {host} is already in use: set GATEWAY_HTTP_PORT to a free "
+                "port (GATEWAY_HTTP_PORT=0 picks one)"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise ListenError(
+                f"no permission to listen on HTTP port {port}: set GATEWAY_HTTP_PORT to a port "
+                "above 1023 (GATEWAY_HTTP_PORT=0 picks a free one)"
+            ) from exc
+        raise ListenError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}): check GATEWAY_HTTP_HOST "
+            "and GATEWAY_HTTP_PORT"
+        ) from exc

@@ -28,6 +28,7 @@ from gateway.ingest.work import AckToken, Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
+from gateway.runtime import listen
 from gateway.settings import Settings
 from protocols.topics import TopicKind, Topics
 
@@ -223,7 +224,7 @@ async def run_gateway(
         if serve_http:
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
-            sock = socket.create_server((settings.http_host, settings.http_port))
+            sock = listen(settings.http_host, settings.http_port)
             config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
             server = _Server(config)
         async with asyncio.TaskGroup() as tg:

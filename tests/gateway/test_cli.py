@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -92,3 +93,58 @@ def test_run_serves_and_stops_cleanly_on_sigterm(
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(entry["msg"] == "gateway stopped" for entry in lines)
     assert not any(entry["level"] == "error" for entry in lines)
+
+
+def _run_with_port_taken(command: list[str], **env: str) -> tuple[int, str, int]:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            command,
+            env=env_with(GATEWAY_HTTP_HOST="127.0.0.1", GATEWAY_HTTP_PORT=str(port), **env),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    return result.returncode, result.stdout + result.stderr, port
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if '"level": "error"' in line]
+
+
+def test_run_with_the_http_port_in_use_says_so_in_one_line(
+    database_url: str, mqtt_url: str, topic_prefix: str
+) -> None:
+    code, output, port = _run_with_port_taken(
+        [str(BIN / "gateway"), "run"],
+        GATEWAY_DATABASE_URL=database_url,
+        GATEWAY_MQTT_URL=mqtt_url,
+        GATEWAY_MQTT_TOPIC_PREFIX=topic_prefix,
+        GATEWAY_MQTT_CLIENT_ID=f"cli-{topic_prefix[:-1]}",
+    )
+    assert code == 1, output
+    assert "Traceback" not in output
+    errors = _error_lines(output)
+    assert len(errors) == 1, output
+    message = json.loads(errors[0])["msg"]
+    assert f"port {port}" in message and "GATEWAY_HTTP_PORT" in message
+
+
+def test_demo_with_the_http_port_in_use_says_so_in_one_line(
+    database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    code, output, port = _run_with_port_taken(
+        [str(BIN / "gateway"), "demo", "--meters", "2"],
+        GATEWAY_DATABASE_URL=database_url,
+        GATEWAY_MQTT_URL=mqtt_url,
+        GATEWAY_MQTT_TOPIC_PREFIX=topic_prefix,
+        GATEWAY_MQTT_CLIENT_ID=f"demo-{topic_prefix[:-1]}",
+        GATEWAY_DATA_DIR=str(tmp_path),
+    )
+    assert code == 1, output
+    assert "Traceback" not in output
+    errors = _error_lines(output)
+    assert len(errors) == 1, output
+    message = json.loads(errors[0])["msg"]
+    assert f"port {port}" in message and "GATEWAY_HTTP_PORT=0" in message
