@@ -15,6 +15,7 @@ import json
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -94,7 +95,21 @@ def _parser() -> argparse.ArgumentParser:
         help="let simulated time run past the wall clock (readings from the future)",
     )
     run.add_argument("--scenario", type=Path, help="faults to inject (JSON or YAML)")
-    run.add_argument("--truth", type=Path, default=Path("ground-truth.jsonl"))
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".data") / "firmware-sim",
+        help="where output files go unless given explicitly (default .data/firmware-sim)",
+    )
+    run.add_argument(
+        "--truth", type=Path, help="ground truth JSON Lines (default DATA_DIR/ground-truth.jsonl)"
+    )
+    run.add_argument(
+        "--progress-every",
+        type=float,
+        default=10.0,
+        help="seconds between progress lines (messages sent, per second); 0 for none",
+    )
     run.add_argument("--manifest", type=Path, help="write the fleet's identities (JSON Lines)")
     run.add_argument("--interval", type=int, default=900, help="reading interval, seconds")
     run.add_argument("--tick", type=int, default=60, help="physics step, seconds")
@@ -195,7 +210,10 @@ async def _run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     if args.duration is not None:
         loop.call_later(args.duration, stop.set)
-    truth = GroundTruth(args.truth)
+    began = time.monotonic()
+    truth_path: Path = args.truth or args.data_dir / "ground-truth.jsonl"
+    truth_path.parent.mkdir(parents=True, exist_ok=True)
+    truth = GroundTruth(truth_path)
     log.info(
         "starting %d meters (%d MQTT, %d Modbus), seed %d, speed %.1f, sim start %s",
         spec.meters, mqtt_count, spec.modbus_meters, spec.seed, args.speed, start.isoformat(),
@@ -215,12 +233,16 @@ async def _run(args: argparse.Namespace) -> int:
             modbus_options={"pacing_s": args.modbus_pacing, "busy": args.modbus_busy},
             session_expiry=args.session_expiry,
             link_prefix=f"sim{args.seed}",
+            progress_every_s=args.progress_every or None,
         )
     finally:
         truth.close()
     sent = sum(link.sent_messages for link in links)
-    print(f"stopped: {spec.meters} meters, {sent} MQTT messages sent, "
-          f"{len(truth.records)} fault records in {args.truth}")  # fmt: skip
+    elapsed = max(time.monotonic() - began, 1e-9)
+    print(
+        f"stopped: {spec.meters} meters, {sent} MQTT messages sent in {elapsed:.0f} s "
+        f"({sent / elapsed:.0f}/s), {len(truth.records)} fault records in {truth_path}"
+    )
     return 0
 
 

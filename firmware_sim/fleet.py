@@ -3,9 +3,11 @@
 :func:`build_fleet` is pure (seed in, devices out). :func:`run_fleet` is the async shell: one
 TaskGroup holding, per MQTT link, the named tasks ``mqtt-<link>-ticks`` and
 ``mqtt-<link>-inbox``, and per Modbus port a ``modbus-<port>`` server task plus the
-``modbus-ticks`` stepper. It runs until ``stop`` is set, then shuts down cleanly: every meter
-publishes its partial batch and a retained ``offline`` status, and the ground truth of faults
-still active is written with ``completed: false``.
+``modbus-ticks`` stepper, and a ``progress`` task that logs one summary line every
+``progress_every_s`` (messages sent, their rate, links connected) instead of a line per link.
+It runs until ``stop`` is set, then shuts down cleanly: every meter publishes its partial batch
+and a retained ``offline`` status, and the ground truth of faults still active is written with
+``completed: false``.
 """
 
 from __future__ import annotations
@@ -116,8 +118,9 @@ async def run_fleet(
     session_expiry: int = 2 * 86400,
     link_prefix: str = "sim",
     ready: asyncio.Event | None = None,
+    progress_every_s: float | None = None,
 ) -> list[MqttLink]:
-    """Run the fleet until ``stop`` is set."""
+    """Run the fleet until ``stop`` is set (logging progress every ``progress_every_s``)."""
     mqtt_devices = [d for d in devices if d.meter.identity.transport is Transport.MQTT]
     modbus_devices = [d for d in devices if d.meter.identity.transport is Transport.MODBUS]
     links: list[MqttLink] = []
@@ -163,6 +166,49 @@ async def run_fleet(
                 ),
                 name="modbus",
             )
+        if progress_every_s:
+            group.create_task(
+                _report_progress(links, truth, stop, progress_every_s), name="progress"
+            )
         if ready is not None:
             ready.set()
     return links
+
+
+@dataclass(slots=True)
+class Progress:
+    """Messages sent so far, and the rate since the previous report (pure; the task logs it)."""
+
+    started: float
+    last_time: float = 0.0
+    last_sent: int = 0
+
+    def report(self, sent: int, now: float) -> tuple[int, float, float]:
+        """(messages since the last report, their rate per second, the rate since start)."""
+        since = self.last_time or self.started
+        delta = sent - self.last_sent
+        rate = delta / (now - since) if now > since else 0.0
+        overall = sent / (now - self.started) if now > self.started else 0.0
+        self.last_time, self.last_sent = now, sent
+        return delta, rate, overall
+
+
+async def _report_progress(
+    links: Sequence[MqttLink], truth: GroundTruth, stop: asyncio.Event, every_s: float
+) -> None:
+    loop = asyncio.get_running_loop()
+    progress = Progress(started=loop.time())
+    while not stop.is_set():
+        try:
+            async with asyncio.timeout(every_s):
+                await stop.wait()
+            return
+        except TimeoutError:
+            pass
+        sent = sum(link.sent_messages for link in links)
+        delta, rate, _ = progress.report(sent, loop.time())
+        log.info(
+            "sent %d MQTT messages (+%d, %.0f/s); %d/%d links connected; %d fault records",
+            sent, delta, rate, sum(link.connected for link in links), len(links),
+            len(truth.records),
+        )  # fmt: skip

@@ -146,11 +146,11 @@ class MqttLink:
         now = self.clock.now()
         for device in self.devices.values():
             self._inbox.put_nowait((TopicKind.STATUS, device.meter_id, b""))
-        log.info("link %s connected (%d meters) at %s", self.client_id, len(self.devices), now)
+        log.debug("link %s connected (%d meters) at %s", self.client_id, len(self.devices), now)
 
     def _on_disconnect(self, client: object, packet: object, exc: object = None) -> None:
         self._connected.clear()
-        log.info("link %s disconnected", self.client_id)
+        log.debug("link %s disconnected", self.client_id)
 
     def _on_message(
         self, client: object, topic: str, payload: bytes, qos: int, properties: object
@@ -166,6 +166,10 @@ class MqttLink:
         ):
             self._inbox.put_nowait((parsed.kind, parsed.device_id, bytes(payload)))
         return 0
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
 
     # ------------------------------------------------------------- publishing
 
