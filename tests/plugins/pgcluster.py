@@ -11,6 +11,7 @@ the tests run as root the cluster belongs to, and runs as, the ``postgres`` OS u
 
 from __future__ import annotations
 
+import ctypes
 import os
 import pwd
 import shutil
@@ -69,6 +70,16 @@ def _service_user() -> pwd.struct_passwd | None:
             "running as root, and there is no 'postgres' OS user to run a private "
             "PostgreSQL cluster as"
         ) from None
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _stop_with_parent() -> None:
+    """In the child: a fast shutdown when the test process dies (killed, timed out in CI), so
+    no server outlives the run. Set after the switch to the ``postgres`` user, which clears it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 @dataclass
@@ -135,6 +146,7 @@ class PrivateCluster:
             [self.install.binary("postgres"), "-D", str(data)],
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_stop_with_parent,  # noqa: PLW1509 - prctl only, before exec
             **self._run_as(),  # type: ignore[arg-type]
         )
         log.close()
