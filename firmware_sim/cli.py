@@ -199,9 +199,11 @@ async def _run(args: argparse.Namespace) -> int:
     devices = build_fleet(spec, start, faults, identities)
     if args.manifest:
         first_modbus = spec.meters - spec.modbus_meters
-        with args.manifest.open("w", encoding="utf-8") as out:
-            for ident in identities:
-                out.write(_manifest_line(ident, args, ident.index - first_modbus) + "\n")
+        lines = [_manifest_line(i, args, i.index - first_modbus) + "\n" for i in identities]
+        # Written aside and renamed: a reader waiting for the file never sees it half written.
+        partial = args.manifest.with_name(args.manifest.name + ".partial")
+        partial.write_text("".join(lines), encoding="utf-8")
+        partial.replace(args.manifest)
     mqtt_count = spec.meters - spec.modbus_meters
     per_connection = args.per_connection or (1 if mqtt_count <= 100 else 100)
     stop = asyncio.Event()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def test_run_reports_progress_and_keeps_its_ground_truth_under_its_data_dir(
             str(BIN / "firmware-sim"), "run", "--meters", "30", "--seed", seed,
             "--broker", mqtt_url, "--prefix", topic_prefix, "--speed", "3600",
             "--duration", "4", "--progress-every", "1", "--session-expiry", "60",
-            "--data-dir", "sim-out",
+            "--data-dir", "sim-out", "--manifest", "meters.jsonl",
         ],
         cwd=tmp_path,
         capture_output=True,
@@ -40,6 +41,9 @@ def test_run_reports_progress_and_keeps_its_ground_truth_under_its_data_dir(
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "sim-out" / "ground-truth.jsonl").exists()
     assert not (tmp_path / "ground-truth.jsonl").exists()
+    manifest = (tmp_path / "meters.jsonl").read_text().splitlines()
+    assert len({json.loads(line)["meter_id"] for line in manifest}) == 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["meters.jsonl", "sim-out"]
     progress = re.findall(
         r"sent (\d+) MQTT messages \(\+\d+, \d+/s\); (\d+)/(\d+) links", result.stderr
     )
