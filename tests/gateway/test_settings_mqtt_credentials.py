@@ -1,4 +1,5 @@
-"""MQTT URL user and password are percent-decoded: a password with ``@``, ``:`` or ``/`` works."""
+"""MQTT URL user and password are percent-decoded: a password with ``@``, ``:`` or ``/`` works;
+``gateway demo`` hands the simulator its broker password through the environment."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
+from firmware_sim.mqtt_link import BROKER_PASSWORD_ENV, BrokerAddress, parse_broker_url
+from gateway.demo import _broker_for_fleet, _fleet_command
 from gateway.devservices import free_port, port_answers
 from gateway.settings import Settings, redact_url
 from tests.plugins.gateway import gateway_running, make_settings
@@ -78,3 +82,38 @@ async def test_gateway_logs_in_with_a_password_holding_url_delimiters(
     settings = make_settings(database_url, f"mqtt://{ENCODED}@{password_broker}", topic_prefix)
     async with gateway_running(settings) as handle:  # starts only once subscribed
         assert handle.services.intake.connected.is_set()
+
+
+def test_demo_hands_the_fleet_its_broker_password_through_the_environment(
+    tmp_path: Path,
+) -> None:
+    settings = Settings(mqtt_url=f"mqtt://{ENCODED}@127.0.0.1:1883")  # type: ignore[arg-type]
+    command = _fleet_command(
+        settings, meters=3, speed=1.0, seed=1, modbus_port=1502, data_dir=tmp_path
+    )
+    argv = " ".join(command)
+    assert quote(PASSWORD, safe="") not in argv and PASSWORD not in argv
+    assert f"mqtt://{quote(USER, safe='')}@127.0.0.1:1883" in command
+    url, env = _broker_for_fleet(settings)
+    assert env[BROKER_PASSWORD_ENV] == PASSWORD
+    assert parse_broker_url(url, env) == BrokerAddress("127.0.0.1", 1883, USER, PASSWORD)
+    anonymous = Settings(mqtt_url="mqtt://127.0.0.1:1883")  # type: ignore[arg-type]
+    url, env = _broker_for_fleet(anonymous)
+    assert url == "mqtt://127.0.0.1:1883" and BROKER_PASSWORD_ENV not in env
+
+
+def test_simulator_logs_in_with_the_password_from_its_environment(password_broker: str) -> None:
+    binary = Path(sys.executable).with_name("firmware-sim")
+    command = [str(binary)] if binary.exists() else [sys.executable, "-m", "firmware_sim.cli"]
+    args = ["load", "--meters", "2", "--readings", "4", "--batch", "4"]
+    url = f"mqtt://{quote(USER, safe='')}@{password_broker}"
+    env = {k: v for k, v in os.environ.items() if k != BROKER_PASSWORD_ENV}
+    refused = subprocess.run(
+        [*command, *args, "--broker", url], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert refused.returncode != 0
+    env[BROKER_PASSWORD_ENV] = PASSWORD
+    admitted = subprocess.run(
+        [*command, *args, "--broker", url], env=env, capture_output=True, timeout=60, check=False
+    )
+    assert admitted.returncode == 0, admitted.stderr.decode()[-2000:]
