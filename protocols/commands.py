@@ -143,9 +143,7 @@ def sign_command(
         sig="",
     )
     if not unsigned.well_formed():
-        raise UsageError(
-            "command meter_id, id and nonce must be 1-128 characters of [A-Za-z0-9_-]"
-        )
+        raise UsageError("command meter_id, id and nonce must be 1-128 characters of [A-Za-z0-9_-]")
     return replace(unsigned, sig=_mac(key, unsigned.signed_text()))
 
 

@@ -189,9 +189,10 @@ def test_unreadable_key_sources_are_clear_errors(tmp_path: Path) -> None:
     assert "No such file" in missing.stderr
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    assert "does not hold one decoder key" in sts_token(
-        *CREDIT, "--decoder-key-file", str(empty)
-    ).stderr
+    assert (
+        "does not hold one decoder key"
+        in sts_token(*CREDIT, "--decoder-key-file", str(empty)).stderr
+    )
     two = sts_token(
         "issue", "key-change", "--dkga", "02", "--vending-key-file", "-",
         "--new-vending-key-file", "-", stdin="ab" * 8,
