@@ -18,6 +18,7 @@ here; a new family adds one line. psycopg's connection errors (a pool timeout in
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -28,6 +29,7 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.errors import (
@@ -45,6 +47,7 @@ from gateway.errors import (
 
 __all__ = [
     "ERROR_STATUS",
+    "ErrorReply",
     "ErrorStatus",
     "error_response",
     "install_error_handlers",
@@ -58,6 +61,23 @@ MAX_MESSAGE_CHARS: Final = 200
 MAX_FIELDS: Final = 20
 """Most field problems listed in one reply."""
 DATABASE_RETRY_AFTER_S: Final = 2
+
+
+class _FieldOut(BaseModel):
+    field: str
+    message: str
+
+
+class _ErrorOut(BaseModel):
+    code: str
+    message: str
+    fields: list[_FieldOut] | None = None
+
+
+class ErrorReply(BaseModel):
+    """The body of every error reply (documented in the OpenAPI schema under this name)."""
+
+    error: _ErrorOut
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +228,37 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal_error", "internal error")
 
 
+def _document_errors(app: FastAPI) -> None:
+    """Make the OpenAPI schema say what 422 replies really look like (FastAPI's default is its
+    own ``{"detail": [...]}``, which this API never sends)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        reply = ErrorReply.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(reply.pop("$defs", {}))
+        components["ErrorReply"] = reply
+        ref = {"$ref": "#/components/schemas/ErrorReply"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                invalid = operation.get("responses", {}).get("422")
+                if invalid is not None:
+                    invalid["content"] = {"application/json": {"schema": ref}}
+        for name in ("HTTPValidationError", "ValidationError"):  # FastAPI's, now unreferenced
+            if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+                components.pop(name, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error an endpoint can raise to the one shape above."""
+    _document_errors(app)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for cls in ERROR_STATUS:

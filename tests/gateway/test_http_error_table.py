@@ -3,6 +3,8 @@ by subclasses, on a bare FastAPI app (no database needed)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import psycopg
 import pytest
@@ -104,3 +106,23 @@ async def test_messages_are_cut_and_made_encodable(client: httpx.AsyncClient) ->
     message = response.json()["error"]["message"]
     assert len(message) <= 200 and message.endswith("…")
     assert message.startswith("meter ? x")
+
+
+def test_openapi_documents_the_error_reply_for_invalid_requests() -> None:
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.get("/items/{item_id}")
+    async def _item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    schema = app.openapi()
+    invalid = schema["paths"]["/items/{item_id}"]["get"]["responses"]["422"]
+    assert invalid["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorReply"
+    }
+    components = schema["components"]["schemas"]
+    assert "HTTPValidationError" not in components
+    assert set(components["ErrorReply"]["properties"]) == {"error"}
+    assert "$defs" not in json.dumps(schema)
+    assert app.openapi() is schema
