@@ -52,6 +52,7 @@ __all__ = [
     "error_response",
     "install_error_handlers",
     "safe_text",
+    "status_for",
 ]
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,7 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
         headers["WWW-Authenticate"] = "Bearer"
     if entry.status >= 500:
         log.warning("request failed: %s: %s", type(exc).__name__, safe_text(exc))
-    fields = exc.fields if isinstance(exc, ValidationError) else None
+    fields = exc.fields if isinstance(exc, ValidationError) and exc.fields else None
     return error_response(entry.status, entry.code, str(exc), fields=fields, headers=headers)
 
 
