@@ -2,8 +2,10 @@
 
 Pure: takes the received body and the true simulated time, returns what the meter publishes.
 Commands are verified with :func:`protocols.commands.check_command` against the meter's own
-clock and its memory of ids and nonces seen within their expiry windows; anything malformed,
-forged, stale or replayed is answered ``rejected`` with the reason and changes nothing.
+clock and its memory of ids and nonces seen within their expiry windows; anything malformed
+(an ``id`` or ``nonce`` outside ``[A-Za-z0-9_-]`` included, whose ``|`` could re-split the
+signed text), forged, stale or replayed is answered ``rejected`` with the reason and changes
+nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 
 from firmware_sim.meter import Meter, Relay, StepResult, Valve
 from protocols.commands import (
+    TOKEN_PATTERN,
     Command,
     CommandAction,
     CommandReply,
@@ -59,13 +62,13 @@ class CommandMemory:
 
 
 def _command_id(payload: bytes) -> str:
-    """Best-effort id of a malformed command, for the reply."""
+    """Best-effort id of a malformed command, for the reply (only a well-formed one)."""
     try:
         body = json.loads(payload)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return ""
     value = body.get("id") if isinstance(body, dict) else None
-    return value[:128] if isinstance(value, str) else ""
+    return value if isinstance(value, str) and TOKEN_PATTERN.fullmatch(value) else ""
 
 
 def handle_command(

@@ -107,6 +107,7 @@ async def run_load(args: argparse.Namespace) -> int:
         for n, s in enumerate(storages)
     ]
     for client in clients:
+        broker.apply_credentials(client)
         await client.connect(broker.host, broker.port)
     total_msgs = -(-plan.readings // plan.batch) * plan.meters
     if plan.concentrator:

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
+from typing import Final
+from urllib.parse import unquote, urlsplit
 
 import gmqtt
 from gmqtt.storage import PersistentStorage
@@ -32,25 +34,46 @@ from protocols.errors import TopicError, UsageError
 from protocols.status import OFFLINE_WILL
 from protocols.topics import TopicKind, Topics
 
-__all__ = ["BrokerAddress", "FlowStorage", "MqttLink", "parse_broker_url"]
+__all__ = [
+    "BROKER_PASSWORD_ENV",
+    "BrokerAddress",
+    "FlowStorage",
+    "MqttLink",
+    "parse_broker_url",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SESSION_EXPIRY = 2 * 86400
 
 
+BROKER_PASSWORD_ENV: Final = "FIRMWARE_SIM_MQTT_PASSWORD"  # noqa: S105 - a variable name
+"""The broker password, kept out of the command line (where ``ps`` shows it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class BrokerAddress:
     host: str
     port: int
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    def apply_credentials(self, client: gmqtt.Client) -> None:
+        if self.username is not None:
+            client.set_auth_credentials(self.username, self.password)
 
 
-def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://host:port`` (port 1883 by default)."""
+def parse_broker_url(url: str, env: Mapping[str, str] = os.environ) -> BrokerAddress:
+    """``mqtt://[user@]host:port`` (port 1883 by default), user percent-decoded.
+
+    The password comes from ``$FIRMWARE_SIM_MQTT_PASSWORD`` (or, discouraged, from the URL).
+    """
     parts = urlsplit(url)
     if parts.scheme not in ("mqtt", "tcp") or not parts.hostname:
-        raise UsageError(f"broker URL must look like mqtt://host:port, got {url!r}")
-    return BrokerAddress(parts.hostname, parts.port or 1883)
+        raise UsageError("broker URL must look like mqtt://[user@]host:port")
+    username = unquote(parts.username) if parts.username else None
+    password = unquote(parts.password) if parts.password else env.get(BROKER_PASSWORD_ENV)
+    return BrokerAddress(parts.hostname, parts.port or 1883, username, password or None)
 
 
 class FlowStorage(PersistentStorage):  # type: ignore[misc]  # gmqtt is untyped
@@ -199,6 +222,7 @@ class MqttLink:
     # ------------------------------------------------------------- tasks
 
     async def connect(self) -> None:
+        self.broker.apply_credentials(self.client)
         await self.client.connect(self.broker.host, self.broker.port, keepalive=30)
 
     async def ticks(self, stop: asyncio.Event) -> None:

@@ -6,6 +6,13 @@
     └── GatewayError
         ├── ConfigError          settings invalid or unsafe; raised at start, before connecting
         ├── NotFoundError        a requested record (meter …) does not exist
+        ├── ValidationError      a request is well-formed but its content is unacceptable
+        ├── ConflictError        a request contradicts what is stored (duplicate, stale state)
+        ├── AuthError            no credentials, or credentials that are not valid
+        ├── ForbiddenError       valid credentials without the right to do this
+        ├── RateLimitedError     too many requests; ``retry_after_s`` says when to come back
+        ├── PayloadTooLargeError a request body over the configured limit
+        ├── ServiceUnavailableError  a dependency (the database …) cannot serve us right now
         ├── StorageError         the database failed in a way retrying will not fix
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
@@ -14,22 +21,34 @@
         └── ServiceStartError    an embedded PostgreSQL/broker could not be found or started
 
 Third-party exceptions (psycopg, gmqtt, OSError) are translated into these once, at the wrapper
-that called the library, with ``raise … from exc``.
+that called the library, with ``raise … from exc``. The HTTP API maps each class to a status in
+one table (:mod:`gateway.http.errors`); a subclass inherits its parent's status.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 from protocols.errors import MeteringError
 
 __all__ = [
+    "AuthError",
     "BrokerError",
     "ConfigError",
+    "ConflictError",
+    "FieldProblem",
+    "ForbiddenError",
     "GatewayError",
     "ListenError",
     "MigrationError",
     "NotFoundError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
     "ServiceStartError",
+    "ServiceUnavailableError",
     "StorageError",
+    "ValidationError",
 ]
 
 
@@ -63,3 +82,54 @@ class ListenError(GatewayError):
 
 class ServiceStartError(GatewayError):
     """A local or embedded backing service could not be found or started."""
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """What is wrong with one field of a request: its dotted location and a short reason.
+
+    The reason names the rule that was broken, never the value that broke it.
+    """
+
+    field: str
+    message: str
+
+
+class ValidationError(GatewayError):
+    """A request is well-formed but its content is unacceptable (HTTP 422)."""
+
+    def __init__(self, message: str, fields: Sequence[FieldProblem] = ()) -> None:
+        super().__init__(message)
+        self.fields = tuple(fields)
+
+
+class ConflictError(GatewayError):
+    """A request contradicts what is stored: a duplicate, or a state that moved on (HTTP 409)."""
+
+
+class AuthError(GatewayError):
+    """Credentials are missing or not valid (HTTP 401)."""
+
+
+class ForbiddenError(GatewayError):
+    """The caller is known but may not do this (HTTP 403)."""
+
+
+class RateLimitedError(GatewayError):
+    """Too many requests from one caller (HTTP 429); retry after ``retry_after_s`` seconds."""
+
+    def __init__(self, message: str, *, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PayloadTooLargeError(GatewayError):
+    """A request body is larger than the configured limit (HTTP 413)."""
+
+
+class ServiceUnavailableError(GatewayError):
+    """A dependency cannot serve the request now (HTTP 503); retry after ``retry_after_s``."""
+
+    def __init__(self, message: str, *, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

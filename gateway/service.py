@@ -225,7 +225,12 @@ async def run_gateway(
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
             sock = listen(settings.http_host, settings.http_port)
-            config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
+            app = create_app(
+                services,
+                max_body_bytes=settings.http_max_body_bytes,
+                db_wait_s=settings.http_db_wait_ms / 1000,
+            )
+            config = uvicorn.Config(app, log_config=None, lifespan="off")
             server = _Server(config)
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")

@@ -11,7 +11,7 @@ import enum
 import re
 from pathlib import Path
 from typing import Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     (hourly ones are UTC hours). Fixed when the schema is created; see README."""
 
     mqtt_url: SecretStr = SecretStr("mqtt://127.0.0.1:1883")
-    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` for TLS."""
+    """``mqtt://[user[:password]@]host[:port]`` or ``mqtts://`` for TLS; user and password are
+    percent-decoded (``%40`` for ``@``, ``%3A`` for ``:``, ``%25`` for ``%``)."""
     mqtt_client_id: str = Field("meter-gateway", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     mqtt_topic_prefix: str = Field("", pattern=r"^([A-Za-z0-9_.-]+/)*$")
     mqtt_shared_group: str = Field("", pattern=r"^[A-Za-z0-9_-]{0,64}$")
@@ -102,6 +103,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     """0 picks a free port (printed at start)."""
+    http_max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
+    """Largest request body the HTTP API reads; a larger one is answered 413."""
+    http_db_wait_ms: int = Field(1000, ge=10, le=60_000)
+    """How long an HTTP request waits for a database connection before it is answered 503
+    with ``Retry-After`` (the ingest path has its own, longer patience)."""
 
     batch_max_rows: int = Field(20_000, ge=1, le=1_000_000)
     batch_max_age_ms: int = Field(100, ge=1, le=60_000)
@@ -183,8 +189,12 @@ class Settings(BaseSettings):
 
     @property
     def mqtt_credentials(self) -> tuple[str, str | None] | None:
+        """User name and password from the URL, percent-decoded (RFC 3986 user-info)."""
         parts = urlsplit(self.mqtt_url.get_secret_value())
-        return (parts.username, parts.password) if parts.username else None
+        if not parts.username:
+            return None
+        password = None if parts.password is None else unquote(parts.password)
+        return unquote(parts.username), password
 
     def describe(self) -> dict[str, object]:
         """Settings for a start-up log line, secrets redacted."""

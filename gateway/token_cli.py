@@ -2,11 +2,12 @@
 
 A thin argparse shell over :mod:`tokens`; it owns the I/O (stdin, stdout, environment, the
 clock) and nothing else. It imports only :mod:`tokens` and the standard library so it starts
-fast. Keys are secrets: they are read from arguments or environment variables and never
-printed, echoed in errors or logged.
+fast. Keys are secrets: they are never taken on the command line (where ``ps`` and shell
+history show them) but read from a file (``--decoder-key-file PATH``, ``-`` for stdin) or an
+environment variable, and never printed, echoed in errors or logged.
 
-    sts-token issue credit --decoder-key HEX --ea 07 --medium electricity --tenths 100
-    sts-token decode --decoder-key HEX --ea 07 "2371 6100 5011 8319 4197"
+    sts-token issue credit --decoder-key-file key.hex --ea 07 --medium electricity --tenths 100
+    STS_DECODER_KEY=… sts-token decode --ea 07 "2371 6100 5011 8319 4197"
     sts-token batch < requests.jsonl > responses.jsonl
 """
 
@@ -17,9 +18,10 @@ import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import Any, Final, TextIO
 
 from tokens import TokenError, decode, format_token
 from tokens.batch import BatchContext, parse_key, process_line, process_request, record_to_json
@@ -27,9 +29,87 @@ from tokens.tid import BaseDate, datetime_from_tid
 
 __all__ = ["main"]
 
-_ENV_DECODER_KEY = "STS_DECODER_KEY"
-_ENV_VENDING_KEY = "STS_VENDING_KEY"
-_ENV_NEW_VENDING_KEY = "STS_NEW_VENDING_KEY"
+_MAX_KEY_FILE_BYTES: Final = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _KeySource:
+    """Where one key may come from: a ``--…-file`` option or an environment variable."""
+
+    option: str
+    env: str
+    what: str
+
+    @property
+    def dest(self) -> str:
+        return self.option.removeprefix("--").replace("-", "_")
+
+
+_DECODER_KEY: Final = _KeySource("--decoder-key-file", "STS_DECODER_KEY", "decoder key")
+_VENDING_KEY: Final = _KeySource("--vending-key-file", "STS_VENDING_KEY", "vending key")
+_NEW_VENDING_KEY: Final = _KeySource(
+    "--new-vending-key-file", "STS_NEW_VENDING_KEY", "new vending key"
+)
+
+
+class KeyInputError(Exception):
+    """A key could not be read; the message names the source, never the key."""
+
+
+class _RefuseKeyArgument(argparse.Action):
+    """``--decoder-key HEX`` and the like: refused, since argv is visible to every user."""
+
+    def __init__(self, *args: Any, source: _KeySource, **kwargs: Any) -> None:
+        self.source = source
+        super().__init__(*args, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        del namespace, values  # the value is a secret: never repeated
+        parser.error(
+            f"{option_string} is not accepted: a key on the command line is visible in the "
+            f"process list and shell history; use {self.source.option} PATH "
+            f"({self.source.option} - reads it from stdin) or set ${self.source.env}"
+        )
+
+
+def _add_key_source(group: Any, source: _KeySource, refused: str) -> None:
+    group.add_argument(
+        source.option,
+        metavar="PATH",
+        help=f"file holding the {source.what} in hex ('-' for stdin); or set ${source.env}",
+    )
+    group.add_argument(refused, action=_RefuseKeyArgument, source=source, help=argparse.SUPPRESS)
+
+
+def _read_key(
+    source: _KeySource, args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO
+) -> str | None:
+    """The key text from the option's file (or stdin), else the environment, else None."""
+    path = getattr(args, source.dest, None)
+    if path is None:
+        value = env.get(source.env)
+        return value.strip() if value else None
+    if path == "-":
+        text = stdin.read(_MAX_KEY_FILE_BYTES + 1)
+        where = "stdin"
+    else:
+        try:
+            with open(path, encoding="ascii") as handle:
+                text = handle.read(_MAX_KEY_FILE_BYTES + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not ASCII text"
+            raise KeyInputError(f"cannot read the {source.what} file {path!r}: {reason}") from None
+        where = f"the file {path!r}"
+    text = text.strip()
+    if not text or len(text) > _MAX_KEY_FILE_BYTES:
+        raise KeyInputError(f"{where} does not hold one {source.what} in hex")
+    return text
 
 
 def _utc_now() -> datetime:
@@ -38,11 +118,14 @@ def _utc_now() -> datetime:
 
 def _key_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
-    group = parent.add_argument_group("key (a decoder key, or DKGA parameters to derive it)")
-    group.add_argument("--decoder-key", metavar="HEX", help=f"or set ${_ENV_DECODER_KEY}")
+    group = parent.add_argument_group(
+        "key (a decoder key, or DKGA parameters to derive it; keys come from files or the "
+        "environment, never from the command line)"
+    )
+    _add_key_source(group, _DECODER_KEY, "--decoder-key")
     group.add_argument("--ea", choices=("07", "09", "11"), help="encryption algorithm")
     group.add_argument("--dkga", choices=("02", "04"), help="derive the key by DKGA02/DKGA04")
-    group.add_argument("--vending-key", metavar="HEX", help=f"or set ${_ENV_VENDING_KEY}")
+    _add_key_source(group, _VENDING_KEY, "--vending-key")
     group.add_argument("--pan", help="18-digit meter PAN")
     group.add_argument("--key-type", type=int, choices=range(4), metavar="KT")
     group.add_argument("--sgc", help="6-digit supply group code")
@@ -53,8 +136,25 @@ def _key_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _key_object(args: argparse.Namespace) -> dict[str, Any] | None:
-    decoder_key = args.decoder_key or os.environ.get(_ENV_DECODER_KEY)
+@dataclass(frozen=True, slots=True)
+class _Keys:
+    """The secrets of one invocation, read once before anything else happens."""
+
+    decoder: str | None
+    vending: str | None
+    new_vending: str | None
+
+
+def _read_keys(args: argparse.Namespace, env: Mapping[str, str], stdin: TextIO) -> _Keys:
+    sources = [_DECODER_KEY, _VENDING_KEY, _NEW_VENDING_KEY]
+    from_stdin = [s.option for s in sources if getattr(args, s.dest, None) == "-"]
+    if len(from_stdin) > 1:
+        raise KeyInputError(f"only one key can be read from stdin ({', '.join(from_stdin)})")
+    return _Keys(*(_read_key(s, args, env, stdin) for s in sources))
+
+
+def _key_object(args: argparse.Namespace, keys: _Keys) -> dict[str, Any] | None:
+    decoder_key = keys.decoder
     obj: dict[str, Any] = {}
     if args.ea is not None:
         obj["ea"] = args.ea
@@ -66,7 +166,7 @@ def _key_object(args: argparse.Namespace) -> dict[str, Any] | None:
         obj["decoder_key"] = decoder_key
         return obj
     obj["dkga"] = args.dkga
-    obj["vending_key"] = args.vending_key or os.environ.get(_ENV_VENDING_KEY, "")
+    obj["vending_key"] = keys.vending or ""
     for name in ("pan", "key_type", "sgc", "ti", "krn"):
         value = getattr(args, name)
         if value is not None:
@@ -74,7 +174,9 @@ def _key_object(args: argparse.Namespace) -> dict[str, Any] | None:
     return obj
 
 
-def _token_object(args: argparse.Namespace, key: dict[str, Any] | None) -> dict[str, Any]:
+def _token_object(
+    args: argparse.Namespace, key: dict[str, Any] | None, keys: _Keys
+) -> dict[str, Any]:
     token: dict[str, Any] = {"type": args.token_type}
     for name in ("rnd", "tid", "watts", "register", "rate", "factor", "control", "ken", "ro"):
         value = getattr(args, name, None)
@@ -88,11 +190,13 @@ def _token_object(args: argparse.Namespace, key: dict[str, Any] | None) -> dict[
             token["manufacturer_code"] = args.manufacturer_code
             token["subclass"] = args.subclass
         case "key_change":
-            token["new_key"] = _new_key_object(args, key)
+            token["new_key"] = _new_key_object(args, key, keys)
     return token
 
 
-def _new_key_object(args: argparse.Namespace, key: dict[str, Any] | None) -> dict[str, Any]:
+def _new_key_object(
+    args: argparse.Namespace, key: dict[str, Any] | None, keys: _Keys
+) -> dict[str, Any]:
     """The current key object with the --new-* options applied."""
     new_key = dict(key or {})
     overrides = {
@@ -105,9 +209,8 @@ def _new_key_object(args: argparse.Namespace, key: dict[str, Any] | None) -> dic
         "ea": args.new_ea,
     }
     new_key.update({k: v for k, v in overrides.items() if v is not None})
-    new_vending = args.new_vending_key or os.environ.get(_ENV_NEW_VENDING_KEY)
-    if new_vending:
-        new_key["vending_key"] = new_vending
+    if keys.new_vending:
+        new_key["vending_key"] = keys.new_vending
     new_key.pop("decoder_key", None)
     return new_key
 
@@ -154,7 +257,7 @@ def _add_issue_parser(commands: Any) -> None:
     change.add_argument("--ken", type=int, default=255, help="key expiry number 0-255")
     change.add_argument("--ro", type=int, choices=(0, 1), default=0, help="rollover")
     change.add_argument("--new-dkga", choices=("02", "04"))
-    change.add_argument("--new-vending-key", metavar="HEX", help=f"or ${_ENV_NEW_VENDING_KEY}")
+    _add_key_source(change, _NEW_VENDING_KEY, "--new-vending-key")
     change.add_argument("--new-key-type", type=int, choices=range(4), metavar="KT")
     change.add_argument("--new-sgc")
     change.add_argument("--new-ti", type=int)
@@ -190,9 +293,9 @@ def _fail(exc: TokenError, as_json: bool, out: TextIO, err: TextIO) -> int:
     return 1
 
 
-def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    key = _key_object(args)
-    request: dict[str, Any] = {"token": _token_object(args, key)}
+def _issue(args: argparse.Namespace, keys: _Keys, out: TextIO, err: TextIO) -> int:
+    key = _key_object(args, keys)
+    request: dict[str, Any] = {"token": _token_object(args, key, keys)}
     if key is not None:
         request["key"] = key
     if args.token_type == "key_change" and request["token"]["new_key"] == key:  # noqa: S105
@@ -216,8 +319,8 @@ def _issue(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return 0
 
 
-def _decode(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    key_obj = _key_object(args)
+def _decode(args: argparse.Namespace, keys: _Keys, out: TextIO, err: TextIO) -> int:
+    key_obj = _key_object(args, keys)
     try:
         key = None if key_obj is None else parse_key(key_obj, BatchContext(clock=_utc_now)).key
         record = decode(args.token, key)
@@ -266,9 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     out, err = sys.stdout, sys.stderr
     if args.command == "batch":
         return _batch(sys.stdin.buffer, out, err)
+    try:
+        keys = _read_keys(args, os.environ, sys.stdin)
+    except KeyInputError as exc:
+        err.write(f"sts-token: bad_key_input: {exc}\n")
+        return 2
     if args.command == "decode":
-        return _decode(args, out, err)
-    return _issue(args, out, err)
+        return _decode(args, keys, out, err)
+    return _issue(args, keys, out, err)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 The signature is HMAC-SHA-256 under the meter's 32-byte command key over
 ``v1|meter_id|id|action|issued_at|expires_at|nonce``. A transport reply is not confirmation:
 the gateway confirms from the meter's reported state, which the reply also carries.
+
+The ``|``-joined input is unambiguous only because no field can contain ``|``: ``meter_id``,
+``id`` and ``nonce`` are restricted to ``[A-Za-z0-9_-]`` (:data:`TOKEN_PATTERN`), ``action`` is
+a known word and the times are RFC 3339. Both sides enforce it: :func:`sign_command` refuses
+to sign anything else, and a meter rejects such a command as ``malformed`` before it even
+checks the signature, so a signature cannot be re-split into another assignment of fields.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import enum
 import hashlib
 import hmac
 import json
+import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Final
@@ -21,6 +28,7 @@ from protocols.topics import METER_ID_PATTERN
 
 __all__ = [
     "CLOCK_SKEW",
+    "TOKEN_PATTERN",
     "Command",
     "CommandAction",
     "CommandReply",
@@ -34,6 +42,9 @@ __all__ = [
 CLOCK_SKEW: Final = timedelta(minutes=5)
 """How far a command's issue time may lie ahead of the meter's clock."""
 COMMAND_KEY_BYTES: Final = 32
+TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
+"""What a command ``id`` and ``nonce`` may be (docs/protocol.md §7)."""
+_SEPARATOR: Final = "|"
 
 
 class CommandAction(enum.StrEnum):
@@ -71,6 +82,17 @@ class Command:
     nonce: str
     sig: str
 
+    def well_formed(self) -> bool:
+        """Whether the fields can be signed unambiguously (see the module docstring)."""
+        return (
+            METER_ID_PATTERN.fullmatch(self.meter_id) is not None
+            and TOKEN_PATTERN.fullmatch(self.id) is not None
+            and TOKEN_PATTERN.fullmatch(self.nonce) is not None
+            and not any(
+                _SEPARATOR in value for value in (self.action, self.issued_at, self.expires_at)
+            )
+        )
+
     def signed_text(self) -> bytes:
         return (
             f"v1|{self.meter_id}|{self.id}|{self.action}|{self.issued_at}|"
@@ -107,7 +129,10 @@ def sign_command(
     ttl: timedelta,
     nonce: str,
 ) -> Command:
-    """Build and sign a command (gateway side)."""
+    """Build and sign a command (gateway side).
+
+    UsageError if ``meter_id``, ``command_id`` or ``nonce`` is outside ``[A-Za-z0-9_-]``.
+    """
     unsigned = Command(
         meter_id=meter_id,
         id=command_id,
@@ -117,6 +142,8 @@ def sign_command(
         nonce=nonce,
         sig="",
     )
+    if not unsigned.well_formed():
+        raise UsageError("command meter_id, id and nonce must be 1-128 characters of [A-Za-z0-9_-]")
     return replace(unsigned, sig=_mac(key, unsigned.signed_text()))
 
 
@@ -134,7 +161,10 @@ def decode_command(payload: bytes, *, meter_id: str) -> Command:
         if not isinstance(value, str) or not 0 < len(value) <= 128:
             raise PayloadError("malformed", f"command field {name!r} missing or invalid")
         values[name] = value
-    return Command(meter_id=meter_id, **values)
+    cmd = Command(meter_id=meter_id, **values)
+    if not cmd.well_formed():
+        raise PayloadError("malformed", "command id or nonce outside [A-Za-z0-9_-]")
+    return cmd
 
 
 def check_command(
@@ -144,7 +174,7 @@ def check_command(
 
     ``seen`` holds the ids and nonces the meter accepted within their expiry windows.
     """
-    if not METER_ID_PATTERN.fullmatch(cmd.meter_id):
+    if not cmd.well_formed():
         return RejectReason.MALFORMED
     if not hmac.compare_digest(_mac(key, cmd.signed_text()), cmd.sig.lower()):
         return RejectReason.BAD_SIGNATURE

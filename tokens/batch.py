@@ -14,7 +14,9 @@ Error messages name fields, never their values, so keys cannot leak into output.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -68,23 +70,35 @@ class KeySpec:
     sgc: str | None = None
 
 
+def _cache_secret() -> bytes:
+    return secrets.token_bytes(32)
+
+
 @dataclass(slots=True)
 class BatchContext:
-    """What a batch run injects: a UTC clock, an RND source and the TID allocator."""
+    """What a batch run injects: a UTC clock, an RND source and the TID allocator.
+
+    Derived keys are cached per distinct key object. The cache is indexed by an HMAC-SHA-256
+    of the key object under a random secret of this context, never by the key object itself:
+    the index stays meaningless outside the process (a core dump, a debugger, a log of the
+    cache), and cannot be matched against a guessed key without the secret.
+    """
 
     clock: Callable[[], datetime]
     rnd: RndSource = random_rnd
     allocator: TidAllocator = field(default_factory=TidAllocator)
-    _keys: dict[str, KeySpec] = field(default_factory=dict, repr=False)
+    _keys: dict[bytes, KeySpec] = field(default_factory=dict, repr=False)
+    _cache_secret: bytes = field(default_factory=_cache_secret, repr=False)
 
-    def cached_key(self, cache_key: str, build: Callable[[], KeySpec]) -> KeySpec:
-        """Derive each distinct key object once per run (secrets stay in memory only)."""
-        spec = self._keys.get(cache_key)
+    def cached_key(self, material: bytes, build: Callable[[], KeySpec]) -> KeySpec:
+        """Derive each distinct key object (``material``: its canonical bytes) once per run."""
+        index = hmac.digest(self._cache_secret, material, hashlib.sha256)
+        spec = self._keys.get(index)
         if spec is None:
             spec = build()
             if len(self._keys) >= _KEY_CACHE_SIZE:
                 self._keys.clear()
-            self._keys[cache_key] = spec
+            self._keys[index] = spec
         return spec
 
 
@@ -132,8 +146,8 @@ def _ea(obj: Mapping[str, Any], where: str) -> EncryptionAlgorithm:
 def parse_key(value: Any, ctx: BatchContext, where: str = "key") -> KeySpec:
     """Parse a key object: ``{"decoder_key", "ea"}`` or ``{"dkga", "vending_key", ...}``."""
     obj = _object(value, where)
-    cache_key = json.dumps(obj, sort_keys=True, default=str)
-    return ctx.cached_key(cache_key, lambda: _build_key(obj, where))
+    material = json.dumps(obj, sort_keys=True, default=str).encode()
+    return ctx.cached_key(material, lambda: _build_key(obj, where))
 
 
 def _build_key(obj: Mapping[str, Any], where: str) -> KeySpec:

@@ -11,14 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import psycopg
 from pydantic import SecretStr
 
+from firmware_sim.mqtt_link import BROKER_PASSWORD_ENV
 from gateway import registry
 from gateway.db.migrate import apply_migrations
 from gateway.dev.services import BackingServices, ensure_services, free_port
@@ -72,6 +75,23 @@ async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) ->
     )
 
 
+def _broker_for_fleet(settings: Settings) -> tuple[str, dict[str, str]]:
+    """The simulator's ``--broker`` URL without the password, and the environment carrying it.
+
+    A password on the command line would be visible to every user of the machine (``ps``).
+    """
+    url = settings.mqtt_url.get_secret_value()
+    parts = urlsplit(url)
+    env = dict(os.environ)
+    env.pop(BROKER_PASSWORD_ENV, None)
+    if parts.password is None:
+        return url, env
+    env[BROKER_PASSWORD_ENV] = unquote(parts.password)
+    host = parts.netloc.rsplit("@", 1)[1]
+    user = parts.netloc.rsplit("@", 1)[0].split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), env
+
+
 def _fleet_command(
     settings: Settings, *, meters: int, speed: float, seed: int, modbus_port: int, data_dir: Path
 ) -> list[str]:
@@ -85,7 +105,7 @@ def _fleet_command(
         "--meters",
         str(meters),
         "--broker",
-        settings.mqtt_url.get_secret_value(),
+        _broker_for_fleet(settings)[0],
         "--speed",
         str(speed),
         "--seed",
@@ -194,6 +214,7 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
                     data_dir=data_dir,
                 ),
                 cwd=data_dir,
+                env=_broker_for_fleet(settings)[1],
             )
             tg.create_task(_watch_fleet(fleet, stop), name="fleet-watch")
             tg.create_task(

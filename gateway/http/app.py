@@ -2,21 +2,27 @@
 
 The app owns no resources. The service builds the pool, the MQTT intake and the pipeline in its
 lifespan and hands them in as :class:`Services`; handlers get them through ``Depends``, and tests
-substitute their own.
+substitute their own. Errors of every route are answered in one shape by
+:mod:`gateway.http.errors`; request bodies are capped by :mod:`gateway.http.limits`, and
+handlers get database connections with a short wait from :mod:`gateway.http.db`.
 """
 
 from __future__ import annotations
 
 import psycopg
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import GatewayError, NotFoundError
 from gateway.http.deps import Services, ServicesDep
+from gateway.http.errors import install_error_handlers
+from gateway.http.limits import BodyLimit
 from gateway.http.meters import router as meters_router
 
-__all__ = ["Services", "create_app"]
+__all__ = ["DEFAULT_DB_WAIT_S", "DEFAULT_MAX_BODY_BYTES", "Services", "create_app"]
+
+DEFAULT_MAX_BODY_BYTES = 1_048_576
+DEFAULT_DB_WAIT_S = 1.0
 
 
 async def _database_ok(pool: AsyncConnectionPool) -> str | None:
@@ -28,23 +34,23 @@ async def _database_ok(pool: AsyncConnectionPool) -> str | None:
     return None
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(
+    services: Services,
+    *,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    db_wait_s: float = DEFAULT_DB_WAIT_S,
+) -> FastAPI:
+    """The API over ``services``; bodies over ``max_body_bytes`` get 413, and a request that
+    waits more than ``db_wait_s`` for a database connection gets 503."""
     app = FastAPI(
         title="Meter gateway",
         summary="Smart-meter telemetry and STS prepaid token gateway",
         version="0.1.0",
     )
     app.state.services = services
-
-    @app.exception_handler(GatewayError)
-    async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
-        """The one place where domain errors become HTTP responses."""
-        del request
-        status = 404 if isinstance(exc, NotFoundError) else 503
-        return JSONResponse(
-            status_code=status,
-            content={"error": {"code": type(exc).__name__, "message": str(exc)}},
-        )
+    app.state.db_wait_s = db_wait_s
+    install_error_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     app.include_router(meters_router)
 

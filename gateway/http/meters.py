@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gateway import registry
-from gateway.http.deps import ServicesDep
+from gateway.http.db import DbConn
+from gateway.http.models import ApiModel
 from protocols.errors import UsageError
 from protocols.modbus import RegisterMap
 
@@ -21,10 +23,15 @@ router = APIRouter(prefix="/meters", tags=["meters"])
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
 
+@functools.cache
+def _zones() -> frozenset[str]:
+    return frozenset(available_timezones()) | {"UTC"}
+
+
 class _MeterFields(BaseModel):
     transport: Literal["mqtt", "modbus"] = "mqtt"
     reporting_interval_s: int = Field(900, ge=1, le=7 * 86400)
-    time_zone: str = "UTC"
+    time_zone: str = Field("UTC", max_length=64)
     """IANA zone used for device timestamps written without a UTC offset."""
     verified: bool = True
     modbus_host: str | None = Field(None, max_length=253)
@@ -34,17 +41,15 @@ class _MeterFields(BaseModel):
     register_map: dict[str, Any] | None = None
 
 
-class MeterIn(_MeterFields):
+class MeterIn(ApiModel, _MeterFields):
     utility: Literal["electricity", "water"]
     payment: Literal["prepaid", "postpaid"] = "postpaid"
 
     @field_validator("time_zone")
     @classmethod
     def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
+        if value not in _zones():
+            raise ValueError("unknown time zone (expected an IANA name, e.g. Africa/Johannesburg)")
         return value
 
     @field_validator("register_map")
@@ -54,7 +59,7 @@ class MeterIn(_MeterFields):
             try:
                 RegisterMap.from_json(value)
             except UsageError as exc:
-                raise ValueError(str(exc)) from None
+                raise ValueError(str(exc)[:160]) from None
         return value
 
     @model_validator(mode="after")
@@ -83,7 +88,7 @@ class MeterOut(_MeterFields):
 @router.get("", response_model=list[MeterOut])
 async def list_meters(
     *,
-    svc: ServicesDep,
+    conn: DbConn,
     verified: bool | None = None,
     transport: Literal["mqtt", "modbus"] | None = None,
     utility: Literal["electricity", "water", "unknown"] | None = None,
@@ -91,28 +96,24 @@ async def list_meters(
     after: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
 ) -> list[dict[str, Any]]:
     """Meters by id; pass the last id of a page as ``after`` for the next page."""
-    async with svc.pool.connection() as conn:
-        return await registry.list_meters(
-            conn, verified=verified, transport=transport, utility=utility, limit=limit, after=after
-        )
+    return await registry.list_meters(
+        conn, verified=verified, transport=transport, utility=utility, limit=limit, after=after
+    )
 
 
 @router.get("/{meter_id}", response_model=MeterOut)
-async def get_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
-    async with svc.pool.connection() as conn:
-        return await registry.get_meter(conn, meter_id)
+async def get_meter(meter_id: MeterId, conn: DbConn) -> dict[str, Any]:
+    return await registry.get_meter(conn, meter_id)
 
 
 @router.put("/{meter_id}", response_model=MeterOut)
-async def put_meter(meter_id: MeterId, body: MeterIn, svc: ServicesDep) -> dict[str, Any]:
+async def put_meter(meter_id: MeterId, body: MeterIn, conn: DbConn) -> dict[str, Any]:
     """Register a meter, or replace what is known about it."""
     spec = registry.MeterSpec(meter_id=meter_id, **body.model_dump())
-    async with svc.pool.connection() as conn:
-        return await registry.upsert_meter(conn, spec)
+    return await registry.upsert_meter(conn, spec)
 
 
 @router.post("/{meter_id}/verify", response_model=MeterOut)
-async def verify_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
+async def verify_meter(meter_id: MeterId, conn: DbConn) -> dict[str, Any]:
     """Confirm an auto-registered meter."""
-    async with svc.pool.connection() as conn:
-        return await registry.verify_meter(conn, meter_id)
+    return await registry.verify_meter(conn, meter_id)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from datetime import timedelta
 
@@ -10,6 +12,7 @@ import pytest
 from firmware_sim.device import Device, Output
 from firmware_sim.identity import Utility
 from protocols.commands import CommandAction, sign_command
+from protocols.timestamps import to_rfc3339
 from protocols.topics import TopicKind
 from tests.firmware_sim.helpers import DEV_VENDING_KEY, START, command_key, make_device
 from tokens.codec import encode
@@ -217,3 +220,27 @@ def test_arm_reconnect_waits_for_the_button() -> None:
     assert device.meter.values["96.3.10"] == 2.0
     out = device.press_button(NOW + timedelta(seconds=30))
     assert _status(out)["relay"] == "connected"
+
+
+def test_command_with_a_separator_in_id_or_nonce_is_rejected_before_its_signature() -> None:
+    """A ``|`` in ``id`` or ``nonce`` would let a signature be re-split into other fields."""
+    device = make_device(Utility.ELECTRICITY)
+    meter_id = device.meter_id
+    issued = to_rfc3339(START + timedelta(hours=1))
+    expires = to_rfc3339(START + timedelta(hours=1, minutes=10))
+    # Signed as the gateway would have before ids and nonces were restricted ...
+    text = f"v1|{meter_id}|c-1|disconnect|{issued}|{expires}|n|x".encode()
+    sig = hmac.new(command_key(meter_id), text, hashlib.sha256).hexdigest()
+    for body in (
+        {"id": "c-1", "action": "disconnect", "issued_at": issued, "expires_at": expires,
+         "nonce": "n|x", "sig": sig},
+        # ... and the same signature over a re-split of the same text.
+        {"id": "c-1", "action": "disconnect", "issued_at": issued,
+         "expires_at": f"{expires}|n", "nonce": "x", "sig": sig},
+        {"id": "c|1", "action": "disconnect", "issued_at": issued, "expires_at": expires,
+         "nonce": "n", "sig": sig},
+    ):  # fmt: skip
+        reply = _reply(device.on_command(json.dumps(body).encode(), NOW))
+        assert (reply["result"], reply["reason"]) == ("rejected", "malformed")
+        assert "|" not in str(reply["command_id"])
+        assert device.meter.relay.value == "connected"  # type: ignore[union-attr]

@@ -161,7 +161,7 @@ async def test_meter_registry_api(
         page2 = (await http.get(f"/meters?limit=1&after={page1[0]['meter_id']}")).json()
         assert [page1[0]["meter_id"], page2[0]["meter_id"]] == ["AUTO1", "MB-7"]
         missing = await http.get("/meters/NOPE")
-        assert missing.status_code == 404 and missing.json()["error"]["code"] == "NotFoundError"
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
         bad = await http.put("/meters/MB-8", json={"utility": "electricity", "transport": "modbus"})
         assert bad.status_code == 422
         bad_map = await http.put(

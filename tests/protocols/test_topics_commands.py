@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,6 +21,7 @@ from protocols import (
     decode_status,
     sign_command,
 )
+from protocols.commands import Command
 from protocols.errors import UsageError
 
 KEY = bytes(range(32))
@@ -100,3 +104,38 @@ def test_malformed_command_body_is_a_payload_error() -> None:
     for body in (b"[]", b"{}", b'{"id": 1}', b"\xff"):
         with pytest.raises(PayloadError):
             decode_command(body, meter_id="M1")
+
+
+def _resplit_pair() -> tuple[Command, Command]:
+    """Two field assignments with the same ``|``-joined signed text, and that text's MAC."""
+    issued, expires = "2026-11-23T09:00:00.000Z", "2026-11-23T09:10:00.000Z"
+    first = Command("M1", "c-1", "disconnect", issued, expires, "n|x", sig="")
+    second = Command("M1", "c-1", "disconnect", issued, f"{expires}|n", "x", sig="")
+    assert first.signed_text() == second.signed_text()  # the ambiguity being closed
+    sig = hmac.new(KEY, first.signed_text(), hashlib.sha256).hexdigest()
+    return replace(first, sig=sig), replace(second, sig=sig)
+
+
+def test_a_resplit_signature_is_rejected_on_the_meter() -> None:
+    for cmd in _resplit_pair():
+        assert check_command(cmd, key=KEY, now=NOW, seen=set()) is RejectReason.MALFORMED
+        with pytest.raises(PayloadError):
+            decode_command(cmd.to_json(), meter_id="M1")
+    id_split = Command("M1", "c|disconnect", "reconnect", "a", "b", "n", sig="")
+    assert check_command(id_split, key=KEY, now=NOW, seen=set()) is RejectReason.MALFORMED
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"nonce": "n|x"}, {"command_id": "c|1"}, {"command_id": ""}, {"nonce": "ünï"},
+     {"nonce": "x" * 129}, {"meter_id": "M|1"}],
+)  # fmt: skip
+def test_gateway_refuses_to_sign_ambiguous_fields(overrides: dict[str, str]) -> None:
+    with pytest.raises(UsageError):
+        signed(**overrides)
+
+
+def test_ids_and_nonces_of_the_allowed_alphabet_still_verify() -> None:
+    cmd = signed(command_id="Cmd_2026-11-23_0001", nonce="a" * 128)
+    decoded = decode_command(cmd.to_json(), meter_id="M1")
+    assert check_command(decoded, key=KEY, now=NOW, seen=set()) is None

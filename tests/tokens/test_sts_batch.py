@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from tests.tokens.conftest import TOKEN_VECTORS
 from tokens import DecoderKey, decode
+from tokens import batch as batch_module
 from tokens.batch import BatchContext, process_line, process_request
 
 BY_ID: dict[str, dict[str, Any]] = {v["id"]: v for v in TOKEN_VECTORS}
@@ -193,3 +194,33 @@ def test_any_json_gets_a_response_never_an_exception(value: Any) -> None:
 def test_any_token_object_gets_a_response(token: dict[str, Any]) -> None:
     response = process_request({"id": 0, "key": KEY07, "token": token}, context())
     assert set(response) in ({"id", "tokens"}, {"id", "error"})
+
+
+def test_key_cache_is_not_indexed_by_key_material(monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = context()
+    for key in (KEY07, DKGA02_KEY, DKGA04_KEY):
+        assert "tokens" in run({"key": key, "token": {"type": "clear_tamper", "tid": 1}}, ctx)
+    assert len(ctx._keys) == 3
+    secrets_hex = [KEY07["decoder_key"], DKGA02_KEY["vending_key"], DKGA04_KEY["vending_key"]]
+    for index in ctx._keys:
+        assert isinstance(index, bytes) and len(index) == 32
+        for hex_key in secrets_hex:
+            assert bytes.fromhex(hex_key) not in index
+            assert hex_key.encode() not in index
+    # Another context indexes the same keys differently (its own random secret) ...
+    other = context()
+    run({"key": KEY07, "token": {"type": "clear_tamper", "tid": 1}}, other)
+    assert not set(other._keys) & set(ctx._keys)
+    # ... and within one context, a repeated key object is derived only once.
+    built: list[Any] = []
+    original = batch_module._build_key
+
+    def counting(obj: Any, where: str) -> Any:
+        built.append(obj)
+        return original(obj, where)
+
+    monkeypatch.setattr(batch_module, "_build_key", counting)
+    run({"key": KEY07, "token": {"type": "clear_tamper", "tid": 2}}, ctx)
+    run({"key": dict(KEY07), "token": {"type": "clear_tamper", "tid": 3}}, ctx)
+    run({"key": {"ea": "11", "decoder_key": "00" * 16}, "token": {"type": "clear_tamper"}}, ctx)
+    assert len(built) == 1 and built[0]["ea"] == "11"

@@ -1,0 +1,56 @@
+"""Base of the API's request bodies: text that PostgreSQL and JSON replies can carry.
+
+JSON lets a client send ``"\\u0000"`` and lone surrogates (``"\\ud800"``). PostgreSQL refuses NUL
+in ``text`` and ``jsonb``, and a lone surrogate cannot be encoded as UTF-8 at all, so either one
+used to travel to the database (or into an error reply) and come back as a 500. Request models
+derive from :class:`ApiModel`, which refuses such text anywhere in a field's value, keys of
+nested objects included, with a 422 naming the field. (Unknown fields are ignored, never stored.)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from pydantic import BaseModel, field_validator
+
+__all__ = ["ApiModel", "text_problem"]
+
+_MAX_DEPTH: Final = 64
+
+
+def text_problem(value: str) -> str | None:
+    """Why ``value`` cannot be stored as text, or None when it can."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode (no lone surrogates)"
+    return None
+
+
+def _check(value: Any, where: str, depth: int) -> None:
+    """Raise ValueError for unstorable text in ``value`` (``where``: the path inside it)."""
+    if depth > _MAX_DEPTH:
+        raise ValueError(f"nested too deeply at {where}")
+    if isinstance(value, str):
+        if (problem := text_problem(value)) is not None:
+            raise ValueError(f"{where} {problem}" if where else problem)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if (problem := text_problem(str(key))) is not None:
+                raise ValueError(f"a key {f'in {where} ' if where else ''}{problem}")
+            _check(item, f"{where}.{key}".lstrip(".")[:80], depth + 1)
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check(item, f"{where}[{index}]", depth + 1)
+
+
+class ApiModel(BaseModel):
+    """A request body whose text, wherever it is, can be stored and echoed."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _storable_text(cls, value: Any) -> Any:
+        _check(value, "", 0)
+        return value
