@@ -15,8 +15,8 @@ from urllib.parse import quote
 import pytest
 
 from firmware_sim.mqtt_link import BROKER_PASSWORD_ENV, BrokerAddress, parse_broker_url
-from gateway.demo import _broker_for_fleet, _fleet_command
-from gateway.devservices import free_port, port_answers
+from gateway.dev.demo import _broker_for_fleet, _fleet_command
+from gateway.dev.services import free_port, port_answers
 from gateway.settings import Settings, redact_url
 from tests.plugins.gateway import gateway_running, make_settings
 
