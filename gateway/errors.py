@@ -6,7 +6,10 @@
     └── GatewayError
         ├── ConfigError          settings invalid or unsafe; raised at start, before connecting
         ├── NotFoundError        a requested record (meter …) does not exist
-        ├── StorageError         the database failed in a way retrying will not fix
+        ├── StorageError         the database could not store a batch: see below
+        │   ├── StorageUnavailableError  transient (connection lost, pool exhausted, shutdown,
+        │   │                            deadlock, serialization, resources): retry the batch
+        │   └── StorageRejectedError     permanent: the database refused the data itself
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
         ├── ModbusError          a Modbus device failed a poll: see gateway.modbus.errors
@@ -28,6 +31,8 @@ __all__ = [
     "NotFoundError",
     "ServiceStartError",
     "StorageError",
+    "StorageRejectedError",
+    "StorageUnavailableError",
 ]
 
 
@@ -44,7 +49,15 @@ class NotFoundError(GatewayError):
 
 
 class StorageError(GatewayError):
-    """A database operation failed permanently."""
+    """A database operation failed; raised by the storage layer, translated from psycopg."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be used right now; the same operation may succeed later."""
+
+
+class StorageRejectedError(StorageError):
+    """The database refused the data; repeating the same operation will fail again."""
 
 
 class MigrationError(GatewayError):
