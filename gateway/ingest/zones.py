@@ -20,11 +20,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
 
-__all__ = ["CHANNEL", "MeterZones"]
+__all__ = ["APPLICATION_NAME", "CHANNEL", "MeterZones"]
 
 log = logging.getLogger(__name__)
 
 CHANNEL: Final = "meter_zone"
+APPLICATION_NAME: Final = "gateway-meter-zones"
+"""How the listening connection shows in ``pg_stat_activity``."""
 
 
 def _zone(name: str) -> tzinfo | None:
@@ -103,7 +105,9 @@ class MeterZones:
         delay = 0.5
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(conninfo, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    conninfo, autocommit=True, application_name=APPLICATION_NAME
+                ) as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     await self.load(conn)  # after LISTEN: nothing changed in between is missed
                     self.listening.set()
