@@ -10,10 +10,12 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.db.migrate import apply_migrations, load_migrations
 from gateway.errors import StorageRejectedError, StorageUnavailableError
 from gateway.ingest.consumer import decode_message
 from gateway.ingest.work import Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, BatchStore, write_batch
+from gateway.settings import TimescaleMode
 from protocols import Reading, Topics
 
 
@@ -203,3 +205,40 @@ async def test_database_errors_are_translated_once_transient_or_permanent(
     finally:
         await pool.close()
     assert stored(database_url) == []
+
+
+def test_upgrade_folds_repeated_dead_letters_and_keys_existing_events(
+    empty_database_url: str,
+) -> None:
+    """Migration 0004 on a database with data: nothing is lost, repeated dead letters fold."""
+    migrations = load_migrations()
+    before = [m for m in migrations if m.version < 4]
+    apply_migrations(empty_database_url, timescale=TimescaleMode.OFF, migrations=before)
+    with psycopg.connect(empty_database_url) as conn:
+        conn.execute(
+            "INSERT INTO dead_letters (topic, payload, reason, detail, received_at) VALUES"
+            " ('meters/A/telemetry', '{oops', 'bad_json', 'x', '2026-11-01 00:00Z'),"
+            " ('meters/A/telemetry', '{oops', 'bad_json', 'x', '2026-11-02 00:00Z'),"
+            " ('meters/B/telemetry', '{oops', 'bad_json', 'x', '2026-11-03 00:00Z')"
+        )
+        conn.execute(
+            "INSERT INTO meter_events (meter_id, ts, type, details) VALUES"
+            " ('A', '2026-11-01 00:00Z', 'power_up', '{}'),"
+            " ('A', '2026-11-01 00:00Z', 'power_down', '{\"v\": 1}')"
+        )
+    apply_migrations(empty_database_url, timescale=TimescaleMode.OFF)
+    with psycopg.connect(empty_database_url) as conn:
+        letters = conn.execute(
+            "SELECT topic, deliveries, received_at, last_received_at, payload_length,"
+            " payload_sha256 FROM dead_letters ORDER BY id"
+        ).fetchall()
+        keys = conn.execute(
+            "SELECT count(DISTINCT event_key), count(*) FROM meter_events"
+        ).fetchone()
+    digest = hashlib.sha256(b"{oops").digest()
+    day = [datetime(2026, 11, d, tzinfo=UTC) for d in (1, 2, 3)]
+    assert [(t, n, r, last, length, bytes(h)) for t, n, r, last, length, h in letters] == [
+        ("meters/A/telemetry", 2, day[0], day[1], 5, digest),
+        ("meters/B/telemetry", 1, day[2], day[2], 5, digest),
+    ]
+    assert keys == (2, 2)
