@@ -68,9 +68,10 @@ def _rank(column: str) -> str:
 # staging table is emptied at every commit and filled by one COPY, so ctid order is arrival
 # order). Paying for that only when it happens is cheaper than preventing it: sorting every
 # batch costs about a tenth of the writer's server time, and hashing every key while staging
-# half of the client's COPY time. (TimescaleDB 2.28 does not refuse the double touch for a
-# hypertable: it applies the rule row by row in staging order, which ends in the same stored
-# value; only ``readings_replaced`` then counts each step of a chain within the batch.)
+# half of the client's COPY time. (TimescaleDB 2.28 does not refuse the double touch of a row
+# that was in a compressed chunk: it applies the rule row by row in staging order, which ends
+# in the same stored value; only ``readings_replaced`` then counts each step of a chain of
+# upgrades within the batch.)
 _UPSERT_BODY: Final = f"""
     INSERT INTO reading_data AS r (meter_id, channel, ts, value, raw_ts, quality)
     SELECT meter_id, channel, ts, value, raw_ts, quality FROM {{source}}
