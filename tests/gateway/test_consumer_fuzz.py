@@ -187,7 +187,11 @@ async def _store(url: str, batch: list[Work]) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(st.lists(st.tuples(meter_topic, shaped | payload_strategy), min_size=1, max_size=25))
+@given(
+    st.lists(
+        st.tuples(meter_topic | topic_strategy, shaped | payload_strategy), min_size=1, max_size=25
+    )
+)
 def test_whatever_is_decoded_the_database_accepts(
     database_url: str, messages: list[tuple[str, bytes]]
 ) -> None:
