@@ -13,7 +13,10 @@
         ├── RateLimitedError     too many requests; ``retry_after_s`` says when to come back
         ├── PayloadTooLargeError a request body over the configured limit
         ├── ServiceUnavailableError  a dependency (the database …) cannot serve us right now
-        ├── StorageError         the database failed in a way retrying will not fix
+        ├── StorageError         the database could not store a batch: see below
+        │   ├── StorageUnavailableError  transient (connection lost, pool exhausted, shutdown,
+        │   │                            deadlock, serialization, resources): retry the batch
+        │   └── StorageRejectedError     permanent: the database refused the data itself
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
         ├── ListenError          the HTTP server cannot listen (port in use, bad address)
@@ -48,6 +51,8 @@ __all__ = [
     "ServiceStartError",
     "ServiceUnavailableError",
     "StorageError",
+    "StorageRejectedError",
+    "StorageUnavailableError",
     "ValidationError",
 ]
 
@@ -65,7 +70,15 @@ class NotFoundError(GatewayError):
 
 
 class StorageError(GatewayError):
-    """A database operation failed permanently."""
+    """A database operation failed; raised by the storage layer, translated from psycopg."""
+
+
+class StorageUnavailableError(StorageError):
+    """The database cannot be used right now; the same operation may succeed later."""
+
+
+class StorageRejectedError(StorageError):
+    """The database refused the data; repeating the same operation will fail again."""
 
 
 class MigrationError(GatewayError):

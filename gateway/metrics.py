@@ -35,7 +35,34 @@ class Metrics:
         self.readings_duplicate = Counter(
             "gateway_readings_duplicate", "Readings already stored (redelivery)", registry=r
         )
+        self.readings_replaced = Counter(
+            "gateway_readings_replaced",
+            "Readings that replaced a stored one of worse quality",
+            registry=r,
+        )
+        self.reading_conflicts = Counter(
+            "gateway_reading_conflicts",
+            "Readings refused because another value of the same quality is stored"
+            " (recorded in reading_conflicts)",
+            registry=r,
+        )
+        self.readings_superseded = Counter(
+            "gateway_readings_superseded",
+            "Readings ignored because a better-quality reading is stored",
+            registry=r,
+        )
         self.events_stored = Counter("gateway_events_written", "Meter events written", registry=r)
+        self.dead_letters_redelivered = Counter(
+            "gateway_dead_letters_redelivered",
+            "Deliveries of a message already dead-lettered (stored once, counted)",
+            registry=r,
+        )
+        self.decode_internal_errors = Counter(
+            "gateway_decode_internal_errors",
+            "Messages whose decoding raised an unexpected exception (dead-lettered)",
+            ["exception"],
+            registry=r,
+        )
         self.dead_letters = Counter(
             "gateway_dead_letters", "Messages dead-lettered", ["reason"], registry=r
         )
@@ -73,7 +100,11 @@ class Metrics:
         self.readings_received.inc(result.readings_staged)
         self.readings_stored.inc(result.readings_stored)
         self.readings_duplicate.inc(result.duplicates)
+        self.readings_replaced.inc(result.readings_replaced)
+        self.reading_conflicts.inc(result.readings_conflicts)
+        self.readings_superseded.inc(result.readings_superseded)
         self.events_stored.inc(result.events_stored)
+        self.dead_letters_redelivered.inc(result.dead_letters_repeated)
         self.batch_rows.observe(result.readings_staged)
         self.flush_seconds.observe(seconds)
 

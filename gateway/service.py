@@ -13,7 +13,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import uvicorn
@@ -22,10 +22,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.http.app import create_app
 from gateway.http.deps import Services
-from gateway.ingest.consumer import decode_message
+from gateway.ingest.consumer import MessageDecoder
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
-from gateway.ingest.work import AckToken, Work
-from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
+from gateway.ingest.work import AckToken
+from gateway.ingest.writer import STAGING_DDL, BatchStore
+from gateway.ingest.zones import MeterZones
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.runtime import listen
@@ -121,12 +122,19 @@ class _DeadLetterLog:
         )
 
 
-def _make_sink(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) -> Sink:
+def _make_sink(
+    topics: Topics, pipeline: IngestPipeline, metrics: Metrics, zones: MeterZones
+) -> Sink:
     """Per message: decode, keep any dead letter's reason, queue with its ack token."""
     log_dead = _DeadLetterLog()
+    decode = MessageDecoder(
+        topics,
+        zone_of=zones,
+        on_internal_error=lambda kind: metrics.decode_internal_errors.labels(exception=kind).inc(),
+    )
 
     def sink(topic: str, payload: bytes, ack: AckToken | None) -> None:
-        work = decode_message(topics, topic, payload)
+        work = decode(topic, payload)
         work.ack = ack
         if work.dead is not None:
             metrics.dead_letters.labels(reason=work.dead.reason).inc()
@@ -154,7 +162,7 @@ def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
     )
 
 
-def _build_services(settings: Settings) -> Services:
+def _build_services(settings: Settings, zones: MeterZones) -> Services:
     """Pool (not yet open), pipeline and MQTT intake, wired together; nothing connects here."""
     metrics = Metrics()
     topics = Topics(settings.mqtt_topic_prefix)
@@ -167,14 +175,8 @@ def _build_services(settings: Settings) -> Services:
         name="gateway",
     )
 
-    async def write(batch: Sequence[Work]) -> BatchResult:
-        # Fail fast (PoolTimeout is an OperationalError) so the pipeline's retry loop, with its
-        # backoff and health flag, is what waits for the database, not the pool.
-        async with pool.connection(timeout=5.0) as conn:
-            return await write_batch(conn, batch)
-
     pipeline = IngestPipeline(
-        write,
+        BatchStore(pool, connect_timeout_s=5.0),
         PipelineLimits(
             max_rows=settings.batch_max_rows,
             max_age_s=settings.batch_max_age_ms / 1000,
@@ -182,7 +184,7 @@ def _build_services(settings: Settings) -> Services:
         ),
         metrics,
     )
-    intake = _build_intake(settings, topics, _make_sink(topics, pipeline, metrics))
+    intake = _build_intake(settings, topics, _make_sink(topics, pipeline, metrics, zones))
     pipeline.committed = lambda batch: intake.acknowledge(w.ack for w in batch if w.ack)
     pipeline.over_limit = intake.pause
     pipeline.under_limit = intake.resume
@@ -216,7 +218,8 @@ async def run_gateway(
     serve_http: bool = True,
 ) -> None:
     """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
-    services = _build_services(settings)
+    zones = MeterZones()
+    services = _build_services(settings, zones)
     server: _Server | None = None
     sock: socket.socket | None = None
     try:
@@ -241,8 +244,16 @@ async def run_gateway(
                 if settings.modbus_enabled
                 else None
             )
-            connect_task = tg.create_task(services.intake.connect(), name="mqtt-connect")
             stop_task = tg.create_task(stop.wait(), name="stop-signal")
+            tg.create_task(
+                zones.run(settings.database_url.get_secret_value(), stop), name="meter-zones"
+            )
+            # Meter zones first: a message decoded before they are loaded would read a local
+            # time as UTC.
+            zones_ready = tg.create_task(zones.listening.wait(), name="meter-zones-ready")
+            await asyncio.wait({zones_ready, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            zones_ready.cancel()
+            connect_task = tg.create_task(services.intake.connect(), name="mqtt-connect")
             await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             if connect_task.done():
                 port = sock.getsockname()[1] if sock is not None else None

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, tzinfo
 from types import MappingProxyType
 
 from protocols.errors import PayloadError
+from protocols.jsonbody import check_tree, load_json
 from protocols.telemetry import MAX_INSTANTS, MAX_PAYLOAD_BYTES
 from protocols.timestamps import parse_device_time, to_rfc3339
 
@@ -65,19 +66,19 @@ def encode_events(events: Sequence[Event]) -> bytes:
     body: object = (
         events[0].to_json_obj() if len(events) == 1 else [e.to_json_obj() for e in events]
     )
-    return json.dumps(body, separators=(",", ":")).encode()
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
 def decode_events(
     payload: bytes, *, now: datetime | None = None, naive_tz: tzinfo = UTC
 ) -> list[Event]:
-    """Decode and validate an events message (all or nothing)."""
+    """Decode and validate an events message (all or nothing).
+
+    ``naive_tz`` is the meter's zone, for times written without an offset.
+    """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise PayloadError("oversized", f"payload of {len(payload)} bytes exceeds the limit")
-    try:
-        body = json.loads(payload)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PayloadError("bad_json", f"not JSON: {str(exc)[:120]}") from None
+    body = load_json(payload)
     items = [body] if isinstance(body, dict) else body
     if not isinstance(items, list) or not items or len(items) > MAX_INSTANTS:
         raise PayloadError("bad_shape", "events must be an object or a non-empty array")
@@ -96,5 +97,6 @@ def decode_events(
             for k, v in details.items()
         ):
             raise PayloadError("bad_shape", "event details must map names to scalars")
+        check_tree(details, what="event details")
         events.append(Event(ts, _TYPES[kind], MappingProxyType(details), raw))
     return events

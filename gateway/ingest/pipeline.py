@@ -22,8 +22,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import psycopg
-
+from gateway.errors import StorageRejectedError, StorageUnavailableError
 from gateway.ingest.work import DeadLetter, Work
 from gateway.ingest.writer import BatchResult
 from gateway.metrics import Metrics
@@ -157,14 +156,12 @@ class IngestPipeline:
             try:
                 try:
                     result = await self._write(batch)
-                except psycopg.OperationalError:
-                    raise
-                except psycopg.Error as exc:
+                except StorageRejectedError as exc:
                     # The data itself was refused (a constraint not checked up front): isolate
                     # the offending messages so that one bad message cannot block the stream.
                     log.error("batch refused by the database (%s); writing message by message", exc)
                     result = await self._write_one_by_one(batch)
-            except psycopg.OperationalError as exc:
+            except StorageUnavailableError as exc:
                 self.healthy = False
                 self._metrics.flush_errors.inc()
                 log.warning("database unavailable, batch of %d messages kept: %s", len(batch), exc)
@@ -190,26 +187,16 @@ class IngestPipeline:
             self._room.notify_all()
 
     async def _write_one_by_one(self, batch: list[Work]) -> BatchResult:
-        totals = [0, 0, 0, 0]
+        total = BatchResult()
         for work in batch:
             try:
                 result = await self._write([work])
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:  # this message alone is refused: keep it, with why
+            except StorageRejectedError as exc:  # this message alone is refused: keep it, with why
                 refused = Work(
                     topic=work.topic,
                     payload=work.payload,
                     dead=DeadLetter(work.topic, work.payload, "storage_rejected", str(exc)[:500]),
                 )
                 result = await self._write([refused])
-            for i, n in enumerate(
-                (
-                    result.readings_staged,
-                    result.readings_stored,
-                    result.events_stored,
-                    result.dead_letters,
-                )
-            ):
-                totals[i] += n
-        return BatchResult(*totals)
+            total = total + result
+        return total

@@ -7,13 +7,26 @@ database transaction holding everything derived from that message has committed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Final
 
 from protocols.events import Event
 from protocols.telemetry import Reading
 
-__all__ = ["AckToken", "DeadLetter", "MeterEvent", "MeterStatus", "Work"]
+__all__ = [
+    "DEAD_LETTER_KEEP_BYTES",
+    "AckToken",
+    "DeadLetter",
+    "MeterEvent",
+    "MeterStatus",
+    "Work",
+    "storable_text",
+]
+
+DEAD_LETTER_KEEP_BYTES: Final = 64 * 1024
+"""How much of a dead-lettered payload is kept (the rest is described by length and hash)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,18 +39,42 @@ class AckToken:
     qos: int
 
 
+def storable_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, in a form PostgreSQL ``text`` accepts.
+
+    NUL and lone surrogates (which UTF-8 cannot encode) become backslash escapes.
+    """
+    text = text[:limit]
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    if not text.isascii():
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
+    """A message that cannot be stored as data, kept with its reason.
+
+    The payload is kept byte for byte up to :data:`DEAD_LETTER_KEEP_BYTES`; ``length`` and
+    ``sha256`` always describe the whole message, so an oversized one is still identified.
+    """
+
     topic: str
     payload: bytes
-    """Kept byte for byte (bytea)."""
     reason: str
     detail: str
+    length: int = field(init=False)
+    """Size of the message as received."""
+    sha256: bytes = field(init=False)
+    """SHA-256 of the whole payload; with the topic, the key that stores a redelivery once."""
 
     def __post_init__(self) -> None:
-        # PostgreSQL text cannot hold NUL; the raw bytes are in ``payload`` anyway.
-        object.__setattr__(self, "topic", self.topic.replace("\x00", "\\x00")[:1024])
-        object.__setattr__(self, "detail", self.detail.replace("\x00", "\\x00")[:2000])
+        object.__setattr__(self, "length", len(self.payload))
+        object.__setattr__(self, "sha256", hashlib.sha256(self.payload).digest())
+        object.__setattr__(self, "payload", self.payload[:DEAD_LETTER_KEEP_BYTES])
+        object.__setattr__(self, "topic", storable_text(self.topic, 1024))
+        object.__setattr__(self, "detail", storable_text(self.detail, 2000))
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ import asyncio
 import calendar
 import json
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -70,14 +71,138 @@ async def test_bad_payloads_are_dead_lettered_and_ingest_continues(
     ]
     async with MqttTestClient(mqtt_url) as client:
         await client.publish_all(bad)
+        await client.publish_all([bad[0]])  # the same bad message again: stored once
         await client.publish_all([(f"{topic_prefix}meters/M1/telemetry", telemetry("M1", 1, 5.0))])
-    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM dead_letters"), 5) == 5
+    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM readings"), 1) == 1
+    assert (
+        await wait_for_value(lambda: db_scalar(url, "SELECT sum(deliveries) FROM dead_letters"), 6)
+        == 6
+    )
+    assert db_scalar(url, "SELECT count(*) FROM dead_letters") == 5
     reasons = db_scalar(url, "SELECT array_agg(reason ORDER BY id) FROM dead_letters")
     assert sorted(reasons) == sorted(
         ["bad_json", "absurd_timestamp", "unknown_channel", "unknown_event", "bad_frame"]
     )
-    assert db_scalar(url, "SELECT payload FROM dead_letters WHERE reason = 'bad_json'") == b"{oops"
+    bad_json = "FROM dead_letters WHERE reason = 'bad_json'"
+    assert db_scalar(url, f"SELECT payload {bad_json}") == b"{oops"
+    assert db_scalar(url, f"SELECT deliveries {bad_json}") == 2
+
+
+async def test_json_storage_refuses_never_reaches_the_database(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    """NaN, \\u0000 and a 400-digit number are dead letters of their own: the messages around
+    them commit in the same batch, none is refused by PostgreSQL (storage_rejected)."""
+    url = gateway_settings.database_url.get_secret_value()
+    ts = '"2026-11-01T00:00:00Z"'
+    messages = [
+        (f"{topic_prefix}meters/N1/status", b'{"state":"online","credit":NaN}'),
+        (f"{topic_prefix}meters/N1/status", b'{"state":"online","credit":' + b"9" * 400 + b"}"),
+        (
+            f"{topic_prefix}meters/N1/events",
+            f'{{"ts":{ts},"type":"low_battery","details":{{"v":"\\u0000"}}}}'.encode(),
+        ),
+        (f"{topic_prefix}meters/N1/events", f'{{"ts":{ts},"type":"low_battery"}}'.encode()),
+        (f"{topic_prefix}meters/N1/telemetry", telemetry("N1", 0, 1.0)),
+    ]
+    async with MqttTestClient(mqtt_url) as client:
+        await client.publish_all(messages)
+    assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM dead_letters"), 3) == 3
     assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM readings"), 1) == 1
+    assert db_scalar(url, "SELECT count(*) FROM meter_events") == 1
+    assert db_scalar(url, "SELECT array_agg(DISTINCT reason) FROM dead_letters") == ["bad_json"]
+
+
+async def test_reading_conflicts_and_quality_upgrades_are_kept_and_counted(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+
+    def body(value: float, quality: str, k: int = 0) -> bytes:
+        return json.dumps(
+            {"ts": T0_MS + k * 900_000, "values": {"1.8.0": value}, "quality": quality}
+        ).encode()
+
+    topic = f"{topic_prefix}meters/Q1/telemetry"
+    async with MqttTestClient(mqtt_url) as client:
+        for message in (body(5.0, "estimated"), body(7.0, "measured", 1)):
+            await client.publish_all([(topic, message)])
+        await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM readings"), 2)
+        for message in (body(5.5, "measured"), body(7.5, "measured", 1), body(4.0, "estimated")):
+            await client.publish_all([(topic, message)])
+    conflicts = "SELECT count(*) FROM reading_conflicts"
+    assert await wait_for_value(lambda: db_scalar(url, conflicts), 1) == 1
+    values = "SELECT array_agg((value, quality)::text ORDER BY ts) FROM readings"
+    assert await wait_for_value(
+        lambda: db_scalar(url, values), ["(5.5,measured)", "(7,measured)"]
+    ) == ["(5.5,measured)", "(7,measured)"]
+    assert db_scalar(url, "SELECT array[value, stored_value] FROM reading_conflicts") == [7.5, 7.0]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+        text = (await http.get("/metrics")).text
+    assert "gateway_reading_conflicts_total 1.0" in text
+    assert "gateway_readings_replaced_total 1.0" in text
+    assert "gateway_readings_superseded_total 1.0" in text
+
+
+async def test_local_times_are_read_in_the_registered_zone_at_once(
+    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+) -> None:
+    """Register a zone, then send a reading without offset: stored at the right UTC instant."""
+    url = gateway_settings.database_url.get_secret_value()
+    instant = "SELECT array_agg(ts ORDER BY ts) FROM readings WHERE meter_id = %s"
+
+    def local(ts: str, value: float = 1.0) -> bytes:
+        return json.dumps({"ts": ts, "values": {"1.8.0": value}}).encode()
+
+    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}")
+    async with http, MqttTestClient(mqtt_url) as client:
+        put = await http.put(
+            "/meters/TZ1", json={"utility": "electricity", "time_zone": "Africa/Johannesburg"}
+        )
+        assert put.status_code == 200, put.text
+        await client.publish_all(
+            [(f"{topic_prefix}meters/TZ1/telemetry", local("2026-11-01T10:00:00"))]
+        )
+        expected = [datetime(2026, 11, 1, 8, 0, tzinfo=UTC)]
+        assert (
+            await wait_for_value(lambda: db_scalar(url, instant, ("TZ1",)), expected, timeout=10)
+            == expected
+        )
+        # Moving the meter to a DST zone applies to the next message: summer, winter, and the
+        # repeated hour of the autumn change (the later instant is taken).
+        put = await http.put(
+            "/meters/TZ1", json={"utility": "electricity", "time_zone": "Europe/Berlin"}
+        )
+        assert put.status_code == 200, put.text
+        await client.publish_all(
+            [
+                (f"{topic_prefix}meters/TZ1/telemetry", local("2026-07-01T12:00:00")),
+                (f"{topic_prefix}meters/TZ1/telemetry", local("2026-10-25T02:30:00")),
+                (
+                    f"{topic_prefix}meters/TZ1/events",
+                    b'{"ts":"2026-02-01T12:00:00","type":"power_up"}',
+                ),
+            ]
+        )
+    expected = [
+        datetime(2026, 7, 1, 10, 0, tzinfo=UTC),
+        datetime(2026, 10, 25, 1, 30, tzinfo=UTC),
+        datetime(2026, 11, 1, 8, 0, tzinfo=UTC),
+    ]
+    assert (
+        await wait_for_value(lambda: db_scalar(url, instant, ("TZ1",)), expected, timeout=10)
+        == expected
+    )
+    event = "SELECT {} FROM meter_events WHERE meter_id = 'TZ1'"
+    assert await wait_for_value(lambda: db_scalar(url, event.format("count(*)")), 1) == 1
+    assert db_scalar(url, event.format("ts")) == datetime(2026, 2, 1, 11, 0, tzinfo=UTC)
+    assert db_scalar(url, event.format("raw_ts")) == "2026-02-01T12:00:00"
+    raw_ts = "SELECT array_agg(raw_ts ORDER BY ts) FROM readings WHERE meter_id = 'TZ1'"
+    assert db_scalar(url, raw_ts) == [
+        "2026-07-01T12:00:00",
+        "2026-10-25T02:30:00",
+        "2026-11-01T10:00:00",
+    ]
 
 
 async def test_events_and_retained_status_update_the_registry(

@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import psycopg
 import pytest
 
+from gateway.errors import StorageRejectedError, StorageUnavailableError
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
 from gateway.ingest.work import Work
 from gateway.ingest.writer import BatchResult
@@ -39,9 +39,9 @@ class FakeWriter:
     async def __call__(self, batch: Sequence[Work]) -> BatchResult:
         if self.down:
             self.down -= 1
-            raise psycopg.OperationalError("connection refused")
+            raise StorageUnavailableError("connection refused")
         if any(w.readings and w.readings[0].meter_id in self.refuse for w in batch):
-            raise psycopg.errors.CheckViolation("value refused")
+            raise StorageRejectedError("value refused")
         self.batches.append(list(batch))
         staged = sum(len(w.readings) for w in batch)
         return BatchResult(staged, staged, 0, sum(w.dead is not None for w in batch))

@@ -5,7 +5,9 @@ from __future__ import annotations
 import calendar
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
+import psycopg
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -158,3 +160,51 @@ def test_any_json_object_gives_readings_or_a_payload_error(body: dict) -> None:
         decode(json.dumps(body).encode())
     except PayloadError as exc:
         assert exc.reason
+
+
+JOBURG = ZoneInfo("Africa/Johannesburg")
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("local", "zone", "utc"),
+    [
+        ("2026-11-01T10:00:00", JOBURG, datetime(2026, 11, 1, 8, 0, tzinfo=UTC)),  # SAST, no DST
+        ("2026-07-01T12:00:00", BERLIN, datetime(2026, 7, 1, 10, 0, tzinfo=UTC)),  # CEST
+        ("2026-02-01T12:00:00", BERLIN, datetime(2026, 2, 1, 11, 0, tzinfo=UTC)),  # CET
+        # 2026-10-25: clocks go back 03:00 CEST → 02:00 CET, so 02:30 happens twice; the later
+        # one (02:30 CET = 01:30Z) is taken, as PostgreSQL's AT TIME ZONE does.
+        ("2026-10-25T02:30:00", BERLIN, datetime(2026, 10, 25, 1, 30, tzinfo=UTC)),
+        ("2026-10-25T01:59:00", BERLIN, datetime(2026, 10, 24, 23, 59, tzinfo=UTC)),
+        ("2026-10-25T03:00:00", BERLIN, datetime(2026, 10, 25, 2, 0, tzinfo=UTC)),
+        # 2026-03-29: clocks go forward 02:00 CET → 03:00 CEST, so 02:30 never happens; it is
+        # read with the offset before the change (+01:00), i.e. as 03:30 CEST.
+        ("2026-03-29T02:30:00", BERLIN, datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+        ("2026-03-29T03:30:00", BERLIN, datetime(2026, 3, 29, 1, 30, tzinfo=UTC)),
+        ("2026-03-29T01:30:00", BERLIN, datetime(2026, 3, 29, 0, 30, tzinfo=UTC)),
+    ],
+)
+def test_local_time_in_the_meter_zone_and_the_dst_policy(
+    local: str, zone: ZoneInfo, utc: datetime
+) -> None:
+    [r] = decode({"ts": local, "values": {"1.8.0": 1}}, naive_tz=zone)
+    assert (r.ts, r.raw_ts) == (utc, local)
+
+
+def test_an_explicit_offset_wins_over_the_meter_zone() -> None:
+    [r] = decode({"ts": "2026-07-01T12:00:00Z", "values": {"1.8.0": 1}}, naive_tz=BERLIN)
+    assert (r.ts, r.raw_ts) == (datetime(2026, 7, 1, 12, 0, tzinfo=UTC), None)
+
+
+def test_local_times_agree_with_postgresql_at_time_zone(database_url: str) -> None:
+    """The DST policy is PostgreSQL's: ``raw_ts::timestamp AT TIME ZONE zone`` gives ``ts``."""
+    locals_ = [f"2026-10-25T{h:02d}:{m:02d}:00" for h in range(4) for m in (0, 30)] + [
+        f"2026-03-29T{h:02d}:{m:02d}:00" for h in range(4) for m in (0, 30)
+    ]
+    with psycopg.connect(database_url) as conn:
+        for local in locals_:
+            [r] = decode({"ts": local, "values": {"1.8.0": 1}}, naive_tz=BERLIN)
+            row = conn.execute(
+                "SELECT %s::timestamp AT TIME ZONE 'Europe/Berlin'", (local,)
+            ).fetchone()
+            assert row is not None and r.ts == row[0], local
