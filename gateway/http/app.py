@@ -2,21 +2,49 @@
 
 The app owns no resources. The service builds the pool, the MQTT intake and the pipeline in its
 lifespan and hands them in as :class:`Services`; handlers get them through ``Depends``, and tests
-substitute their own.
+substitute their own. Access control (:class:`AccessControl`) is handed in the same way.
+
+Every endpoint but ``/healthz``, ``/readyz`` (and ``/metrics`` when open by setting) requires a
+principal with a role (:func:`gateway.http.security.require`).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Final
+
 import psycopg
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from gateway.errors import GatewayError, NotFoundError
+from gateway.errors import (
+    AuthError,
+    ConflictError,
+    ForbiddenError,
+    GatewayError,
+    InvalidInputError,
+    NotFoundError,
+    RateLimited,
+)
+from gateway.http.admin import router as admin_router
+from gateway.http.auth_routes import router as auth_router
+from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.meters import router as meters_router
+from gateway.http.security import AccessControl, Role, install_audit, require
 
-__all__ = ["Services", "create_app"]
+__all__ = ["AccessControl", "Custody", "Services", "create_app"]
+
+_STATUS: Final[tuple[tuple[type[GatewayError], int], ...]] = (
+    (NotFoundError, 404),
+    (AuthError, 401),
+    (ForbiddenError, 403),
+    (RateLimited, 429),
+    (ConflictError, 409),
+    (InvalidInputError, 422),
+)
+"""Domain error → HTTP status; anything else is the service being unable to answer (503)."""
 
 
 async def _database_ok(pool: AsyncConnectionPool) -> str | None:
@@ -28,25 +56,38 @@ async def _database_ok(pool: AsyncConnectionPool) -> str | None:
     return None
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(
+    services: Services, access: AccessControl, custody: Custody | None = None
+) -> FastAPI:
     app = FastAPI(
         title="Meter gateway",
         summary="Smart-meter telemetry and STS prepaid token gateway",
         version="0.1.0",
     )
     app.state.services = services
+    app.state.access = access
+    app.state.custody = custody or Custody()
+    install_audit(app, access)
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         """The one place where domain errors become HTTP responses."""
         del request
-        status = 404 if isinstance(exc, NotFoundError) else 503
+        status = next((code for cls, code in _STATUS if isinstance(exc, cls)), 503)
+        headers: dict[str, str] = {}
+        if isinstance(exc, AuthError):
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, RateLimited):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
         return JSONResponse(
             status_code=status,
             content={"error": {"code": type(exc).__name__, "message": str(exc)}},
+            headers=headers,
         )
 
     app.include_router(meters_router)
+    app.include_router(auth_router)
+    app.include_router(admin_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -68,7 +109,9 @@ def create_app(services: Services) -> FastAPI:
         body = {"status": "ready" if not problems else "not ready", "problems": problems}
         return JSONResponse(status_code=200 if not problems else 503, content=body)
 
-    @app.get("/metrics", tags=["operations"])
+    metrics_guard = [] if access.metrics_open else [Depends(require(Role.TECHNICIAN))]
+
+    @app.get("/metrics", tags=["operations"], dependencies=metrics_guard)
     async def metrics(svc: ServicesDep) -> Response:
         """Prometheus text exposition."""
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")

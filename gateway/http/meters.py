@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gateway import registry
+from gateway.http.custody import CustodyDep
 from gateway.http.deps import ServicesDep
+from gateway.http.security import Role, require
+from gateway.keystore.provisioning import write_provisioning_file
 from protocols.errors import UsageError
 from protocols.modbus import RegisterMap
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/meters", tags=["meters"])
+# Reading the registry is a technician's job; changing it is an operator's.
+router = APIRouter(
+    prefix="/meters", tags=["meters"], dependencies=[Depends(require(Role.TECHNICIAN))]
+)
+_OPERATOR = [Depends(require(Role.OPERATOR))]
 
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -103,15 +111,30 @@ async def get_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
         return await registry.get_meter(conn, meter_id)
 
 
-@router.put("/{meter_id}", response_model=MeterOut)
-async def put_meter(meter_id: MeterId, body: MeterIn, svc: ServicesDep) -> dict[str, Any]:
-    """Register a meter, or replace what is known about it."""
+@router.put("/{meter_id}", response_model=MeterOut, dependencies=_OPERATOR)
+async def put_meter(
+    meter_id: MeterId, body: MeterIn, svc: ServicesDep, custody: CustodyDep
+) -> dict[str, Any]:
+    """Register a meter, or replace what is known about it.
+
+    A meter registered for the first time gets its command key (with a key store configured),
+    written to its provisioning file when a provisioning directory is set.
+    """
     spec = registry.MeterSpec(meter_id=meter_id, **body.model_dump())
+    keystore = custody.keystore
     async with svc.pool.connection() as conn:
-        return await registry.upsert_meter(conn, spec)
+        async with conn.transaction():
+            meter = await registry.upsert_meter(conn, spec)
+            new_key = keystore is not None and await keystore.ensure_command_key(conn, meter_id)
+        if new_key and keystore is not None and custody.provisioning_dir is not None:
+            key = await keystore.export_command_key(conn, meter_id)
+            await asyncio.to_thread(
+                write_provisioning_file, custody.provisioning_dir, meter_id, key
+            )
+        return meter
 
 
-@router.post("/{meter_id}/verify", response_model=MeterOut)
+@router.post("/{meter_id}/verify", response_model=MeterOut, dependencies=_OPERATOR)
 async def verify_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
     """Confirm an auto-registered meter."""
     async with svc.pool.connection() as conn:
