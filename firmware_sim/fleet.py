@@ -31,6 +31,7 @@ from firmware_sim.identity import (
 from firmware_sim.keypad import Keypad, medium_of
 from firmware_sim.meter import Meter, MeterConfig
 from firmware_sim.mqtt_link import BrokerAddress, MqttLink
+from firmware_sim.provisioning import ProvisionedKeys
 from firmware_sim.transmit import PayloadFormat, Transmitter
 from protocols.errors import UsageError
 from protocols.topics import Topics
@@ -135,6 +136,7 @@ async def run_fleet(
     session_expiry: int = 2 * 86400,
     link_prefix: str = "sim",
     ready: asyncio.Event | None = None,
+    provisioning: ProvisionedKeys | None = None,
 ) -> list[MqttLink]:
     """Run the fleet until ``stop`` is set."""
     mqtt_devices = [d for d in devices if d.meter.identity.transport is Transport.MQTT]
@@ -156,6 +158,8 @@ async def run_fleet(
                     session_expiry=session_expiry,
                 )
             )
+    for link in links:
+        link.provisioning = provisioning
     if modbus_devices and modbus_port is None:
         raise UsageError("Modbus meters need --modbus-port")
     # Connect in modest parallel waves: thousands of simultaneous CONNECTs overwhelm loopback.

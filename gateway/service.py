@@ -34,6 +34,7 @@ from gateway.ingest.work import AckToken, Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.keystore import SoftwareKeyStore
 from gateway.metrics import Metrics
+from gateway.modbus.allowlist import HostAllowList
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.settings import Settings
 from protocols.topics import TopicKind, Topics
@@ -89,6 +90,7 @@ async def _run_modbus(settings: Settings, services: Services, stop: asyncio.Even
         interval_s=settings.modbus_interval_s,
         backoff_max_s=settings.modbus_backoff_max_s,
         verified_only=settings.modbus_verified_only,
+        allowed=HostAllowList(settings.modbus_networks),
     )
 
 
@@ -219,6 +221,7 @@ def build_access(settings: Settings, pool: AsyncConnectionPool) -> AccessControl
         ),
         secure_cookies=settings.tls or settings.behind_tls_proxy,
         metrics_open=settings.metrics_open,
+        modbus_allowed=HostAllowList(settings.modbus_networks),
     )
 
 

@@ -7,13 +7,14 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gateway import registry
+from gateway.errors import InvalidInputError
 from gateway.http.custody import CustodyDep
 from gateway.http.deps import ServicesDep
-from gateway.http.security import Role, require
+from gateway.http.security import AccessControl, Role, require
 from gateway.keystore.provisioning import write_provisioning_file
 from protocols.errors import UsageError
 from protocols.modbus import RegisterMap
@@ -113,13 +114,20 @@ async def get_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
 
 @router.put("/{meter_id}", response_model=MeterOut, dependencies=_OPERATOR)
 async def put_meter(
-    meter_id: MeterId, body: MeterIn, svc: ServicesDep, custody: CustodyDep
+    meter_id: MeterId, body: MeterIn, svc: ServicesDep, custody: CustodyDep, request: Request
 ) -> dict[str, Any]:
     """Register a meter, or replace what is known about it.
 
     A meter registered for the first time gets its command key (with a key store configured),
-    written to its provisioning file when a provisioning directory is set.
+    written to its provisioning file when a provisioning directory is set. A Modbus address
+    outside ``GATEWAY_MODBUS_ALLOWED_NETWORKS`` is refused.
     """
+    access: AccessControl = request.app.state.access
+    if body.transport == "modbus" and body.modbus_host is not None:
+        try:
+            access.modbus_allowed.check_registration(body.modbus_host)
+        except UsageError as exc:
+            raise InvalidInputError(str(exc)) from exc
     spec = registry.MeterSpec(meter_id=meter_id, **body.model_dump())
     keystore = custody.keystore
     async with svc.pool.connection() as conn:

@@ -44,6 +44,7 @@ from gateway.auth.model import Principal, Role
 from gateway.auth.ratelimit import RateLimiter
 from gateway.auth.store import LoginPolicy
 from gateway.errors import AuthError, ForbiddenError, RateLimited, StorageError
+from gateway.modbus.allowlist import DEFAULT_ALLOW_LIST, HostAllowList
 
 __all__ = [
     "AccessControl",
@@ -74,6 +75,8 @@ class AccessControl:
     """Mark the session cookie ``Secure`` (the gateway serves TLS or sits behind a TLS proxy)."""
     metrics_open: bool = True
     """Serve ``/metrics`` without credentials (Prometheus scrapers inside the network)."""
+    modbus_allowed: HostAllowList = DEFAULT_ALLOW_LIST
+    """Networks a Modbus meter may be registered in (the poller checks again)."""
 
     def __post_init__(self) -> None:
         if not self.authenticators:

@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.http.security import Role
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
 from protocols import BinaryRow, encode_frame
-from gateway.http.security import Role
 from tests.plugins.auth import AuthHeaders
 from tests.plugins.gateway import MqttTestClient, db_scalar, wait_for_value
 
