@@ -33,11 +33,13 @@ __all__ = [
     "Keyring",
     "MasterKey",
     "Sealed",
+    "from_blob",
     "load_keyring",
     "new_master_key",
     "open_sealed",
     "rewrap",
     "seal",
+    "to_blob",
     "write_keyring",
 ]
 
@@ -87,6 +89,38 @@ class Sealed:
     master_key_id: str
     wrapped_key: bytes = field(repr=False)
     ciphertext: bytes = field(repr=False)
+
+
+_BLOB_VERSION: Final = 1
+_KEY_ID_LEN: Final = 16
+
+
+def to_blob(sealed: Sealed) -> bytes:
+    """One self-contained byte string: version, master key id, wrapped key, ciphertext."""
+    key_id = sealed.master_key_id.encode("ascii")
+    if len(key_id) != _KEY_ID_LEN:
+        raise KeyStoreError("bad master key id")
+    return (
+        bytes([_BLOB_VERSION])
+        + key_id
+        + len(sealed.wrapped_key).to_bytes(2, "big")
+        + sealed.wrapped_key
+        + sealed.ciphertext
+    )
+
+
+def from_blob(blob: bytes) -> Sealed:
+    header = 1 + _KEY_ID_LEN + 2
+    if len(blob) < header or blob[0] != _BLOB_VERSION:
+        raise KeyStoreError("not a wrapped secret of this key store")
+    size = int.from_bytes(blob[1 + _KEY_ID_LEN : header], "big")
+    if len(blob) < header + size:
+        raise KeyStoreError("truncated wrapped secret")
+    try:
+        key_id = blob[1 : 1 + _KEY_ID_LEN].decode("ascii")
+    except UnicodeDecodeError:
+        raise KeyStoreError("not a wrapped secret of this key store") from None
+    return Sealed(key_id, blob[header : header + size], blob[header + size :])
 
 
 def new_master_key() -> MasterKey:

@@ -26,11 +26,13 @@ from gateway.keystore.base import KeyInfo, VendingKeyId, command_key_name, vendi
 from gateway.keystore.envelope import (
     Keyring,
     Sealed,
+    from_blob,
     load_keyring,
     new_master_key,
     open_sealed,
     rewrap,
     seal,
+    to_blob,
     write_keyring,
 )
 from protocols.commands import COMMAND_KEY_BYTES, Command, CommandAction, sign_command
@@ -152,6 +154,13 @@ class SoftwareKeyStore:
 
     async def export_command_key(self, conn: AsyncConnection[Any], meter_id: str) -> bytes:
         return await self._secret(conn, command_key_name(meter_id))
+
+    def wrap(self, name: str, secret: bytes) -> bytes:
+        return to_blob(seal(self._keyring, name, secret))
+
+    def unwrap(self, name: str, blob: bytes) -> bytes:
+        sealed = from_blob(blob)
+        return open_sealed(self._keyring_for(sealed.master_key_id), name, sealed)
 
     async def list_keys(self, conn: AsyncConnection[Any]) -> list[KeyInfo]:
         async with conn.cursor(row_factory=dict_row) as cur:

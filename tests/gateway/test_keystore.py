@@ -125,6 +125,19 @@ def test_rewrap_changes_only_the_wrapping() -> None:
     assert open_sealed(Keyring((both.current,)), "sts-vending/123456/1/02", fresh) == DKGA02_KEY
 
 
+def test_wrap_and_unwrap_for_secrets_stored_elsewhere(tmp_path: Path) -> None:
+    keystore = SoftwareKeyStore(master_file(tmp_path))
+    blob = keystore.wrap("vendor/pos-1/secret", b"s3cr3t-value")
+    assert b"s3cr3t-value" not in blob
+    assert keystore.unwrap("vendor/pos-1/secret", blob) == b"s3cr3t-value"
+    with pytest.raises(KeyStoreError):
+        keystore.unwrap("vendor/pos-2/secret", blob)
+    with pytest.raises(KeyStoreError, match="not a wrapped secret"):
+        keystore.unwrap("vendor/pos-1/secret", b"\x02" + blob[1:])
+    with pytest.raises(KeyStoreError, match="does not hold"):
+        SoftwareKeyStore(master_file(tmp_path, "other.key")).unwrap("vendor/pos-1/secret", blob)
+
+
 def test_master_key_file_checks(tmp_path: Path) -> None:
     path = master_file(tmp_path)
     assert len(load_keyring(path).keys) == 1
