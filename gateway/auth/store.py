@@ -188,6 +188,8 @@ class LoginPolicy:
     slowdown_max_s: float = 4.0
     session_idle: timedelta = timedelta(minutes=30)
     session_absolute: timedelta = timedelta(hours=12)
+    attempts_per_source_per_min: float = 30.0
+    """Login attempts one source address may make (against password spraying many accounts)."""
 
     def delay_s(self, failures: int) -> float:
         """How long to wait before answering the ``failures``-th consecutive failure."""

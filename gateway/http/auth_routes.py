@@ -5,13 +5,15 @@ the session's CSRF token and sets the ``gw_session`` cookie (HttpOnly, SameSite=
 under TLS; the session ends after ``GATEWAY_SESSION_IDLE_S`` without use or
 ``GATEWAY_SESSION_MAX_S`` after login). Repeated failures slow the answers down and then lock
 the account for ``GATEWAY_LOGIN_LOCKOUT_S``; a failure never says whether the name exists or the
-account is locked. Every attempt goes to the audit log.
+account is locked. One source address gets a limited number of attempts a minute (429), so
+trying one password on many accounts is slow too. Every attempt goes to the audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -22,10 +24,13 @@ from gateway.auth import store
 from gateway.auth.authenticators import SESSION_COOKIE
 from gateway.auth.model import Principal, Role, csrf_token_for
 from gateway.auth.passwords import MAX_PASSWORD_LENGTH, verify_password
-from gateway.errors import AuthError, InvalidInputError
+from gateway.auth.ratelimit import RateLimit
+from gateway.errors import AuthError, InvalidInputError, RateLimited
 from gateway.http.security import AccessControl, request_id_of, require, source_of
 
 __all__ = ["router"]
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/auth", tags=["authentication"])
 
@@ -82,8 +87,12 @@ async def login(request: Request, response: Response) -> LoginOut:
     """Log a person in with name and password; sets the session cookie."""
     request.state.audited = True
     access: AccessControl = request.app.state.access
-    body = await _login_body(request)
     policy = access.policy
+    per_source = RateLimit(policy.attempts_per_source_per_min, burst=10)
+    wait = access.limiter.take(("login", source_of(request)), per_source)
+    if wait > 0:
+        raise RateLimited("too many login attempts from this address", retry_after_s=wait)
+    body = await _login_body(request)
     async with access.pool.connection() as conn:
         stored = await store.password_hash_of(conn, body.name)
     ok = await verify_password(stored, body.password)
@@ -105,6 +114,8 @@ async def login(request: Request, response: Response) -> LoginOut:
             detail={"failures": outcome.failures} if outcome.result != "ok" else None,
         )
     if token is None or outcome.principal is None:
+        if outcome.result == "locked" and outcome.failures >= policy.max_failures:
+            log.warning("account %s locked after %d failed logins", body.name, outcome.failures)
         await asyncio.sleep(policy.delay_s(outcome.failures))
         raise AuthError(_LOGIN_FAILED)
     response.set_cookie(

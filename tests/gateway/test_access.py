@@ -18,6 +18,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.auth import store
 from gateway.auth.passwords import hash_password
+from gateway.auth.ratelimit import RateLimit, RateLimiter
 from gateway.auth.store import LoginPolicy
 from gateway.http.app import create_app
 from gateway.http.deps import Services
@@ -424,3 +425,27 @@ def test_roles_nest_for_staff_and_vendor_stands_apart() -> None:
     assert not p(Role.TECHNICIAN).has(Role.OPERATOR)
     assert p(Role.VENDOR).has(Role.VENDOR) and not p(Role.VENDOR).has(Role.TECHNICIAN)
     assert not p(Role.ADMIN).has(Role.VENDOR)
+
+
+def test_token_bucket_arithmetic() -> None:
+    now = [0.0]
+    limiter = RateLimiter({Role.VENDOR: RateLimit(60, 2)}, clock=lambda: now[0])
+    vendor = Principal(id=7, name="v", role=Role.VENDOR, kind="machine")
+    staff = Principal(id=8, name="s", role=Role.ADMIN, kind="machine")
+    assert [limiter.check(vendor) for _ in range(3)] == [0.0, 0.0, 1.0]
+    now[0] = 0.5
+    assert limiter.check(vendor) == pytest.approx(0.5)
+    now[0] = 1.0
+    assert limiter.check(vendor) == 0.0
+    assert all(limiter.check(staff) == 0.0 for _ in range(100))  # no limit configured
+
+
+async def test_login_attempts_per_source_address_are_limited(
+    make_env: Callable[..., Any],
+) -> None:
+    policy = LoginPolicy(attempts_per_source_per_min=1, slowdown_after=100)
+    env: Env = await make_env(policy=policy)
+    codes = [(await login(env, f"user{n}", "some-password-x")).status_code for n in range(11)]
+    assert codes == [401] * 10 + [429]  # a burst of 10, then one a minute
+    retry_after = int((await login(env, "user0", "some-password-x")).headers["retry-after"])
+    assert 1 <= retry_after <= 60
