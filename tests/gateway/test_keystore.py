@@ -40,6 +40,7 @@ from gateway.keystore.envelope import (
     seal,
     write_keyring,
 )
+from gateway.keystore.provisioning import export_provisioning
 from gateway.metrics import Metrics
 from gateway.service import build_access
 from gateway.settings import Settings
@@ -282,6 +283,33 @@ async def test_cli_contract_and_no_plaintext_key_in_the_database(
         assert await store.principal_for_api_key(conn, api_key) is None
     outcome = gateway_cli("keys", "import", "/nonexistent", env={**env})
     assert outcome.returncode != 0
+
+
+async def test_provisioning_export_generates_missing_keys_and_writes_private_files(
+    database_url: str, tmp_path: Path
+) -> None:
+    keystore = SoftwareKeyStore(master_file(tmp_path))
+    out = tmp_path / "prov"
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        assert await keystore.ensure_command_key(conn, "P-1") is True
+        assert await keystore.ensure_command_key(conn, "P-1") is False
+        kept = await keystore.export_command_key(conn, "P-1")
+        written = await export_provisioning(conn, keystore, out, ["P-1", "P-2"])
+        assert written == ["P-1", "P-2"]
+        for meter_id in written:
+            key = await keystore.export_command_key(conn, meter_id)
+            remember_secret(key)
+            body = json.loads((out / f"{meter_id}.json").read_text())
+            assert body == {"meter_id": meter_id, "command_key": key.hex()}
+            assert oct((out / f"{meter_id}.json").stat().st_mode & 0o777) == "0o600"
+        assert json.loads((out / "P-1.json").read_text())["command_key"] == kept.hex()
+        assert oct(out.stat().st_mode & 0o777) == "0o700"
+        assert ProvisionedKeys(out).key_for("P-2") == bytes.fromhex(
+            json.loads((out / "P-2.json").read_text())["command_key"]
+        )
+        assert ProvisionedKeys(out).key_for("P-3") is None
+        (out / "P-2.json").write_text('{"meter_id": "P-9", "command_key": "00"}')
+        assert ProvisionedKeys(out).key_for("P-2") is None  # a file for another meter is ignored
 
 
 async def test_master_key_rotation_keeps_every_key_usable(
