@@ -15,24 +15,21 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 
-import psycopg
 import uvicorn
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from gateway.auth import LoginPolicy, RateLimit, RateLimiter, Role
-from gateway.errors import KeyStoreError
 from gateway.http.app import create_app
 from gateway.http.custody import Custody
 from gateway.http.deps import Services
-from gateway.http.security import AccessControl
+from gateway.http.security import access_from_settings
 from gateway.ingest.consumer import decode_message
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
 from gateway.ingest.work import AckToken, Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.keystore import SoftwareKeyStore
+from gateway.keystore.startup import open_keystore, verify_keystore
 from gateway.metrics import Metrics
 from gateway.modbus.allowlist import HostAllowList
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
@@ -199,79 +196,22 @@ def _build_services(settings: Settings) -> Services:
     return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
 
 
-def build_access(settings: Settings, pool: AsyncConnectionPool) -> AccessControl:
-    """Access control as configured: login policy, per-role rate limits, cookie and metrics."""
-    staff = RateLimit(settings.rate_limit_staff_per_min, settings.rate_limit_burst)
-    vendor = RateLimit(settings.rate_limit_vendor_per_min, settings.rate_limit_burst)
-    return AccessControl(
-        pool=pool,
-        limiter=RateLimiter(
-            {
-                Role.VENDOR: vendor,
-                Role.TECHNICIAN: staff,
-                Role.OPERATOR: staff,
-                Role.ADMIN: staff,
-            }
-        ),
-        policy=LoginPolicy(
-            max_failures=settings.login_max_failures,
-            lockout=timedelta(seconds=settings.login_lockout_s),
-            session_idle=timedelta(seconds=settings.session_idle_s),
-            session_absolute=timedelta(seconds=settings.session_max_s),
-        ),
-        secure_cookies=settings.tls or settings.behind_tls_proxy,
-        metrics_open=settings.metrics_open,
-        modbus_allowed=HostAllowList(settings.modbus_networks),
-    )
-
-
-def build_keystore(settings: Settings) -> SoftwareKeyStore | None:
-    """The key store, when a master key file is configured (reads and checks the file)."""
-    if settings.master_key_file is None:
-        return None
-    return SoftwareKeyStore(settings.master_key_file)
-
-
-async def verify_keystore(pool: AsyncConnectionPool, keystore: SoftwareKeyStore | None) -> None:
-    """Fail at start if stored keys cannot be unwrapped (wrong master key, or none configured)."""
-    try:
-        async with pool.connection(timeout=10.0) as conn:
-            if keystore is not None:
-                count = await keystore.verify(conn)
-                log.info(
-                    "key store opened",
-                    extra={"keys": count, "master_key_id": keystore.current_master_key_id},
-                )
-                return
-            cur = await conn.execute("SELECT count(*) FROM key_store")
-            row = await cur.fetchone()
-    except (psycopg.Error, PoolTimeout) as exc:
-        log.warning("could not check the key store at start (%s); checked on use", exc)
-        return
-    if row is not None and row[0]:
-        raise KeyStoreError(
-            f"the key store holds {row[0]} keys but GATEWAY_MASTER_KEY_FILE is not set"
-        )
-
-
 def _http_config(
     settings: Settings, services: Services, keystore: SoftwareKeyStore | None
 ) -> uvicorn.Config:
-    tls: dict[str, object] = {}
-    if settings.tls:
-        tls = {"ssl_certfile": settings.tls_cert_file, "ssl_keyfile": settings.tls_key_file}
     return uvicorn.Config(
         create_app(
             services,
-            build_access(settings, services.pool),
+            access_from_settings(settings, services.pool),
             Custody(keystore=keystore, provisioning_dir=settings.provisioning_dir),
         ),
         log_config=None,
         lifespan="off",
+        ssl_certfile=settings.tls_cert_file if settings.tls else None,
+        ssl_keyfile=settings.tls_key_file if settings.tls else None,
         proxy_headers=settings.behind_tls_proxy,
         forwarded_allow_ips=settings.trusted_proxies if settings.behind_tls_proxy else None,
         server_header=False,
-        **tls,  # type: ignore[arg-type]
     )
 
 
@@ -301,7 +241,7 @@ async def run_gateway(
 ) -> None:
     """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
     services = _build_services(settings)
-    keystore = build_keystore(settings)
+    keystore = open_keystore(settings.master_key_file)
     server: _Server | None = None
     sock: socket.socket | None = None
     try:

@@ -22,6 +22,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Annotated, Any, Final
 
 import psycopg
@@ -41,15 +42,17 @@ from gateway.auth.authenticators import (
     SessionAuthenticator,
 )
 from gateway.auth.model import Principal, Role
-from gateway.auth.ratelimit import RateLimiter
+from gateway.auth.ratelimit import RateLimit, RateLimiter
 from gateway.auth.store import LoginPolicy
 from gateway.errors import AuthError, ForbiddenError, RateLimited, StorageError
 from gateway.modbus.allowlist import DEFAULT_ALLOW_LIST, HostAllowList
+from gateway.settings import Settings
 
 __all__ = [
     "AccessControl",
     "Principal",
     "Role",
+    "access_from_settings",
     "install_audit",
     "optional_principal",
     "request_id_of",
@@ -92,6 +95,27 @@ class AccessControl:
         except (psycopg.Error, PoolTimeout) as exc:
             raise StorageError(f"cannot check credentials: {type(exc).__name__}") from exc
         return None
+
+
+def access_from_settings(settings: Settings, pool: AsyncConnectionPool[Any]) -> AccessControl:
+    """Access control as configured: login policy, per-role rate limits, cookies, metrics."""
+    staff = RateLimit(settings.rate_limit_staff_per_min, settings.rate_limit_burst)
+    vendor = RateLimit(settings.rate_limit_vendor_per_min, settings.rate_limit_burst)
+    return AccessControl(
+        pool=pool,
+        limiter=RateLimiter(
+            {Role.VENDOR: vendor, Role.TECHNICIAN: staff, Role.OPERATOR: staff, Role.ADMIN: staff}
+        ),
+        policy=LoginPolicy(
+            max_failures=settings.login_max_failures,
+            lockout=timedelta(seconds=settings.login_lockout_s),
+            session_idle=timedelta(seconds=settings.session_idle_s),
+            session_absolute=timedelta(seconds=settings.session_max_s),
+        ),
+        secure_cookies=settings.tls or settings.behind_tls_proxy,
+        metrics_open=settings.metrics_open,
+        modbus_allowed=HostAllowList(settings.modbus_networks),
+    )
 
 
 def _access(request: Request) -> AccessControl:

@@ -23,8 +23,8 @@ from gateway.auth.store import LoginPolicy
 from gateway.http.app import create_app
 from gateway.http.deps import Services
 from gateway.http.security import AccessControl, Principal, Role
+from gateway.http.security import access_from_settings as build_access
 from gateway.metrics import Metrics
-from gateway.service import build_access
 from gateway.settings import Settings
 from tests.plugins.auth import make_api_key, remember_secret
 

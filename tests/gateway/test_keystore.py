@@ -30,6 +30,7 @@ from gateway.http.app import create_app
 from gateway.http.custody import Custody
 from gateway.http.deps import Services
 from gateway.http.security import Role
+from gateway.http.security import access_from_settings as build_access
 from gateway.keystore import SoftwareKeyStore, VendingKeyId
 from gateway.keystore.envelope import (
     Keyring,
@@ -42,7 +43,6 @@ from gateway.keystore.envelope import (
 )
 from gateway.keystore.provisioning import export_provisioning
 from gateway.metrics import Metrics
-from gateway.service import build_access
 from gateway.settings import Settings
 from protocols.commands import CommandAction, check_command, sign_command
 from protocols.topics import Topics
