@@ -30,6 +30,7 @@ from firmware_sim.identity import (
 )
 from firmware_sim.meter import MeterConfig
 from firmware_sim.mqtt_link import parse_broker_url
+from firmware_sim.provisioning import ProvisionedKeys
 from firmware_sim.scenario import load_scenario
 from firmware_sim.transmit import PayloadFormat
 from protocols.errors import MeteringError, UsageError
@@ -124,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--session-expiry", type=int, default=2 * 86400)
     run.add_argument("--vending-key", type=_hex_key(8), default=DEV_VENDING_KEY)
     run.add_argument("--command-master-key", type=_hex_key(32), default=DEV_COMMAND_MASTER_KEY)
+    run.add_argument(
+        "--provisioning",
+        type=Path,
+        help="directory of the gateway's provisioning files (<meter_id>.json with the command"
+        " key); a provisioned meter verifies commands with that key",
+    )
 
     load = sub.add_parser("load", help="publish a fixed number of readings as fast as possible")
     _add_common(load)
@@ -236,6 +243,7 @@ async def _run(args: argparse.Namespace) -> int:
             session_expiry=args.session_expiry,
             link_prefix=f"sim{args.seed}",
             progress_every_s=args.progress_every or None,
+            provisioning=ProvisionedKeys(args.provisioning) if args.provisioning else None,
         )
     finally:
         truth.close()

@@ -7,7 +7,7 @@ Modbus shells call nothing else.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from firmware_sim.control import CommandMemory, handle_command, parse_keypad, token_rejected
@@ -61,6 +61,11 @@ class Device:
         out = self.flush(now)
         out.records.extend(self.meter.finish(now))
         return out
+
+    def provision_command_key(self, key: bytes) -> None:
+        """Load the command key the gateway generated for this meter (its provisioning file)."""
+        if key != self.meter.identity.command_key:
+            self.meter.identity = replace(self.meter.identity, command_key=key)
 
     def on_command(self, payload: bytes, now: datetime) -> Output:
         reply, result = handle_command(self.meter, self.memory, payload, now)

@@ -32,6 +32,7 @@ from firmware_sim.keypad import Keypad, medium_of
 from firmware_sim.meter import Meter, MeterConfig
 from firmware_sim.modbus_server import serve_modbus
 from firmware_sim.mqtt_link import BrokerAddress, MqttLink
+from firmware_sim.provisioning import ProvisionedKeys
 from firmware_sim.transmit import PayloadFormat, Transmitter
 from firmware_sim.truth import GroundTruth
 from protocols.errors import UsageError
@@ -119,6 +120,7 @@ async def run_fleet(
     link_prefix: str = "sim",
     ready: asyncio.Event | None = None,
     progress_every_s: float | None = None,
+    provisioning: ProvisionedKeys | None = None,
 ) -> list[MqttLink]:
     """Run the fleet until ``stop`` is set (logging progress every ``progress_every_s``)."""
     mqtt_devices = [d for d in devices if d.meter.identity.transport is Transport.MQTT]
@@ -140,6 +142,8 @@ async def run_fleet(
                     session_expiry=session_expiry,
                 )
             )
+    for link in links:
+        link.provisioning = provisioning
     if modbus_devices and modbus_port is None:
         raise UsageError("Modbus meters need --modbus-port")
     # Connect in modest parallel waves: thousands of simultaneous CONNECTs overwhelm loopback.

@@ -29,6 +29,7 @@ from gmqtt.storage import PersistentStorage
 from firmware_sim.clock import SimClock
 from firmware_sim.device import Device, Output
 from firmware_sim.faults import FaultRecord
+from firmware_sim.provisioning import ProvisionedKeys
 from firmware_sim.transmit import Outgoing, offline_status
 from protocols.errors import TopicError, UsageError
 from protocols.status import OFFLINE_WILL
@@ -156,6 +157,8 @@ class MqttLink:
         self.client.on_message = self._on_message
         self._connected = asyncio.Event()
         self._inbox: asyncio.Queue[tuple[TopicKind, str, bytes]] = asyncio.Queue()
+        self.provisioning: ProvisionedKeys | None = None
+        """Where the gateway's provisioning files are (command keys), if given."""
         self.sent_messages = 0
 
     # ------------------------------------------------------------- gmqtt callbacks
@@ -255,6 +258,10 @@ class MqttLink:
             await self._deliver(device.advance(now))
             match kind:
                 case TopicKind.COMMANDS:
+                    if self.provisioning is not None:
+                        key = self.provisioning.key_for(meter_id)
+                        if key is not None:
+                            device.provision_command_key(key)
                     await self._deliver(device.on_command(payload, now))
                 case TopicKind.KEYPAD:
                     await self._deliver(device.on_keypad(payload, now))

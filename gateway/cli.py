@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``run``, ``migrate``, ``demo`` and ``settings``.
+"""The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``principals``, ``keys``.
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from gateway.auth.cli import add_subcommands as add_access_subcommands
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -121,6 +122,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         child = sub.add_parser(command.name, help=command.help)
         command.arguments(child)
         child.set_defaults(func=command.run)
+    add_access_subcommands(sub)
     return parser
 
 

@@ -13,6 +13,7 @@
         ├── RateLimitedError     too many requests; ``retry_after_s`` says when to come back
         ├── PayloadTooLargeError a request body over the configured limit
         ├── ServiceUnavailableError  a dependency (the database …) cannot serve us right now
+        ├── KeyStoreError        the key store cannot serve a key (wrong master key, missing key)
         ├── StorageError         the database could not store a batch: see below
         │   ├── StorageUnavailableError  transient (connection lost, pool exhausted, shutdown,
         │   │                            deadlock, serialization, resources): retry the batch
@@ -43,6 +44,7 @@ __all__ = [
     "FieldProblem",
     "ForbiddenError",
     "GatewayError",
+    "KeyStoreError",
     "ListenError",
     "MigrationError",
     "NotFoundError",
@@ -79,6 +81,10 @@ class StorageUnavailableError(StorageError):
 
 class StorageRejectedError(StorageError):
     """The database refused the data; repeating the same operation will fail again."""
+
+
+class KeyStoreError(GatewayError):
+    """A key cannot be stored or used: wrong or missing master key, unknown key, bad key file."""
 
 
 class MigrationError(GatewayError):

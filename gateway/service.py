@@ -21,13 +21,18 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.http.app import create_app
+from gateway.http.custody import Custody
 from gateway.http.deps import Services
+from gateway.http.security import access_from_settings
 from gateway.ingest.consumer import MessageDecoder
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
 from gateway.ingest.work import AckToken
 from gateway.ingest.writer import STAGING_DDL, BatchStore
 from gateway.ingest.zones import MeterZones
+from gateway.keystore import SoftwareKeyStore
+from gateway.keystore.startup import open_keystore, verify_keystore
 from gateway.metrics import Metrics
+from gateway.modbus.allowlist import HostAllowList
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.runtime import listen
 from gateway.settings import Settings
@@ -84,6 +89,7 @@ async def _run_modbus(settings: Settings, services: Services, stop: asyncio.Even
         interval_s=settings.modbus_interval_s,
         backoff_max_s=settings.modbus_backoff_max_s,
         verified_only=settings.modbus_verified_only,
+        allowed=HostAllowList(settings.modbus_networks),
     )
 
 
@@ -193,6 +199,27 @@ def _build_services(settings: Settings, zones: MeterZones) -> Services:
     return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
 
 
+def _http_config(
+    settings: Settings, services: Services, keystore: SoftwareKeyStore | None
+) -> uvicorn.Config:
+    return uvicorn.Config(
+        create_app(
+            services,
+            access_from_settings(settings, services.pool),
+            Custody(keystore=keystore, provisioning_dir=settings.provisioning_dir),
+            max_body_bytes=settings.http_max_body_bytes,
+            db_wait_s=settings.http_db_wait_ms / 1000,
+        ),
+        log_config=None,
+        lifespan="off",
+        ssl_certfile=settings.tls_cert_file if settings.tls else None,
+        ssl_keyfile=settings.tls_key_file if settings.tls else None,
+        proxy_headers=settings.behind_tls_proxy,
+        forwarded_allow_ips=settings.trusted_proxies if settings.behind_tls_proxy else None,
+        server_header=False,
+    )
+
+
 async def _drain(settings: Settings, services: Services, flush_task: asyncio.Task[None]) -> None:
     """Commit what is pending (within the grace period), then leave the broker."""
     pipeline = services.pipeline
@@ -220,21 +247,17 @@ async def run_gateway(
     """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
     zones = MeterZones()
     services = _build_services(settings, zones)
+    keystore = open_keystore(settings.master_key_file)
     server: _Server | None = None
     sock: socket.socket | None = None
     try:
         await services.pool.open(wait=False)
+        await verify_keystore(services.pool, keystore)
         if serve_http:
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
             sock = listen(settings.http_host, settings.http_port)
-            app = create_app(
-                services,
-                max_body_bytes=settings.http_max_body_bytes,
-                db_wait_s=settings.http_db_wait_ms / 1000,
-            )
-            config = uvicorn.Config(app, log_config=None, lifespan="off")
-            server = _Server(config)
+            server = _Server(_http_config(settings, services, keystore))
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
             if server is not None and sock is not None:

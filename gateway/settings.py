@@ -8,6 +8,7 @@ values from it, never the object itself. Secrets (database password, MQTT passwo
 from __future__ import annotations
 
 import enum
+import ipaddress
 import re
 from pathlib import Path
 from typing import Final
@@ -21,11 +22,14 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DEPLOYMENT_TIME_ZONE",
+    "IpNetwork",
     "LogFormat",
     "Settings",
     "TimescaleMode",
     "check_time_zone",
+    "is_loopback_host",
     "load_settings",
+    "parse_networks",
     "redact_url",
 ]
 
@@ -56,6 +60,35 @@ class TimescaleMode(enum.StrEnum):
 class LogFormat(enum.StrEnum):
     JSON = "json"
     TEXT = "text"
+
+
+_PRIVATE_NETWORKS = (
+    "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,fc00::/7"
+)
+"""Loopback, RFC 1918, carrier-grade NAT and unique-local IPv6: where a utility's meters live."""
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(text: str) -> tuple[IpNetwork, ...]:
+    """``"10.0.0.0/8, 192.168.1.7"`` → networks; ValueError naming a bad entry."""
+    networks = []
+    for item in text.split(","):
+        if item.strip():
+            try:
+                networks.append(ipaddress.ip_network(item.strip(), strict=False))
+            except ValueError:
+                raise ValueError(f"not a network: {item.strip()[:60]!r}") from None
+    return tuple(networks)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 _QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
@@ -108,6 +141,37 @@ class Settings(BaseSettings):
     http_db_wait_ms: int = Field(1000, ge=10, le=60_000)
     """How long an HTTP request waits for a database connection before it is answered 503
     with ``Retry-After`` (the ingest path has its own, longer patience)."""
+    tls_cert_file: Path | None = None
+    """PEM certificate (chain) to serve HTTPS with; needs ``GATEWAY_TLS_KEY_FILE``."""
+    tls_key_file: Path | None = None
+    behind_tls_proxy: bool = False
+    """A TLS-terminating proxy is in front: allows a non-loopback listen address without TLS
+    here, marks session cookies Secure and takes the client address from X-Forwarded-For of
+    ``GATEWAY_TRUSTED_PROXIES``."""
+    trusted_proxies: str = Field("127.0.0.1", max_length=1000)
+    """Comma-separated addresses whose X-Forwarded-* headers are believed."""
+    metrics_open: bool = True
+    """Serve ``/metrics`` without credentials; ``false`` requires a technician (or higher)."""
+
+    master_key_file: Path | None = None
+    """File holding the key store's master key(s): 64 hex digits per line, current first."""
+    provisioning_dir: Path | None = None
+    """Where a newly registered meter's provisioning file (its command key) is written."""
+
+    session_idle_s: int = Field(1800, ge=60, le=7 * 86400)
+    """A login session ends after this long without a request …"""
+    session_max_s: int = Field(12 * 3600, ge=60, le=30 * 86400)
+    """… and this long after the login, whatever happens."""
+    login_max_failures: int = Field(5, ge=1, le=100)
+    """Consecutive failed logins that lock an account …"""
+    login_lockout_s: int = Field(900, ge=1, le=86400)
+    """… for this long."""
+    rate_limit_vendor_per_min: float = Field(120.0, ge=0)
+    """Requests per minute per vendor client (0: unlimited)."""
+    rate_limit_staff_per_min: float = Field(1200.0, ge=0)
+    """Requests per minute per technician, operator or administrator (0: unlimited)."""
+    rate_limit_burst: int = Field(30, ge=1, le=100_000)
+    """Requests a principal may send at once after a quiet spell."""
 
     batch_max_rows: int = Field(20_000, ge=1, le=1_000_000)
     batch_max_age_ms: int = Field(100, ge=1, le=60_000)
@@ -130,6 +194,8 @@ class Settings(BaseSettings):
     modbus_backoff_max_s: float = Field(300.0, ge=1, le=86_400)
     modbus_verified_only: bool = False
     """Poll only meters an operator has verified."""
+    modbus_allowed_networks: str = Field(_PRIVATE_NETWORKS, max_length=4000)
+    """Comma-separated networks the poller may connect to (and the registry accepts)."""
 
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """On stop, how long to keep trying to commit pending data before leaving it to the
@@ -166,6 +232,26 @@ class Settings(BaseSettings):
             raise ValueError(f"bad port: {exc}") from None
         return value
 
+    @field_validator("modbus_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_serving(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE go together")
+        if not (is_loopback_host(self.http_host) or self.tls or self.behind_tls_proxy):
+            raise ValueError(
+                f"refusing to serve HTTP without TLS on {self.http_host}: set"
+                " GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE, or GATEWAY_BEHIND_TLS_PROXY=true"
+                " if a TLS-terminating proxy is in front"
+            )
+        if self.session_idle_s > self.session_max_s:
+            raise ValueError("GATEWAY_SESSION_IDLE_S must not exceed GATEWAY_SESSION_MAX_S")
+        return self
+
     @model_validator(mode="after")
     def _check_pool(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
@@ -173,6 +259,15 @@ class Settings(BaseSettings):
         if self.ingest_max_pending_rows < self.batch_max_rows:
             raise ValueError("GATEWAY_INGEST_MAX_PENDING_ROWS must be ≥ GATEWAY_BATCH_MAX_ROWS")
         return self
+
+    @property
+    def tls(self) -> bool:
+        """The gateway serves HTTPS itself."""
+        return self.tls_cert_file is not None and self.tls_key_file is not None
+
+    @property
+    def modbus_networks(self) -> tuple[IpNetwork, ...]:
+        return parse_networks(self.modbus_allowed_networks)
 
     @property
     def mqtt_host(self) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -23,9 +24,14 @@ from pydantic import SecretStr
 
 from firmware_sim.mqtt_link import BROKER_PASSWORD_ENV
 from gateway import registry
+from gateway.auth import Role, store
+from gateway.auth.passwords import hash_password
 from gateway.db.migrate import apply_migrations
 from gateway.dev.services import BackingServices, ensure_services, free_port
-from gateway.errors import ServiceStartError
+from gateway.errors import ConflictError, ServiceStartError
+from gateway.keystore import SoftwareKeyStore
+from gateway.keystore.envelope import Keyring, new_master_key, write_keyring
+from gateway.keystore.provisioning import export_provisioning
 from gateway.runtime import install_stop_signals
 from gateway.service import GatewayHandle, run_gateway
 from gateway.settings import Settings, redact_url
@@ -39,7 +45,42 @@ MANIFEST = "fleet-manifest.jsonl"
 DEMO_MODBUS_INTERVAL_S = 5.0
 
 
-async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) -> None:
+async def _demo_principals(conninfo: str) -> None:
+    """A demo administrator (password login) and a demo vendor (API key), printed once."""
+    password = secrets.token_urlsafe(12)
+    password_hash = await hash_password(password)
+    async with await psycopg.AsyncConnection.connect(conninfo) as conn:
+        for name, role in (("demo-admin", Role.ADMIN), ("demo-vendor", Role.VENDOR)):
+            try:
+                if role is Role.ADMIN:
+                    await store.create_principal(
+                        conn, name=name, role=role, kind="person", password_hash=password_hash
+                    )
+                    shown = f"password: {password}  (POST /auth/login)"
+                else:
+                    await store.create_principal(conn, name=name, role=role, kind="machine")
+                    _, api_key = await store.add_api_key(conn, name, label="demo")
+                    shown = f"API key: {api_key}  (Authorization: Bearer …)"
+            except ConflictError:
+                shown = "exists; its credentials were shown when it was created"
+            await conn.commit()
+            print(f"[demo] {role.value} {name!r}: {shown}", flush=True)
+
+
+def _demo_master_key(data_dir: Path) -> Path:
+    path = data_dir / "master.key"
+    if not path.exists():
+        write_keyring(path, Keyring((new_master_key(),)))
+    return path
+
+
+async def _register_fleet(
+    conninfo: str,
+    manifest: Path,
+    stop: asyncio.Event,
+    keystore: SoftwareKeyStore | None = None,
+    provisioning: Path | None = None,
+) -> None:
     """Register the simulated meters from the fleet's manifest (operators do this in real life)."""
     for _ in range(200):  # the fleet writes its manifest right after it starts
         if await asyncio.to_thread(manifest.exists) or stop.is_set():
@@ -69,6 +110,11 @@ async def _register_fleet(conninfo: str, manifest: Path, stop: asyncio.Event) ->
                     modbus_word_order=modbus.get("word_order"),
                 ),
             )
+        if keystore is not None and provisioning is not None:
+            # The gateway generates each meter's command key; the fleet reads it from here.
+            ids = [json.loads(line)["meter_id"] for line in lines]
+            await export_provisioning(conn, keystore, provisioning, ids)
+            await conn.commit()
     print(
         f"[demo] registered {len(lines)} meters ({modbus_count} polled over Modbus TCP)",
         flush=True,
@@ -119,6 +165,8 @@ def _fleet_command(
     ]
     if settings.mqtt_topic_prefix:
         command += ["--prefix", settings.mqtt_topic_prefix]
+    if settings.provisioning_dir is not None:
+        command += ["--provisioning", str(settings.provisioning_dir)]
     return command
 
 
@@ -172,6 +220,8 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
         for note in services.notes:
             log.info(note)
     demo_defaults: dict[str, object] = {
+        "master_key_file": settings.master_key_file or _demo_master_key(data_dir),
+        "provisioning_dir": data_dir / "provisioning",
         "modbus_enabled": True,
         "modbus_interval_s": DEMO_MODBUS_INTERVAL_S,
         "modbus_refresh_s": 2.0,
@@ -187,6 +237,8 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
             timescale=settings.timescaledb,
             time_zone=settings.deployment_time_zone,
         )
+        await _demo_principals(conninfo)
+        keystore = SoftwareKeyStore(settings.master_key_file) if settings.master_key_file else None
         started: asyncio.Future[GatewayHandle] = asyncio.get_running_loop().create_future()
         async with asyncio.TaskGroup() as tg:
             gateway = tg.create_task(run_gateway(settings, stop, started=started), name="gateway")
@@ -218,7 +270,10 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
             )
             tg.create_task(_watch_fleet(fleet, stop), name="fleet-watch")
             tg.create_task(
-                _register_fleet(conninfo, data_dir / MANIFEST, stop), name="fleet-register"
+                _register_fleet(
+                    conninfo, data_dir / MANIFEST, stop, keystore, settings.provisioning_dir
+                ),
+                name="fleet-register",
             )
             tg.create_task(_report(conninfo, stop), name="demo-report")
             await stop.wait()

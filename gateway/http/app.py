@@ -4,22 +4,37 @@ The app owns no resources. The service builds the pool, the MQTT intake and the 
 lifespan and hands them in as :class:`Services`; handlers get them through ``Depends``, and tests
 substitute their own. Errors of every route are answered in one shape by
 :mod:`gateway.http.errors`; request bodies are capped by :mod:`gateway.http.limits`, and
-handlers get database connections with a short wait from :mod:`gateway.http.db`.
+handlers get database connections with a short wait from :mod:`gateway.http.db`. Access
+control (:class:`AccessControl`) is handed in the same way as the services.
+
+Every endpoint but ``/healthz``, ``/readyz`` (and ``/metrics`` when open by setting) requires a
+principal with a role (:func:`gateway.http.security.require`).
 """
 
 from __future__ import annotations
 
 import psycopg
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway.http.admin import router as admin_router
+from gateway.http.auth_routes import router as auth_router
+from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.errors import install_error_handlers
 from gateway.http.limits import BodyLimit
 from gateway.http.meters import router as meters_router
+from gateway.http.security import AccessControl, Role, install_audit, require
 
-__all__ = ["DEFAULT_DB_WAIT_S", "DEFAULT_MAX_BODY_BYTES", "Services", "create_app"]
+__all__ = [
+    "DEFAULT_DB_WAIT_S",
+    "DEFAULT_MAX_BODY_BYTES",
+    "AccessControl",
+    "Custody",
+    "Services",
+    "create_app",
+]
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_DB_WAIT_S = 1.0
@@ -36,12 +51,14 @@ async def _database_ok(pool: AsyncConnectionPool) -> str | None:
 
 def create_app(
     services: Services,
+    access: AccessControl,
+    custody: Custody | None = None,
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     db_wait_s: float = DEFAULT_DB_WAIT_S,
 ) -> FastAPI:
-    """The API over ``services``; bodies over ``max_body_bytes`` get 413, and a request that
-    waits more than ``db_wait_s`` for a database connection gets 503."""
+    """The API over ``services``, guarded by ``access``; bodies over ``max_body_bytes`` get 413,
+    and a request that waits more than ``db_wait_s`` for a database connection gets 503."""
     app = FastAPI(
         title="Meter gateway",
         summary="Smart-meter telemetry and STS prepaid token gateway",
@@ -49,10 +66,15 @@ def create_app(
     )
     app.state.services = services
     app.state.db_wait_s = db_wait_s
+    app.state.access = access
+    app.state.custody = custody or Custody()
     install_error_handlers(app)
+    install_audit(app, access)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
 
     app.include_router(meters_router)
+    app.include_router(auth_router)
+    app.include_router(admin_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
@@ -74,7 +96,9 @@ def create_app(
         body = {"status": "ready" if not problems else "not ready", "problems": problems}
         return JSONResponse(status_code=200 if not problems else 503, content=body)
 
-    @app.get("/metrics", tags=["operations"])
+    metrics_guard = [] if access.metrics_open else [Depends(require(Role.TECHNICIAN))]
+
+    @app.get("/metrics", tags=["operations"], dependencies=metrics_guard)
     async def metrics(svc: ServicesDep) -> Response:
         """Prometheus text exposition."""
         return Response(svc.metrics.render(), media_type="text/plain; version=0.0.4")

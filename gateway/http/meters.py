@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from gateway import registry
+from gateway.errors import ValidationError
+from gateway.http.custody import CustodyDep
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel
+from gateway.http.security import AccessControl, Role, require
+from gateway.keystore.provisioning import write_provisioning_file
 from protocols.errors import UsageError
 from protocols.modbus import RegisterMap
 
 __all__ = ["router"]
 
-router = APIRouter(prefix="/meters", tags=["meters"])
+# Reading the registry is a technician's job; changing it is an operator's.
+router = APIRouter(
+    prefix="/meters", tags=["meters"], dependencies=[Depends(require(Role.TECHNICIAN))]
+)
+_OPERATOR = [Depends(require(Role.OPERATOR))]
 
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 
@@ -106,14 +115,34 @@ async def get_meter(meter_id: MeterId, conn: DbConn) -> dict[str, Any]:
     return await registry.get_meter(conn, meter_id)
 
 
-@router.put("/{meter_id}", response_model=MeterOut)
-async def put_meter(meter_id: MeterId, body: MeterIn, conn: DbConn) -> dict[str, Any]:
-    """Register a meter, or replace what is known about it."""
+@router.put("/{meter_id}", response_model=MeterOut, dependencies=_OPERATOR)
+async def put_meter(
+    meter_id: MeterId, body: MeterIn, conn: DbConn, custody: CustodyDep, request: Request
+) -> dict[str, Any]:
+    """Register a meter, or replace what is known about it.
+
+    A meter registered for the first time gets its command key (with a key store configured),
+    written to its provisioning file when a provisioning directory is set. A Modbus address
+    outside ``GATEWAY_MODBUS_ALLOWED_NETWORKS`` is refused.
+    """
+    access: AccessControl = request.app.state.access
+    if body.transport == "modbus" and body.modbus_host is not None:
+        try:
+            access.modbus_allowed.check_registration(body.modbus_host)
+        except UsageError as exc:
+            raise ValidationError(str(exc)) from exc
     spec = registry.MeterSpec(meter_id=meter_id, **body.model_dump())
-    return await registry.upsert_meter(conn, spec)
+    keystore = custody.keystore
+    async with conn.transaction():
+        meter = await registry.upsert_meter(conn, spec)
+        new_key = keystore is not None and await keystore.ensure_command_key(conn, meter_id)
+    if new_key and keystore is not None and custody.provisioning_dir is not None:
+        key = await keystore.export_command_key(conn, meter_id)
+        await asyncio.to_thread(write_provisioning_file, custody.provisioning_dir, meter_id, key)
+    return meter
 
 
-@router.post("/{meter_id}/verify", response_model=MeterOut)
+@router.post("/{meter_id}/verify", response_model=MeterOut, dependencies=_OPERATOR)
 async def verify_meter(meter_id: MeterId, conn: DbConn) -> dict[str, Any]:
     """Confirm an auto-registered meter."""
     return await registry.verify_meter(conn, meter_id)

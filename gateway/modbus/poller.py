@@ -23,6 +23,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.metrics import Metrics
+from gateway.modbus.allowlist import DEFAULT_ALLOW_LIST, HostAllowList
 from gateway.modbus.endpoint import Endpoint, PollerOptions, WorkSink
 from gateway.modbus.registry import DeviceConfig, LoadedDevices, load_devices
 from protocols.modbus import DEFAULT_MAX_GAP
@@ -45,6 +46,7 @@ class ModbusPoller:
         metrics: Metrics,
         options: PollerOptions,
         rng: random.Random | None = None,
+        allowed: HostAllowList = DEFAULT_ALLOW_LIST,
     ) -> None:
         if options.concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -52,6 +54,7 @@ class ModbusPoller:
         self._sink = sink
         self._metrics = metrics
         self._options = options
+        self._allowed = allowed
         # Backoff jitter only; not security relevant.
         self._rng = rng or random.Random()  # noqa: S311
         self._semaphore = asyncio.Semaphore(options.concurrency)
@@ -97,6 +100,16 @@ class ModbusPoller:
     def apply(self, devices: Mapping[str, DeviceConfig], group: asyncio.TaskGroup) -> None:
         by_endpoint: dict[tuple[str, int], dict[str, DeviceConfig]] = {}
         for config in devices.values():
+            if not self._allowed.allows_address(config.host):  # the last check before connecting
+                if config.meter_id not in self._invalid:
+                    log.error(
+                        "Modbus meter %s not polled: %s is not an allowed address",
+                        config.meter_id,
+                        config.host,
+                        extra={"meter_id": config.meter_id},
+                    )
+                    self._invalid[config.meter_id] = "address not allowed"
+                continue
             by_endpoint.setdefault(config.endpoint, {})[config.meter_id] = config
         for key in self.endpoints.keys() - by_endpoint.keys():
             self.endpoints.pop(key).close()
@@ -133,6 +146,7 @@ async def run_modbus_poller(
     backoff_initial_s: float = 1.0,
     backoff_max_s: float = 300.0,
     verified_only: bool = False,
+    allowed: HostAllowList = DEFAULT_ALLOW_LIST,
 ) -> None:
     """Poll the registry's Modbus meters until ``stop`` is set.
 
@@ -141,7 +155,7 @@ async def run_modbus_poller(
     """
 
     async def load() -> LoadedDevices:
-        return await load_devices(pool, verified_only=verified_only)
+        return await load_devices(pool, verified_only=verified_only, allowed=allowed)
 
     options = PollerOptions(
         concurrency=concurrency,
@@ -153,7 +167,9 @@ async def run_modbus_poller(
         backoff_initial_s=backoff_initial_s,
         backoff_max_s=backoff_max_s,
     )
-    poller = ModbusPoller(load=load, sink=pipeline, metrics=metrics, options=options)
+    poller = ModbusPoller(
+        load=load, sink=pipeline, metrics=metrics, options=options, allowed=allowed
+    )
     log.info("Modbus poller started")
     await poller.run(stop, refresh_s=refresh_s)
     log.info("Modbus poller stopped")

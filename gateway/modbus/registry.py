@@ -8,11 +8,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.modbus.allowlist import DEFAULT_ALLOW_LIST, HostAllowList
 from protocols.errors import UsageError
 from protocols.modbus import DEFAULT_MAP, RegisterMap, WordOrder
 
@@ -74,8 +75,17 @@ def device_from_row(
     return DeviceConfig(meter_id, host, port, unit, order, regs, float(interval_s))
 
 
-async def load_devices(pool: AsyncConnectionPool[Any], *, verified_only: bool) -> LoadedDevices:
-    """Every Modbus meter of the registry (only verified ones if asked)."""
+async def load_devices(
+    pool: AsyncConnectionPool[Any],
+    *,
+    verified_only: bool,
+    allowed: HostAllowList = DEFAULT_ALLOW_LIST,
+) -> LoadedDevices:
+    """Every Modbus meter of the registry (only verified ones if asked).
+
+    Hosts are resolved here and checked against ``allowed``; a device's ``host`` is the checked
+    address, and a meter outside the allow-list is reported invalid, never polled.
+    """
     query = _QUERY + (" AND verified" if verified_only else "") + " ORDER BY meter_id"
     async with pool.connection() as conn:
         cur = await conn.execute(query)
@@ -84,7 +94,7 @@ async def load_devices(pool: AsyncConnectionPool[Any], *, verified_only: bool) -
     invalid: dict[str, str] = {}
     for meter_id, host, port, unit, order, regmap, interval in rows:
         try:
-            devices[meter_id] = device_from_row(
+            config = device_from_row(
                 meter_id,
                 host=host,
                 port=port,
@@ -93,6 +103,8 @@ async def load_devices(pool: AsyncConnectionPool[Any], *, verified_only: bool) -
                 register_map=regmap,
                 interval_s=interval,
             )
+            address = await allowed.resolve(config.host)
+            devices[meter_id] = replace(config, host=address)
         except UsageError as exc:
             invalid[meter_id] = str(exc)
     return LoadedDevices(devices, invalid)

@@ -12,9 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from gateway.http.security import Role
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
 from protocols import BinaryRow, encode_frame
+from tests.plugins.auth import AuthHeaders
 from tests.plugins.gateway import MqttTestClient, db_scalar, wait_for_value
 
 T0_MS = calendar.timegm((2026, 11, 1, 0, 0, 0)) * 1000
@@ -253,7 +255,11 @@ async def test_health_readiness_and_metrics_endpoints(gateway: GatewayHandle) ->
 
 
 async def test_meter_registry_api(
-    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+    gateway: GatewayHandle,
+    gateway_settings: Settings,
+    mqtt_url: str,
+    topic_prefix: str,
+    auth_headers: AuthHeaders,
 ) -> None:
     async with MqttTestClient(mqtt_url) as client:
         await client.publish_all(
@@ -261,7 +267,10 @@ async def test_meter_registry_api(
         )
     url = gateway_settings.database_url.get_secret_value()
     assert await wait_for_value(lambda: db_scalar(url, "SELECT count(*) FROM meters"), 1) == 1
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+    operator = await auth_headers(url, Role.OPERATOR)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{gateway.http_port}", headers=operator
+    ) as http:
         auto = (await http.get("/meters/AUTO1")).json()
         assert (auto["verified"], auto["utility"], auto["comms_state"]) == (False, "unknown", "ok")
         assert [m["meter_id"] for m in (await http.get("/meters?verified=false")).json()] == [
