@@ -228,7 +228,7 @@ async def test_unauthenticated_response_shape(env: Env) -> None:
     response = await env.client.get("/meters")
     assert response.status_code == 401
     assert response.headers["www-authenticate"] == "Bearer"
-    assert response.json()["error"]["code"] == "AuthError"
+    assert response.json()["error"]["code"] == "unauthorized"
 
 
 # -- people: password login, session cookie, CSRF, lockout, expiry ----------------------------
