@@ -44,7 +44,12 @@ from gateway.auth.authenticators import (
 from gateway.auth.model import Principal, Role
 from gateway.auth.ratelimit import RateLimit, RateLimiter
 from gateway.auth.store import LoginPolicy
-from gateway.errors import AuthError, ForbiddenError, RateLimitedError, StorageError
+from gateway.errors import (
+    AuthError,
+    ForbiddenError,
+    RateLimitedError,
+    ServiceUnavailableError,
+)
 from gateway.modbus.allowlist import DEFAULT_ALLOW_LIST, HostAllowList
 from gateway.settings import Settings
 
@@ -80,6 +85,8 @@ class AccessControl:
     """Serve ``/metrics`` without credentials (Prometheus scrapers inside the network)."""
     modbus_allowed: HostAllowList = DEFAULT_ALLOW_LIST
     """Networks a Modbus meter may be registered in (the poller checks again)."""
+    db_wait_s: float = 1.0
+    """How long checking credentials waits for a database connection before a 503."""
 
     def __post_init__(self) -> None:
         if not self.authenticators:
@@ -87,13 +94,15 @@ class AccessControl:
 
     async def authenticate(self, credentials: Credentials) -> Principal | None:
         try:
-            async with self.pool.connection(timeout=5.0) as conn:
+            async with self.pool.connection(timeout=self.db_wait_s) as conn:
                 for authenticator in self.authenticators:
                     principal = await authenticator.authenticate(credentials, conn)
                     if principal is not None:
                         return principal
         except (psycopg.Error, PoolTimeout) as exc:
-            raise StorageError(f"cannot check credentials: {type(exc).__name__}") from exc
+            raise ServiceUnavailableError(
+                f"cannot check credentials now: {type(exc).__name__}", retry_after_s=2.0
+            ) from exc
         return None
 
 
@@ -103,6 +112,7 @@ def access_from_settings(settings: Settings, pool: AsyncConnectionPool[Any]) -> 
     vendor = RateLimit(settings.rate_limit_vendor_per_min, settings.rate_limit_burst)
     return AccessControl(
         pool=pool,
+        db_wait_s=settings.http_db_wait_ms / 1000,
         limiter=RateLimiter(
             {Role.VENDOR: vendor, Role.TECHNICIAN: staff, Role.OPERATOR: staff, Role.ADMIN: staff}
         ),

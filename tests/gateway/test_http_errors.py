@@ -12,7 +12,9 @@ import httpx
 import psycopg
 import pytest
 
+from gateway.http.security import Role
 from gateway.service import GatewayHandle
+from tests.plugins.auth import AuthHeaders
 from tests.plugins.gateway import gateway_running, make_settings, wait_for_value
 
 METER = {"utility": "electricity", "time_zone": "Africa/Johannesburg"}
@@ -31,8 +33,13 @@ def assert_error_shape(response: httpx.Response, status: int, code: str) -> dict
 
 
 @pytest.fixture
-async def http(gateway: GatewayHandle) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as client:
+async def http(
+    gateway: GatewayHandle, database_url: str, auth_headers: AuthHeaders
+) -> AsyncIterator[httpx.AsyncClient]:
+    headers = await auth_headers(database_url, Role.OPERATOR)
+    async with httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{gateway.http_port}", headers=headers
+    ) as client:
         yield client
 
 
@@ -107,12 +114,18 @@ async def test_not_found_method_not_allowed_and_bad_json_share_the_shape(
 
 
 async def test_request_body_over_the_limit_is_413(
-    database_url: str, mqtt_url: str, topic_prefix: str
+    auth_headers: AuthHeaders,
+    database_url: str,
+    mqtt_url: str,
+    topic_prefix: str
 ) -> None:
     settings = make_settings(database_url, mqtt_url, topic_prefix, http_max_body_bytes=4096)
     async with (
         gateway_running(settings) as handle,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}") as http,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{handle.http_port}",
+            headers=await auth_headers(database_url, Role.OPERATOR),
+        ) as http,
     ):
         padding = {"register_map": {"1.8.0": {"address": 0}}, "pad": "p" * 5000}
         declared = await http.put("/meters/M-413", json={**METER, **padding})
@@ -135,14 +148,20 @@ async def test_request_body_over_the_limit_is_413(
 
 
 async def test_busy_database_pool_is_a_503_with_retry_after(
-    database_url: str, mqtt_url: str, topic_prefix: str
+    auth_headers: AuthHeaders,
+    database_url: str,
+    mqtt_url: str,
+    topic_prefix: str
 ) -> None:
     settings = make_settings(
         database_url, mqtt_url, topic_prefix, db_pool_min=1, db_pool_max=1, http_db_wait_ms=200
     )
     async with (
         gateway_running(settings) as handle,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}") as http,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{handle.http_port}",
+            headers=await auth_headers(database_url, Role.OPERATOR),
+        ) as http,
     ):
         assert (await http.put("/meters/M-503", json=METER)).status_code == 200
         async with handle.services.pool.connection():  # the only connection, held
@@ -157,12 +176,18 @@ async def test_busy_database_pool_is_a_503_with_retry_after(
 
 
 async def test_database_down_is_a_503_not_a_500(
-    database_url: str, mqtt_url: str, topic_prefix: str, admin_url: str
+    auth_headers: AuthHeaders,
+    database_url: str,
+    mqtt_url: str,
+    topic_prefix: str, admin_url: str
 ) -> None:
     settings = make_settings(database_url, mqtt_url, topic_prefix, http_db_wait_ms=300)
     async with (
         gateway_running(settings) as handle,
-        httpx.AsyncClient(base_url=f"http://127.0.0.1:{handle.http_port}") as http,
+        httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{handle.http_port}",
+            headers=await auth_headers(database_url, Role.OPERATOR),
+        ) as http,
     ):
         assert (await http.get("/meters")).status_code == 200
         name = psycopg.conninfo.conninfo_to_dict(database_url)["dbname"]

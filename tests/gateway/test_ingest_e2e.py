@@ -147,7 +147,11 @@ async def test_reading_conflicts_and_quality_upgrades_are_kept_and_counted(
 
 
 async def test_local_times_are_read_in_the_registered_zone_at_once(
-    gateway: GatewayHandle, gateway_settings: Settings, mqtt_url: str, topic_prefix: str
+    gateway: GatewayHandle,
+    gateway_settings: Settings,
+    mqtt_url: str,
+    topic_prefix: str,
+    auth_headers: AuthHeaders,
 ) -> None:
     """Register a zone, then send a reading without offset: stored at the right UTC instant."""
     url = gateway_settings.database_url.get_secret_value()
@@ -156,7 +160,10 @@ async def test_local_times_are_read_in_the_registered_zone_at_once(
     def local(ts: str, value: float = 1.0) -> bytes:
         return json.dumps({"ts": ts, "values": {"1.8.0": value}}).encode()
 
-    http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}")
+    http = httpx.AsyncClient(
+        base_url=f"http://127.0.0.1:{gateway.http_port}",
+        headers=await auth_headers(url, Role.OPERATOR),
+    )
     async with http, MqttTestClient(mqtt_url) as client:
         put = await http.put(
             "/meters/TZ1", json={"utility": "electricity", "time_zone": "Africa/Johannesburg"}
