@@ -1,0 +1,66 @@
+"""Where decoder keys come from: an HSM-shaped interface and its adapter to the key store.
+
+The vending service never holds vending keys. It asks a :class:`DecoderKeySource` for one
+meter's decoder key, derived from its supply group's vending key (per SGC, KRN and DKGA);
+only the derived decoder key reaches the service, in memory, for the token being issued.
+
+:class:`KeyStoreDecoderKeys` is the software implementation: it fetches the vending key from a
+:class:`VendingKeyStore` (envelope-encrypted at rest, decrypted in memory only) and derives
+with :func:`tokens.keys.derive_decoder_key`. An HSM would implement
+:class:`DecoderKeySource` itself. Neither logs, returns or puts key material in an error.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from gateway.vending.errors import KeyUnavailableError
+from tokens.errors import TokenError
+from tokens.keys import DecoderKey, Dkga, KeyParameters, VendingKey, derive_decoder_key
+
+__all__ = ["DecoderKeySource", "KeyStoreDecoderKeys", "VendingKeyStore"]
+
+
+class DecoderKeySource(Protocol):
+    """Derives a meter's decoder key from its supply group's vending key."""
+
+    async def decoder_key(
+        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+    ) -> DecoderKey:
+        """The decoder key for ``params``; :class:`KeyUnavailableError` when no vending key fits."""
+        ...
+
+
+class VendingKeyStore(Protocol):
+    """Looks up a vending key by supply group, key revision and DKGA (None: not stored)."""
+
+    async def vending_key(self, *, sgc: str, krn: int, dkga: str) -> VendingKey | None: ...
+
+
+class KeyStoreDecoderKeys:
+    """A :class:`DecoderKeySource` deriving in software from a :class:`VendingKeyStore`."""
+
+    def __init__(self, store: VendingKeyStore) -> None:
+        self._store = store
+
+    def __repr__(self) -> str:
+        return "KeyStoreDecoderKeys(<vending keys hidden>)"
+
+    async def decoder_key(
+        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+    ) -> DecoderKey:
+        vending_key = await self._store.vending_key(sgc=sgc, krn=krn, dkga=dkga)
+        if vending_key is None:
+            raise KeyUnavailableError(
+                f"no vending key for supply group {sgc} revision {krn} (DKGA{dkga})"
+            )
+        if vending_key.dkga is not Dkga.parse(dkga) or params.ea.value != ea:
+            raise KeyUnavailableError(
+                f"the vending key of supply group {sgc} revision {krn} does not fit the meter"
+            )
+        try:
+            return derive_decoder_key(vending_key, params)
+        except TokenError as exc:
+            raise KeyUnavailableError(
+                f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
+            ) from None
