@@ -15,6 +15,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from gateway.errors import GatewayError, NotFoundError
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.meters import router as meters_router
+from gateway.http.vending import install_vending
+from gateway.vending.keys import NoDecoderKeys
+from gateway.vending.service import VendingService
 
 __all__ = ["Services", "create_app"]
 
@@ -28,7 +31,8 @@ async def _database_ok(pool: AsyncConnectionPool) -> str | None:
     return None
 
 
-def create_app(services: Services) -> FastAPI:
+def create_app(services: Services, *, vending: VendingService | None = None) -> FastAPI:
+    """The HTTP API on ``services``; ``vending`` defaults to one without a key store."""
     app = FastAPI(
         title="Meter gateway",
         summary="Smart-meter telemetry and STS prepaid token gateway",
@@ -47,6 +51,7 @@ def create_app(services: Services) -> FastAPI:
         )
 
     app.include_router(meters_router)
+    install_vending(app, vending or VendingService(services.pool, NoDecoderKeys()))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

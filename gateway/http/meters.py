@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from fastapi import APIRouter, Path, Query
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway import registry
 from gateway.http.deps import ServicesDep
@@ -34,9 +34,32 @@ class _MeterFields(BaseModel):
     register_map: dict[str, Any] | None = None
 
 
+class StsIn(BaseModel):
+    """A prepaid meter's STS key data (the vending keys themselves live in the key store)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sgc: str = Field(pattern=r"^[0-9]{6}$")
+    krn: int = Field(ge=1, le=9)
+    ti: int = Field(ge=0, le=99)
+    key_type: int = Field(ge=0, le=3)
+    base_date: Literal[1993, 2014, 2035]
+    ea: Literal["07", "11"]
+    dkga: Literal["02", "04"]
+
+    @model_validator(mode="after")
+    def _algorithms(self) -> StsIn:
+        if self.dkga == "02" and self.ea == "11":
+            raise ValueError("DKGA02 derives 64-bit keys: it cannot serve EA11 (MISTY1)")
+        return self
+
+
 class MeterIn(_MeterFields):
     utility: Literal["electricity", "water"]
     payment: Literal["prepaid", "postpaid"] = "postpaid"
+    sts: StsIn | None = None
+    """STS key data for vending; omitted: left as recorded."""
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The customer account; omitted: left as recorded."""
 
     @field_validator("time_zone")
     @classmethod
@@ -78,6 +101,8 @@ class MeterOut(_MeterFields):
     online: bool | None
     status: dict[str, Any] | None
     comms_state: Literal["ok", "late", "lost", "never"]
+    sts: dict[str, Any] | None = None
+    account: str | None = None
 
 
 @router.get("", response_model=list[MeterOut])
@@ -106,7 +131,10 @@ async def get_meter(meter_id: MeterId, svc: ServicesDep) -> dict[str, Any]:
 @router.put("/{meter_id}", response_model=MeterOut)
 async def put_meter(meter_id: MeterId, body: MeterIn, svc: ServicesDep) -> dict[str, Any]:
     """Register a meter, or replace what is known about it."""
-    spec = registry.MeterSpec(meter_id=meter_id, **body.model_dump())
+    fields = body.model_dump()
+    if body.sts is not None:
+        fields["sts"] = body.sts.model_dump()
+    spec = registry.MeterSpec(meter_id=meter_id, **fields)
     async with svc.pool.connection() as conn:
         return await registry.upsert_meter(conn, spec)
 

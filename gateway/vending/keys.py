@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from gateway.vending.errors import KeyUnavailableError
+from gateway.vending.errors import KeyUnavailableError, VendingUnavailableError
 from tokens.errors import TokenError
 from tokens.keys import DecoderKey, Dkga, KeyParameters, VendingKey, derive_decoder_key
 
-__all__ = ["DecoderKeySource", "KeyStoreDecoderKeys", "VendingKeyStore"]
+__all__ = ["DecoderKeySource", "KeyStoreDecoderKeys", "NoDecoderKeys", "VendingKeyStore"]
 
 
 class DecoderKeySource(Protocol):
@@ -64,3 +64,13 @@ class KeyStoreDecoderKeys:
             raise KeyUnavailableError(
                 f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
             ) from None
+
+
+class NoDecoderKeys:
+    """The key source of a gateway without a key store: every sale is refused, clearly."""
+
+    async def decoder_key(
+        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+    ) -> DecoderKey:
+        del sgc, krn, dkga, params, ea
+        raise VendingUnavailableError("no vending key store is configured on this gateway")

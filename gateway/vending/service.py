@@ -141,7 +141,7 @@ class VendingService:
         *,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self._pool = pool
+        self.pool = pool
         self._keys = keys
         self.config = config or VendingConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
@@ -214,7 +214,7 @@ class VendingService:
         fingerprint = _fingerprint(operation, fields)
         wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.transaction():
                 await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
                 cur = await conn.execute(
                     "INSERT INTO vend_requests (vendor, request_id, operation, body_hash, status,"
@@ -252,7 +252,7 @@ class VendingService:
         self, vendor: str, action: str, obj: str, request_id: str | None, error: VendingError
     ) -> None:
         try:
-            async with self._pool.connection() as conn, conn.transaction():
+            async with self.pool.connection() as conn, conn.transaction():
                 await audit.record(
                     conn,
                     actor=vendor,
@@ -272,7 +272,7 @@ class VendingService:
         """Trial vend: what ``amount`` buys now. No token, no charge, nothing written."""
         amount = _check_amount(amount)
         now = self._clock()
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             plan = await self._plan(conn, meter_id, amount, now, lock=False, want_credit=True)
             balance = await store.float_balance(conn, vendor, lock=False)
         quote = plan.quote
@@ -522,7 +522,7 @@ class VendingService:
             params.append(meter_id)
         query += " ORDER BY s.sale_id DESC LIMIT %s"
         params.append(last)
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
             if not rows:
@@ -662,9 +662,14 @@ class VendingService:
             vendor, request_id, "confirm", {"receipt_no": receipt_no}, work
         )
 
+    async def float_balance(self, vendor: str) -> str:
+        """The vendor's float balance as a decimal string."""
+        async with self.pool.connection() as conn, conn.transaction():
+            return money(await store.float_balance(conn, vendor, lock=False))
+
     async def transactions(self, vendor: str, *, after: int | None, limit: int) -> dict[str, Any]:
         """The vendor's own sales and free issues, oldest first, keyset-paged by ``after``."""
-        async with self._pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT sale_id, receipt_no, request_id, kind, meter_id, amount, units_tenths,"
                 " free_tenths, state, issued_at, confirmed_at, reversed_at FROM sales"
