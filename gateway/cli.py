@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``run``, ``migrate``, ``demo`` and ``settings``.
+"""The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``tariffs``, ``vendors``.
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
@@ -19,6 +19,7 @@ from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
 from gateway.settings import Settings, load_settings
+from gateway.vending.cli import add_commands as add_vending_commands
 
 __all__ = ["main"]
 
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="print effective settings, secrets redacted").set_defaults(
         func=_cmd_settings
     )
+    add_vending_commands(sub)
     return parser
 
 
