@@ -162,33 +162,33 @@ class VendingService:
         today = local_date(now, self.config.zone)
         month = month_of(today)
         account = meter.account
-        issued = await store.free_units_issued(conn, meter_id, month)
+        if want_credit:
+            if amount > self.config.max_amount:
+                raise AmountTooLargeError(f"the largest purchase is {self.config.max_amount}")
+            if 0 < amount < self.config.min_amount:
+                raise AmountTooSmallError(f"the smallest purchase is {self.config.min_amount}")
+        context = await store.sale_context(
+            conn, meter, day=today, month=month, want_tariff=want_credit
+        )
         free_due = account is not None and free_units_due(
             indigent_from=account.indigent_from,
             indigent_to=account.indigent_to,
             on_register=account.on_register,
             today=today,
-            issued_this_month=issued,
+            issued_this_month=context.free_issued,
         )
         quote = None
         tariff_id = None
-        if want_credit:
+        if context.tariff is not None:
             if amount == 0 and not free_due:
                 raise AmountTooSmallError(
                     "an amount of 0 buys only free basic units, and none are due this month"
                 )
-            if 0 < amount < self.config.min_amount:
-                raise AmountTooSmallError(f"the smallest purchase is {self.config.min_amount}")
-            if amount > self.config.max_amount:
-                raise AmountTooLargeError(f"the largest purchase is {self.config.max_amount}")
-            tariff = await store.tariff_for(conn, meter.utility, meter.customer_class, today)
-            tariff_id = tariff.tariff_id
-            so_far = await store.month_to_date(conn, meter_id, month)
+            tariff_id = context.tariff.tariff_id
             debt = Debt() if account is None else Debt(account.arrears, account.debt_recovery_share)
-            quote = price(amount, tariff, so_far, debt)
-        group = await store.supply_group(conn, meter.target_sgc or meter.sts.sgc)
+            quote = price(amount, context.tariff, context.month, debt)
         target = key_change_target(
-            meter.sts, group, target_sgc=meter.target_sgc, target_ti=meter.target_ti
+            meter.sts, context.group, target_sgc=meter.target_sgc, target_ti=meter.target_ti
         )
         return _Plan(meter, tariff_id, month, quote, free_due, target)
 
@@ -215,12 +215,14 @@ class VendingService:
         wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
         try:
             async with self.pool.connection() as conn, conn.transaction():
-                await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
-                cur = await conn.execute(
-                    "INSERT INTO vend_requests (vendor, request_id, operation, body_hash, status,"
-                    " response) VALUES (%s, %s, %s, %s, 0, '') ON CONFLICT DO NOTHING",
-                    (vendor, request_id, operation, fingerprint),
-                )
+                async with conn.pipeline():
+                    await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
+                    cur = await conn.execute(
+                        "INSERT INTO vend_requests (vendor, request_id, operation, body_hash,"
+                        " status, response) VALUES (%s, %s, %s, %s, 0, '')"
+                        " ON CONFLICT DO NOTHING",
+                        (vendor, request_id, operation, fingerprint),
+                    )
                 if cur.rowcount == 0:
                     cur = await conn.execute(
                         "SELECT body_hash, response FROM vend_requests"
@@ -355,71 +357,88 @@ class VendingService:
         issued, new_key_json = await self._tokens(conn, plan, now)
         quote = plan.quote
         free_tenths = sum(t.tenths or 0 for t in issued if t.kind == "free_basic")
-        balance = await store.float_balance(conn, vendor, lock=True)
+        balance, sale_id = await store.lock_float_for_sale(conn, vendor)
         if amount > balance:
             raise InsufficientFloatError(
                 f"the vendor float holds {money(balance)}; this sale needs {money(amount)}"
             )
-        cur = await conn.execute("SELECT nextval(pg_get_serial_sequence('sales', 'sale_id'))")
-        row = await cur.fetchone()
-        assert row is not None
-        sale_id = int(row[0])
         receipt_no = f"{local_date(now, self.config.zone):%Y%m%d}{sale_id:010d}"
         account_id = None if meter.account is None else meter.account.account_id
-        await conn.execute(
-            "INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
-            " account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered,"
-            " units_tenths, free_tenths, issued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                sale_id,
-                receipt_no,
-                vendor,
-                request_id,
-                kind,
-                meter_id,
-                account_id,
-                meter.utility,
-                plan.tariff_id,
-                plan.month,
-                amount,
-                _ZERO if quote is None else quote.vat,
-                _ZERO if quote is None else quote.fixed,
-                _ZERO if quote is None else quote.debt_recovered,
-                0 if quote is None else quote.tenths,
-                free_tenths,
-                now,
-            ),
+        balance_after = balance - amount
+        body = dumps(
+            receipt(
+                receipt_no=receipt_no,
+                request_id=request_id,
+                meter=meter_id,
+                utility=meter.utility,
+                state="issued",
+                tokens=issued,
+                amount=amount,
+                tenths=0 if quote is None else quote.tenths,
+                vat=_ZERO if quote is None else quote.vat,
+                fixed=_ZERO if quote is None else quote.fixed,
+                debt_recovered=_ZERO if quote is None else quote.debt_recovered,
+                blocks=() if quote is None else quote.blocks,
+                float_balance=balance_after,
+                issued_at=now,
+            )
         )
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
-                " fbe_month, new_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        sale_id,
-                        seq,
-                        meter_id,
-                        token.kind,
-                        token.token,
-                        token.tenths,
-                        token.tid,
-                        plan.month if token.kind == "free_basic" else None,
-                        Jsonb(new_key_json) if token.kind == "key_change" else None,
-                    )
-                    for seq, token in enumerate(issued, start=1)
-                ],
-            )
-        if amount > 0:
-            balance = await store.move_float(
-                conn, vendor, "sale", -amount, balance, sale_id=sale_id, note=receipt_no
-            )
-        if quote is not None and quote.debt_recovered > 0 and meter.account is not None:
+        # The writes go out together: one round trip to the database.
+        async with conn.pipeline():
             await conn.execute(
-                "UPDATE accounts SET arrears = arrears - %s, updated_at = now()"
-                " WHERE account_id = %s",
-                (quote.debt_recovered, meter.account.account_id),
+                "INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
+                " account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered,"
+                " units_tenths, free_tenths, issued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    sale_id,
+                    receipt_no,
+                    vendor,
+                    request_id,
+                    kind,
+                    meter_id,
+                    account_id,
+                    meter.utility,
+                    plan.tariff_id,
+                    plan.month,
+                    amount,
+                    _ZERO if quote is None else quote.vat,
+                    _ZERO if quote is None else quote.fixed,
+                    _ZERO if quote is None else quote.debt_recovered,
+                    0 if quote is None else quote.tenths,
+                    free_tenths,
+                    now,
+                ),
             )
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
+                    " fbe_month, new_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            sale_id,
+                            seq,
+                            meter_id,
+                            token.kind,
+                            token.token,
+                            token.tenths,
+                            token.tid,
+                            plan.month if token.kind == "free_basic" else None,
+                            Jsonb(new_key_json) if token.kind == "key_change" else None,
+                        )
+                        for seq, token in enumerate(issued, start=1)
+                    ],
+                )
+            if amount > 0:
+                await store.move_float(
+                    conn, vendor, "sale", -amount, balance, sale_id=sale_id, note=receipt_no
+                )
+            if quote is not None and quote.debt_recovered > 0 and account_id is not None:
+                await conn.execute(
+                    "UPDATE accounts SET arrears = arrears - %s, updated_at = now()"
+                    " WHERE account_id = %s",
+                    (quote.debt_recovered, account_id),
+                )
         await audit.record(
             conn,
             actor=vendor,
@@ -434,24 +453,7 @@ class VendingService:
                 "tokens": [token.kind for token in issued],
             },
         )
-        return dumps(
-            receipt(
-                receipt_no=receipt_no,
-                request_id=request_id,
-                meter=meter_id,
-                utility=meter.utility,
-                state="issued",
-                tokens=issued,
-                amount=amount,
-                tenths=0 if quote is None else quote.tenths,
-                vat=_ZERO if quote is None else quote.vat,
-                fixed=_ZERO if quote is None else quote.fixed,
-                debt_recovered=_ZERO if quote is None else quote.debt_recovered,
-                blocks=() if quote is None else quote.blocks,
-                float_balance=balance,
-                issued_at=now,
-            )
-        )
+        return body
 
     async def _tokens(
         self, conn: AsyncConnection[Any], plan: _Plan, now: datetime
@@ -492,17 +494,19 @@ class VendingService:
             new_key_json = target.as_json()
             key, base = new_key, BaseDate(target.base_date)
         medium = _medium(meter.utility)
-        minute = tid_from_datetime(now, base)
-        free_tenths = 0
-        if plan.free_due:
-            free_tenths = self.config.free_tenths(meter.utility)
-            tid = await store.allocate_tid(conn, meter_id, int(base), minute)
-            record = TransferCredit(medium=medium, tenths=free_tenths, tid=tid, rnd=random_rnd())
-            issued.append(IssuedToken("free_basic", encode(record, key), free_tenths, tid))
-        if quote is not None and quote.tenths > 0:
-            tid = await store.allocate_tid(conn, meter_id, int(base), minute)
-            record = TransferCredit(medium=medium, tenths=quote.tenths, tid=tid, rnd=random_rnd())
-            issued.append(IssuedToken("credit", encode(record, key), quote.tenths, tid))
+        free_tenths = self.config.free_tenths(meter.utility) if plan.free_due else 0
+        credit_tenths = 0 if quote is None else quote.tenths
+        wanted = [
+            (kind, t)
+            for kind, t in (("free_basic", free_tenths), ("credit", credit_tenths))
+            if t > 0
+        ]
+        tids = await store.allocate_tids(
+            conn, meter_id, int(base), tid_from_datetime(now, base), len(wanted)
+        )
+        for (kind, tenths), tid in zip(wanted, tids, strict=True):
+            record = TransferCredit(medium=medium, tenths=tenths, tid=tid, rnd=random_rnd())
+            issued.append(IssuedToken(kind, encode(record, key), tenths, tid))
         return issued, new_key_json
 
     async def reprint(
