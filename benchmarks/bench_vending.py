@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import uvicorn
 from fastapi import FastAPI, Request
 from psycopg_pool import AsyncConnectionPool
@@ -77,22 +78,24 @@ def meter_ids(count: int) -> list[str]:
 
 
 async def prepare(database_url: str, meters: list[str], vendor_count: int) -> None:
-    async with AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool:
-        async with pool.connection() as conn:
-            await tariffs.store_tariffs(conn, tariffs.tariffs_from_data({"tariffs": [TARIFF]}))
-            async with conn.transaction(), conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO meters (meter_id, utility, payment, verified)"
-                    " VALUES (%s, 'electricity', 'prepaid', true)",
-                    [(m,) for m in meters],
-                )
-                await cur.executemany(
-                    "INSERT INTO meter_vending (meter_id, sgc, krn, ti, key_type, base_date, ea,"
-                    " dkga) VALUES (%s, %s, 1, 1, 2, 2014, '07', '02')",
-                    [(m, SGC) for m in meters],
-                )
-            for n in range(vendor_count):
-                await vendors.top_up(conn, f"v{n}", Decimal("100000000.00"), actor="bench")
+    async with (
+        AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool,
+        pool.connection() as conn,
+    ):
+        await tariffs.store_tariffs(conn, tariffs.tariffs_from_data({"tariffs": [TARIFF]}))
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO meters (meter_id, utility, payment, verified)"
+                " VALUES (%s, 'electricity', 'prepaid', true)",
+                [(m,) for m in meters],
+            )
+            await cur.executemany(
+                "INSERT INTO meter_vending (meter_id, sgc, krn, ti, key_type, base_date, ea,"
+                " dkga) VALUES (%s, %s, 1, 1, 2, 2014, '07', '02')",
+                [(m, SGC) for m in meters],
+            )
+        for n in range(vendor_count):
+            await vendors.top_up(conn, f"v{n}", Decimal("100000000.00"), actor="bench")
 
 
 # -- the server process -------------------------------------------------------------------
@@ -301,7 +304,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(30)
-        with __import__("psycopg").connect(LOCAL_PG_ADMIN, autocommit=True) as conn:
+        with psycopg.connect(LOCAL_PG_ADMIN, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     results["http_vs_ceiling"] = (
         results["saturated"]["requests_per_s"] / results["ceiling"]["sales_per_s"]

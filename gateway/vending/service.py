@@ -662,9 +662,15 @@ class VendingService:
                 }
             )
 
-        return await self._idempotent(
-            vendor, request_id, "confirm", {"receipt_no": receipt_no}, work
-        )
+        try:
+            return await self._idempotent(
+                vendor, request_id, "confirm", {"receipt_no": receipt_no}, work
+            )
+        except VendingError as exc:
+            await self._audit_refusal(
+                vendor, "vend.confirm", f"receipt:{receipt_no}", request_id, exc
+            )
+            raise
 
     async def float_balance(self, vendor: str) -> str:
         """The vendor's float balance as a decimal string."""
