@@ -29,6 +29,7 @@ from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.metrics import Metrics
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.settings import Settings
+from gateway.vending import build_vending
 from protocols.topics import TopicKind, Topics
 
 __all__ = ["GatewayHandle", "run_gateway", "subscription_filters"]
@@ -224,7 +225,8 @@ async def run_gateway(
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
             sock = socket.create_server((settings.http_host, settings.http_port))
-            config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
+            app = create_app(services, vending=build_vending(services.pool, settings))
+            config = uvicorn.Config(app, log_config=None, lifespan="off")
             server = _Server(config)
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")

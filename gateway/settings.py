@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import re
+from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -108,6 +110,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     """Where ``gateway demo`` keeps embedded PostgreSQL/broker data and fleet output."""
 
+    vending_time_zone: str = "Africa/Johannesburg"
+    """Vending's calendar months (blocks, fixed charges, free units) are taken in this zone."""
+    vending_min_amount: Decimal = Field(Decimal("5.00"), ge=Decimal("0.01"), decimal_places=2)
+    vending_max_amount: Decimal = Field(Decimal("10000.00"), gt=0, decimal_places=2)
+    vending_free_electricity_kwh: Decimal = Field(Decimal(100), ge=0, le=10_000, decimal_places=1)
+    vending_free_water_kl: Decimal = Field(Decimal(12), ge=0, le=1_000, decimal_places=1)
+    vending_reversal_window_s: int = Field(600, ge=0, le=86_400)
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, value: SecretStr) -> SecretStr:
@@ -128,12 +138,25 @@ class Settings(BaseSettings):
             raise ValueError(f"bad port: {exc}") from None
         return value
 
+    @field_validator("vending_time_zone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
+
     @model_validator(mode="after")
     def _check_pool(self) -> Settings:
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("GATEWAY_DB_POOL_MIN must not exceed GATEWAY_DB_POOL_MAX")
         if self.ingest_max_pending_rows < self.batch_max_rows:
             raise ValueError("GATEWAY_INGEST_MAX_PENDING_ROWS must be ≥ GATEWAY_BATCH_MAX_ROWS")
+        if self.vending_min_amount > self.vending_max_amount:
+            raise ValueError(
+                "GATEWAY_VENDING_MIN_AMOUNT must not exceed GATEWAY_VENDING_MAX_AMOUNT"
+            )
         return self
 
     @property

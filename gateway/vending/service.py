@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway import audit
 from gateway.errors import StorageError
+from gateway.settings import Settings
 from gateway.vending import store
 from gateway.vending.errors import (
     AlreadyAcceptedError,
@@ -94,6 +95,18 @@ class VendingConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "zone", ZoneInfo(self.time_zone))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> VendingConfig:
+        """The deployment's vending parameters from the ``GATEWAY_VENDING_*`` settings."""
+        return cls(
+            time_zone=settings.vending_time_zone,
+            min_amount=settings.vending_min_amount,
+            max_amount=settings.vending_max_amount,
+            free_electricity_kwh=settings.vending_free_electricity_kwh,
+            free_water_kl=settings.vending_free_water_kl,
+            reversal_window=timedelta(seconds=settings.vending_reversal_window_s),
+        )
 
     def free_tenths(self, utility: str) -> int:
         allowance = self.free_electricity_kwh if utility == "electricity" else self.free_water_kl
