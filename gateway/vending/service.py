@@ -74,6 +74,7 @@ __all__ = ["VendingConfig", "VendingService"]
 log = logging.getLogger(__name__)
 
 _ZERO: Final = Decimal(0)
+_ATTEMPTS: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +226,27 @@ class VendingService:
         work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
     ) -> bytes:
         fingerprint = _fingerprint(operation, fields)
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await self._attempt(vendor, request_id, operation, fingerprint, work)
+            except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation) as exc:
+                # A deadlock, a serialisation failure or a lost race on a unique key rolled
+                # the whole transaction back: running it again is safe and decides afresh.
+                if attempt == _ATTEMPTS - 1:
+                    raise StorageError(
+                        f"vending transaction kept conflicting: {type(exc).__name__}"
+                    ) from exc
+                log.info("vending transaction retried after %s", type(exc).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        vendor: str,
+        request_id: str,
+        operation: str,
+        fingerprint: bytes,
+        work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
+    ) -> bytes:
         wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
         try:
             async with self.pool.connection() as conn, conn.transaction():
@@ -260,6 +282,8 @@ class VendingService:
             raise InProgressError(
                 f"request {request_id!r} is still being processed; retry it shortly"
             ) from exc
+        except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
+            raise
         except (psycopg.OperationalError, PoolTimeout) as exc:
             raise StorageError(f"vending database unavailable: {type(exc).__name__}") from exc
 
