@@ -1,23 +1,21 @@
-"""End to end: a vend's tokens typed into a simulated meter over MQTT, the meter's
+"""End to end: a vend's tokens delivered to a simulated meter's keypad over MQTT, the meter's
 ``token_accepted`` stored by the running gateway, the sale marked accepted and the credit in
 the meter's status."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
-
-import gmqtt
 
 from firmware_sim.clock import ManualClock
 from firmware_sim.fleet import FleetSpec, GroundTruth, build_fleet, run_fleet
 from firmware_sim.identity import Transport, Utility, make_identity
 from firmware_sim.mqtt_link import parse_broker_url
 from gateway.service import GatewayHandle
+from gateway.vending.delivery import deliver_pending
 from protocols.topics import Topics
 from tests.firmware_sim.helpers import START
-from tests.plugins.gateway import wait_for_value
+from tests.plugins.gateway import MqttTestClient, wait_for_value
 from tests.vending.conftest import Vend
 
 
@@ -47,8 +45,12 @@ async def test_sale_accepted_by_a_simulated_meter(
             link_prefix=f"v{seed}",
         )
     )
-    keypad = gmqtt.Client(f"vend-keypad-{uuid.uuid4().hex[:8]}")
-    await keypad.connect("127.0.0.1", int(mqtt_url.rsplit(":", 1)[1]))
+    keypad = MqttTestClient(mqtt_url)
+    await keypad.__aenter__()
+
+    async def publish(topic: str, payload: bytes) -> None:
+        await keypad.publish_all([(topic, payload)])
+
     try:
 
         async def credit_in_status() -> float | None:
@@ -64,9 +66,8 @@ async def test_sale_accepted_by_a_simulated_meter(
                 await asyncio.sleep(0.1)
         receipt = (await vend.credit(vendor, meter, "46.00")).json()  # 200 tenths at 0.23
         assert receipt["units"] == "20.0"
-        for seq, token in enumerate(receipt["tokens"], start=1):
-            body = {"id": f"{receipt['receipt_no']}-{seq}", "token": token["token"]}
-            keypad.publish(topics.keypad(meter), json.dumps(body), qos=1)
+        assert await deliver_pending(vend.pool, publish, topics) == 1
+        assert await deliver_pending(vend.pool, publish, topics) == 0
 
         async def sale_state() -> str:
             result: str = await vend.scalar(
@@ -82,4 +83,4 @@ async def test_sale_accepted_by_a_simulated_meter(
     finally:
         stop.set()
         await asyncio.wait_for(fleet, 20)
-        await keypad.disconnect()
+        await keypad.__aexit__(None, None, None)

@@ -125,6 +125,7 @@ CREATE TABLE vend_tokens (
     state       text NOT NULL DEFAULT 'issued'
                 CHECK (state IN ('issued', 'delivered', 'accepted', 'rejected')),
     reason      text,
+    delivered_at timestamptz,
     result_at   timestamptz,
     UNIQUE (sale_id, seq),
     CHECK ((kind = 'free_basic') = (fbe_month IS NOT NULL))
@@ -133,6 +134,9 @@ CREATE TABLE vend_tokens (
 CREATE UNIQUE INDEX vend_tokens_fbe_once ON vend_tokens (meter_id, fbe_month)
     WHERE fbe_month IS NOT NULL;
 CREATE INDEX vend_tokens_meter ON vend_tokens (meter_id, token);
+-- Tokens still to deliver to online meters' keypads (the delivery outbox).
+CREATE INDEX vend_tokens_undelivered ON vend_tokens (token_id)
+    WHERE state = 'issued' AND delivered_at IS NULL;
 
 -- Persistent TID allocator: strictly increasing per meter and base date.
 CREATE TABLE meter_tids (
