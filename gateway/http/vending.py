@@ -270,6 +270,7 @@ async def reprint(body: ReprintIn, vendor: VendorDep, vending: VendingDep) -> di
         receipt_no=body.receipt_no,
         meter_id=body.meter,
         last=1 if body.receipt_no is not None else body.last,
+        request_id=body.request_id,
     )
     return {"receipts": receipts}
 

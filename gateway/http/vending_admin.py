@@ -23,6 +23,7 @@ from gateway.vending.store import TARIFF_COLUMNS, tariff_from_row
 __all__ = ["router"]
 
 OperatorDep = Annotated[Principal, Depends(require(Role.OPERATOR))]
+StaffDep = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
 
 router = APIRouter(tags=["vending administration"])
 
@@ -224,7 +225,7 @@ async def load_tariffs(
 
 @router.get("/tariffs")
 async def list_tariffs(
-    operator: OperatorDep,
+    operator: StaffDep,
     vending: VendingDep,
     utility: Annotated[str | None, Query(pattern=r"^(electricity|water)$")] = None,
 ) -> list[dict[str, Any]]:

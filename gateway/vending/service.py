@@ -547,7 +547,13 @@ class VendingService:
         return issued, new_key_json
 
     async def reprint(
-        self, vendor: str, *, receipt_no: str | None, meter_id: str | None, last: int
+        self,
+        vendor: str,
+        *,
+        receipt_no: str | None,
+        meter_id: str | None,
+        last: int,
+        request_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Original receipts, marked ``reprint`` with their current state; never a new token."""
         query = (
@@ -580,6 +586,7 @@ class VendingService:
                 object=f"receipt:{receipt_no}" if receipt_no else f"meter:{meter_id}",
                 outcome="reprinted",
                 source="vending",
+                request_id=request_id,
                 detail={"count": len(rows)},
             )
         receipts = []
