@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import re
+from datetime import timedelta
 from decimal import Decimal
 
+import psycopg
+import pytest
+
+from gateway.vending.errors import InProgressError
+from gateway.vending.service import VendingConfig, VendingService
 from tests.vending.conftest import Vend, decoder_key
 from tokens.decoder import Accepted, MeterDecoder
 from tokens.records import Medium
@@ -226,3 +232,25 @@ async def test_debt_recovery_reduces_arrears(vend: Vend) -> None:
     assert receipt["charges"]["debt_recovered"] == "10.00"
     account = await vend.client.get("/accounts/acc-debt", headers=vend.operator)
     assert account.json()["arrears"] == "0.00"
+
+
+async def test_retry_of_a_request_still_in_flight_gets_in_progress(vend: Vend) -> None:
+    vendor = await vend.vendor("100.00")
+    name = await vend.vendor_name(vendor)
+    meter = await vend.meter()
+    service = VendingService(
+        vend.pool, vend.service._keys, VendingConfig(retry_wait=timedelta(milliseconds=300))
+    )
+    async with await psycopg.AsyncConnection.connect(vend.database_url) as holder:
+        # another process's transaction has claimed the request and not finished yet
+        await holder.execute(
+            "INSERT INTO vend_requests (vendor, request_id, operation, body_hash, status,"
+            " response) VALUES (%s, 'held-1', 'credit', '\\x00', 0, '')",
+            (name,),
+        )
+        with pytest.raises(InProgressError):
+            await service.credit(name, "held-1", meter, Decimal("20.00"))
+        await holder.rollback()
+    # the first attempt died without committing: the retry does the sale itself
+    body = await service.credit(name, "held-1", meter, Decimal("20.00"))
+    assert b'"amount":"20.00"' in body
