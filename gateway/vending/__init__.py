@@ -2,10 +2,12 @@
 
 Pure cores: :mod:`~gateway.vending.pricing` (amount → debt, fixed charge, VAT, blocks, units)
 and :mod:`~gateway.vending.rules` (free basic units, key changes, months). On PostgreSQL:
-:mod:`~gateway.vending.store` (SQL), :mod:`~gateway.vending.service` (the idempotent sale
-transaction and the other operations), :mod:`~gateway.vending.tariffs` (tariff files),
-:mod:`~gateway.vending.vendors` (floats, statements). :mod:`~gateway.vending.keys` is the
-decoder-key interface to the key store; :mod:`~gateway.vending.errors` the refusals.
+:mod:`~gateway.vending.store` (SQL), :mod:`~gateway.vending.sale` (one sale inside its
+transaction), :mod:`~gateway.vending.service` (idempotency and every vending operation),
+:mod:`~gateway.vending.delivery` (keypad outbox), :mod:`~gateway.vending.tariffs` (tariff
+files), :mod:`~gateway.vending.vendors` (floats, statements). :mod:`~gateway.vending.config`
+holds the parameters, :mod:`~gateway.vending.keys` the decoder-key interface to the key store,
+:mod:`~gateway.vending.errors` the refusals.
 """
 
 from __future__ import annotations
