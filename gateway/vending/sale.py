@@ -9,7 +9,7 @@ idempotency record; nothing here commits.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
@@ -56,7 +56,7 @@ class SalePlan:
 
     meter: store.MeterContext
     tariff_id: int | None
-    month: Any
+    month: date
     quote: Quote | None
     free_due: bool
     target: StsData | None
@@ -83,6 +83,8 @@ class Sales:
         lock: bool,
         want_credit: bool,
     ) -> SalePlan:
+        """Check the meter and work out the sale; with ``lock`` the meter is held until the
+        transaction ends. Refusals raise their :class:`VendingError`."""
         meter = await store.load_meter(conn, meter_id, lock=lock)
         today = local_date(now, self._config.zone)
         month = month_of(today)
@@ -291,9 +293,13 @@ class Sales:
             for kind, t in (("free_basic", free_tenths), ("credit", credit_tenths))
             if t > 0
         ]
-        tids = await store.allocate_tids(
-            conn, meter_id, int(base), tid_from_datetime(now, base), len(wanted)
-        )
+        try:
+            minute = tid_from_datetime(now, base)
+        except TokenError as exc:
+            raise MeterNotConfiguredError(
+                f"meter {meter_id}'s base date {int(base)} gives no TID now: {exc.message}"
+            ) from None
+        tids = await store.allocate_tids(conn, meter_id, int(base), minute, len(wanted))
         for (kind, tenths), tid in zip(wanted, tids, strict=True):
             record = TransferCredit(medium=medium, tenths=tenths, tid=tid, rnd=random_rnd())
             issued.append(IssuedToken(kind, encode(record, key), tenths, tid))

@@ -254,3 +254,12 @@ async def test_retry_of_a_request_still_in_flight_gets_in_progress(vend: Vend) -
     # the first attempt died without committing: the retry does the sale itself
     body = await service.credit(name, "held-1", meter, Decimal("20.00"))
     assert b'"amount":"20.00"' in body
+
+
+async def test_meter_on_a_base_date_still_in_the_future_is_refused(vend: Vend) -> None:
+    vendor = await vend.vendor("100.00")
+    meter = await vend.meter(base_date=2035, dkga="04")
+    response = await vend.credit(vendor, meter, "23.00")
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "meter_not_configured"
+    assert "2035" in response.json()["error"]["message"]
