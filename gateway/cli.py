@@ -1,4 +1,5 @@
-"""The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``principals``, ``keys``.
+"""The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``principals``, ``keys``,
+``tariffs``, ``vendors``.
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
@@ -25,6 +26,7 @@ from gateway.errors import GatewayError
 from gateway.logs import configure_logging
 from gateway.runtime import install_stop_signals, run_async
 from gateway.settings import Settings, load_settings
+from gateway.vending.cli import add_commands as add_vending_commands
 
 __all__ = ["COMMANDS", "Command", "build_parser", "main"]
 
@@ -123,6 +125,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         command.arguments(child)
         child.set_defaults(func=command.run)
     add_access_subcommands(sub)
+    add_vending_commands(sub)
     return parser
 
 

@@ -22,9 +22,14 @@ _COLUMNS: Final = (
     "m.meter_id, m.utility, m.payment, m.transport, m.verified, m.reporting_interval_s,"
     " m.time_zone, m.modbus_host, m.modbus_port, m.modbus_unit, m.modbus_word_order,"
     " m.register_map, m.created_at, m.last_seen, m.last_reading_ts, m.online, m.status,"
-    " c.comms_state"
+    " c.comms_state, v.account_id AS account,"
+    " CASE WHEN v.sgc IS NULL THEN NULL ELSE jsonb_build_object('sgc', v.sgc, 'krn', v.krn,"
+    " 'ti', v.ti, 'key_type', v.key_type, 'base_date', v.base_date, 'ea', v.ea, 'dkga', v.dkga)"
+    " END AS sts"
 )
-_FROM: Final = " FROM meters m JOIN meter_comms c USING (meter_id)"
+_FROM: Final = (
+    " FROM meters m JOIN meter_comms c USING (meter_id) LEFT JOIN meter_vending v USING (meter_id)"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,31 @@ class MeterSpec:
     modbus_unit: int | None = None
     modbus_word_order: str | None = None
     register_map: Mapping[str, Any] | None = None
+    sts: Mapping[str, Any] | None = None
+    """STS key data for vending (sgc, krn, ti, key_type, base_date, ea, dkga); None: unchanged."""
+    account: str | None = None
+    """The customer account the meter bills to; None: unchanged."""
+
+
+async def _upsert_vending(conn: AsyncConnection[Any], spec: MeterSpec) -> None:
+    if spec.account is not None:
+        await conn.execute(
+            "INSERT INTO accounts (account_id) VALUES (%s) ON CONFLICT DO NOTHING",
+            (spec.account,),
+        )
+    sts = spec.sts or {}
+    columns = ("sgc", "krn", "ti", "key_type", "base_date", "ea", "dkga")
+    values = [sts.get(column) for column in columns]
+    # Key data are replaced together when given, and kept as recorded when not.
+    source = "excluded" if spec.sts is not None else "meter_vending"
+    assignments = ", ".join(f"{column} = {source}.{column}" for column in columns)
+    await conn.execute(
+        "INSERT INTO meter_vending (meter_id, account_id, sgc, krn, ti, key_type, base_date, ea,"
+        " dkga) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (meter_id) DO UPDATE SET"
+        " account_id = coalesce(excluded.account_id, meter_vending.account_id),"
+        f" {assignments}, updated_at = now()",
+        (spec.meter_id, spec.account, *values),
+    )
 
 
 async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str, Any]:
@@ -74,6 +104,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
                 Jsonb(dict(spec.register_map)) if spec.register_map is not None else None,
             ),
         )
+        if spec.sts is not None or spec.account is not None:
+            await _upsert_vending(conn, spec)
     return await get_meter(conn, spec.meter_id)
 
 

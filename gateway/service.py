@@ -36,6 +36,8 @@ from gateway.modbus.allowlist import HostAllowList
 from gateway.mqtt import MqttIntake, MqttOptions, Sink
 from gateway.runtime import listen
 from gateway.settings import Settings
+from gateway.vending import build_vending
+from gateway.vending.keys import GatewayKeyStoreKeys
 from protocols.topics import TopicKind, Topics
 
 __all__ = ["GatewayHandle", "run_gateway", "subscription_filters"]
@@ -209,6 +211,11 @@ def _http_config(
             Custody(keystore=keystore, provisioning_dir=settings.provisioning_dir),
             max_body_bytes=settings.http_max_body_bytes,
             db_wait_s=settings.http_db_wait_ms / 1000,
+            vending=build_vending(
+                services.pool,
+                settings,
+                GatewayKeyStoreKeys(keystore, services.pool) if keystore is not None else None,
+            ),
         ),
         log_config=None,
         lifespan="off",

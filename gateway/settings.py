@@ -10,6 +10,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -207,6 +208,14 @@ class Settings(BaseSettings):
     data_dir: Path = Path(".data")
     """Where ``gateway demo`` keeps embedded PostgreSQL/broker data and fleet output."""
 
+    vending_time_zone: str = DEFAULT_DEPLOYMENT_TIME_ZONE
+    """Vending's calendar months (blocks, fixed charges, free units) are taken in this zone."""
+    vending_min_amount: Decimal = Field(Decimal("5.00"), ge=Decimal("0.01"), decimal_places=2)
+    vending_max_amount: Decimal = Field(Decimal("10000.00"), gt=0, decimal_places=2)
+    vending_free_electricity_kwh: Decimal = Field(Decimal(100), ge=0, le=10_000, decimal_places=1)
+    vending_free_water_kl: Decimal = Field(Decimal(12), ge=0, le=1_000, decimal_places=1)
+    vending_reversal_window_s: int = Field(600, ge=0, le=86_400)
+
     @field_validator("database_url")
     @classmethod
     def _check_db_url(cls, value: SecretStr) -> SecretStr:
@@ -215,7 +224,7 @@ class Settings(BaseSettings):
             raise ValueError("must be a postgresql:// URL")
         return value
 
-    @field_validator("deployment_time_zone")
+    @field_validator("deployment_time_zone", "vending_time_zone")
     @classmethod
     def _check_zone(cls, value: str) -> str:
         return check_time_zone(value)
@@ -258,6 +267,10 @@ class Settings(BaseSettings):
             raise ValueError("GATEWAY_DB_POOL_MIN must not exceed GATEWAY_DB_POOL_MAX")
         if self.ingest_max_pending_rows < self.batch_max_rows:
             raise ValueError("GATEWAY_INGEST_MAX_PENDING_ROWS must be ≥ GATEWAY_BATCH_MAX_ROWS")
+        if self.vending_min_amount > self.vending_max_amount:
+            raise ValueError(
+                "GATEWAY_VENDING_MIN_AMOUNT must not exceed GATEWAY_VENDING_MAX_AMOUNT"
+            )
         return self
 
     @property

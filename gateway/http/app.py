@@ -26,6 +26,9 @@ from gateway.http.errors import install_error_handlers
 from gateway.http.limits import BodyLimit
 from gateway.http.meters import router as meters_router
 from gateway.http.security import AccessControl, Role, install_audit, require
+from gateway.http.vending import install_vending
+from gateway.vending.keys import NoDecoderKeys
+from gateway.vending.service import VendingService
 
 __all__ = [
     "DEFAULT_DB_WAIT_S",
@@ -56,6 +59,7 @@ def create_app(
     *,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     db_wait_s: float = DEFAULT_DB_WAIT_S,
+    vending: VendingService | None = None,
 ) -> FastAPI:
     """The API over ``services``, guarded by ``access``; bodies over ``max_body_bytes`` get 413,
     and a request that waits more than ``db_wait_s`` for a database connection gets 503."""
@@ -75,6 +79,7 @@ def create_app(
     app.include_router(meters_router)
     app.include_router(auth_router)
     app.include_router(admin_router)
+    install_vending(app, vending or VendingService(services.pool, NoDecoderKeys()))
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

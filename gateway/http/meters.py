@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from zoneinfo import available_timezones
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway import registry
 from gateway.errors import ValidationError
@@ -50,9 +50,32 @@ class _MeterFields(BaseModel):
     register_map: dict[str, Any] | None = None
 
 
+class StsIn(ApiModel):
+    """A prepaid meter's STS key data (the vending keys themselves live in the key store)."""
+
+    model_config = ConfigDict(extra="forbid")
+    sgc: str = Field(pattern=r"^[0-9]{6}$")
+    krn: int = Field(ge=1, le=9)
+    ti: int = Field(ge=0, le=99)
+    key_type: int = Field(ge=0, le=3)
+    base_date: Literal[1993, 2014, 2035]
+    ea: Literal["07", "11"]
+    dkga: Literal["02", "04"]
+
+    @model_validator(mode="after")
+    def _algorithms(self) -> StsIn:
+        if self.dkga == "02" and self.ea == "11":
+            raise ValueError("DKGA02 derives 64-bit keys: it cannot serve EA11 (MISTY1)")
+        return self
+
+
 class MeterIn(ApiModel, _MeterFields):
     utility: Literal["electricity", "water"]
     payment: Literal["prepaid", "postpaid"] = "postpaid"
+    sts: StsIn | None = None
+    """STS key data for vending; omitted: left as recorded."""
+    account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """The customer account; omitted: left as recorded."""
 
     @field_validator("time_zone")
     @classmethod
@@ -92,6 +115,8 @@ class MeterOut(_MeterFields):
     online: bool | None
     status: dict[str, Any] | None
     comms_state: Literal["ok", "late", "lost", "never"]
+    sts: dict[str, Any] | None = None
+    account: str | None = None
 
 
 @router.get("", response_model=list[MeterOut])

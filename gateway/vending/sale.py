@@ -1,0 +1,306 @@
+"""One sale inside its transaction: plan it (meter checks, tariff, month so far, free units,
+key change), issue its tokens (key change, free basic units, credit, with their TIDs) and write
+it (sale, tokens, float movement, arrears, audit) — returning the receipt bytes.
+
+The caller (:class:`~gateway.vending.service.VendingService`) owns the transaction and its
+idempotency record; nothing here commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+from psycopg.types.json import Jsonb
+
+from gateway import audit
+from gateway.vending import store
+from gateway.vending.config import VendingConfig
+from gateway.vending.errors import (
+    AmountTooLargeError,
+    AmountTooSmallError,
+    InsufficientFloatError,
+    KeyChangeUnavailableError,
+    MeterNotConfiguredError,
+    NoFreeUnitsDueError,
+)
+from gateway.vending.keys import DecoderKeySource
+from gateway.vending.pricing import Debt, Quote, price
+from gateway.vending.receipt import IssuedToken, dumps, money, receipt
+from gateway.vending.rules import (
+    StsData,
+    free_units_due,
+    key_change_target,
+    local_date,
+    month_of,
+)
+from tokens.codec import encode
+from tokens.errors import TokenError
+from tokens.keys import DecoderKey
+from tokens.meter_number import MeterNumber
+from tokens.records import Medium, TransferCredit
+from tokens.tid import BaseDate, tid_from_datetime
+from tokens.vending import key_change_tokens, random_rnd
+
+__all__ = ["SalePlan", "Sales"]
+
+_ZERO: Final = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SalePlan:
+    """What a sale of ``amount`` to a meter comes to, before anything is written."""
+
+    meter: store.MeterContext
+    tariff_id: int | None
+    month: date
+    quote: Quote | None
+    free_due: bool
+    target: StsData | None
+
+
+def _medium(utility: str) -> Medium:
+    return Medium.ELECTRICITY if utility == "electricity" else Medium.WATER
+
+
+class Sales:
+    """Plans, issues and writes sales with a decoder key source and the vending parameters."""
+
+    def __init__(self, keys: DecoderKeySource, config: VendingConfig) -> None:
+        self._keys = keys
+        self._config = config
+
+    async def plan(
+        self,
+        conn: AsyncConnection[Any],
+        meter_id: str,
+        amount: Decimal,
+        now: datetime,
+        *,
+        lock: bool,
+        want_credit: bool,
+    ) -> SalePlan:
+        """Check the meter and work out the sale; with ``lock`` the meter is held until the
+        transaction ends. Refusals raise their :class:`VendingError`."""
+        meter = await store.load_meter(conn, meter_id, lock=lock)
+        today = local_date(now, self._config.zone)
+        month = month_of(today)
+        account = meter.account
+        if want_credit:
+            if amount > self._config.max_amount:
+                raise AmountTooLargeError(f"the largest purchase is {self._config.max_amount}")
+            if 0 < amount < self._config.min_amount:
+                raise AmountTooSmallError(f"the smallest purchase is {self._config.min_amount}")
+        context = await store.sale_context(
+            conn, meter, day=today, month=month, want_tariff=want_credit
+        )
+        free_due = account is not None and free_units_due(
+            indigent_from=account.indigent_from,
+            indigent_to=account.indigent_to,
+            on_register=account.on_register,
+            today=today,
+            issued_this_month=context.free_issued,
+        )
+        quote = None
+        tariff_id = None
+        if context.tariff is not None:
+            if amount == 0 and not free_due:
+                raise AmountTooSmallError(
+                    "an amount of 0 buys only free basic units, and none are due this month"
+                )
+            tariff_id = context.tariff.tariff_id
+            debt = Debt() if account is None else Debt(account.arrears, account.debt_recovery_share)
+            quote = price(amount, context.tariff, context.month, debt)
+        target = key_change_target(
+            meter.sts, context.group, target_sgc=meter.target_sgc, target_ti=meter.target_ti
+        )
+        return SalePlan(meter, tariff_id, month, quote, free_due, target)
+
+    async def decoder_key(self, meter: MeterNumber, sts: StsData) -> DecoderKey:
+        try:
+            params = sts.params(meter)
+        except TokenError as exc:
+            raise MeterNotConfiguredError(
+                f"the meter's key data are invalid: {exc.message}"
+            ) from None
+        return await self._keys.decoder_key(
+            sgc=sts.sgc, krn=sts.krn, dkga=sts.dkga, params=params, ea=sts.ea
+        )
+
+    async def issue(
+        self,
+        conn: AsyncConnection[Any],
+        *,
+        now: datetime,
+        vendor: str,
+        request_id: str,
+        meter_id: str,
+        amount: Decimal,
+        kind: str,
+    ) -> bytes:
+        """Plan, issue and write one sale (``kind`` "sale" or "free_issue"); the receipt."""
+        plan = await self.plan(conn, meter_id, amount, now, lock=True, want_credit=kind == "sale")
+        if kind == "free_issue" and not plan.free_due:
+            raise NoFreeUnitsDueError(f"no free basic units are due to meter {meter_id} this month")
+        meter = plan.meter
+        issued, new_key_json = await self.tokens(conn, plan, now)
+        quote = plan.quote
+        free_tenths = sum(t.tenths or 0 for t in issued if t.kind == "free_basic")
+        balance, sale_id = await store.lock_float_for_sale(conn, vendor)
+        if amount > balance:
+            raise InsufficientFloatError(
+                f"the vendor float holds {money(balance)}; this sale needs {money(amount)}"
+            )
+        receipt_no = f"{local_date(now, self._config.zone):%Y%m%d}{sale_id:010d}"
+        account_id = None if meter.account is None else meter.account.account_id
+        balance_after = balance - amount
+        body = dumps(
+            receipt(
+                receipt_no=receipt_no,
+                request_id=request_id,
+                meter=meter_id,
+                utility=meter.utility,
+                state="issued",
+                tokens=issued,
+                amount=amount,
+                tenths=0 if quote is None else quote.tenths,
+                vat=_ZERO if quote is None else quote.vat,
+                fixed=_ZERO if quote is None else quote.fixed,
+                debt_recovered=_ZERO if quote is None else quote.debt_recovered,
+                blocks=() if quote is None else quote.blocks,
+                float_balance=balance_after,
+                issued_at=now,
+            )
+        )
+        # The writes go out together: one round trip to the database.
+        async with conn.pipeline():
+            await conn.execute(
+                "INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
+                " account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered,"
+                " units_tenths, free_tenths, issued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+                " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    sale_id,
+                    receipt_no,
+                    vendor,
+                    request_id,
+                    kind,
+                    meter_id,
+                    account_id,
+                    meter.utility,
+                    plan.tariff_id,
+                    plan.month,
+                    amount,
+                    _ZERO if quote is None else quote.vat,
+                    _ZERO if quote is None else quote.fixed,
+                    _ZERO if quote is None else quote.debt_recovered,
+                    0 if quote is None else quote.tenths,
+                    free_tenths,
+                    now,
+                ),
+            )
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
+                    " fbe_month, new_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                    [
+                        (
+                            sale_id,
+                            seq,
+                            meter_id,
+                            token.kind,
+                            token.token,
+                            token.tenths,
+                            token.tid,
+                            plan.month if token.kind == "free_basic" else None,
+                            Jsonb(new_key_json) if token.kind == "key_change" else None,
+                        )
+                        for seq, token in enumerate(issued, start=1)
+                    ],
+                )
+            if amount > 0:
+                await store.move_float(
+                    conn, vendor, "sale", -amount, balance, sale_id=sale_id, note=receipt_no
+                )
+            if quote is not None and quote.debt_recovered > 0 and account_id is not None:
+                await conn.execute(
+                    "UPDATE accounts SET arrears = arrears - %s, updated_at = now()"
+                    " WHERE account_id = %s",
+                    (quote.debt_recovered, account_id),
+                )
+        await audit.record(
+            conn,
+            actor=vendor,
+            action="vend.credit" if kind == "sale" else "vend.free_issue",
+            object=f"meter:{meter_id}",
+            outcome="issued",
+            source="vending",
+            request_id=request_id,
+            detail={
+                "receipt_no": receipt_no,
+                "amount": money(amount),
+                "tokens": [token.kind for token in issued],
+            },
+        )
+        return body
+
+    async def tokens(
+        self, conn: AsyncConnection[Any], plan: SalePlan, now: datetime
+    ) -> tuple[list[IssuedToken], dict[str, Any] | None]:
+        """Key change (when due), free basic units (when due), then credit, with their TIDs."""
+        meter = plan.meter
+        meter_id = meter.meter_id
+        quote = plan.quote
+        try:
+            number = MeterNumber.from_drn(meter_id)
+        except TokenError as exc:
+            raise MeterNotConfiguredError(
+                f"meter id {meter_id} is not an STS meter number: {exc.message}"
+            ) from None
+        key = await self.decoder_key(number, meter.sts)
+        issued: list[IssuedToken] = []
+        new_key_json: dict[str, Any] | None = None
+        base = BaseDate(meter.sts.base_date)
+        if plan.target is not None:
+            target = plan.target
+            new_key = await self.decoder_key(number, target)
+            if new_key.key == key.key:
+                raise KeyChangeUnavailableError(
+                    f"meter {meter_id} needs a key change but supply group {target.sgc} has no "
+                    "new key revision for it yet"
+                )
+            sections = key_change_tokens(
+                key,
+                new_key,
+                key_type=target.key_type,
+                krn=target.krn,
+                ti=target.ti,
+                sgc=target.sgc,
+                ken=self._config.key_expiry,
+                ro=1 if target.base_date != meter.sts.base_date else 0,
+            )
+            issued.extend(IssuedToken("key_change", digits, None, 0) for digits in sections)
+            new_key_json = target.as_json()
+            key, base = new_key, BaseDate(target.base_date)
+        medium = _medium(meter.utility)
+        free_tenths = self._config.free_tenths(meter.utility) if plan.free_due else 0
+        credit_tenths = 0 if quote is None else quote.tenths
+        wanted = [
+            (kind, t)
+            for kind, t in (("free_basic", free_tenths), ("credit", credit_tenths))
+            if t > 0
+        ]
+        try:
+            minute = tid_from_datetime(now, base)
+        except TokenError as exc:
+            raise MeterNotConfiguredError(
+                f"meter {meter_id}'s base date {int(base)} gives no TID now: {exc.message}"
+            ) from None
+        tids = await store.allocate_tids(conn, meter_id, int(base), minute, len(wanted))
+        for (kind, tenths), tid in zip(wanted, tids, strict=True):
+            record = TransferCredit(medium=medium, tenths=tenths, tid=tid, rnd=random_rnd())
+            issued.append(IssuedToken(kind, encode(record, key), tenths, tid))
+        return issued, new_key_json

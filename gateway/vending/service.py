@@ -1,0 +1,468 @@
+"""The vending service: quotes, credit vends, free issues, reprints, reversals, confirmations.
+
+Each money-moving request runs in **one** database transaction that starts by inserting its
+idempotency record ``(vendor, request_id)``; the sale, its tokens, the TIDs, the float movement,
+the arrears and the stored response bytes commit together. So:
+
+* a retry of a completed request finds the record and gets the stored bytes back;
+* a retry of a request still in flight waits on the record's unique key until the first
+  transaction ends (then gets its bytes), or gives up after ``retry_wait`` with ``in_progress``;
+* a crash before the commit leaves nothing, one after it leaves the whole sale and its reply;
+* a refusal rolls everything back (nothing is stored: a retry is judged afresh).
+
+Sales of one meter serialise on the meter's vending row (month-to-date blocks, free units,
+TIDs, arrears); float debits on the vendor's row. No in-process lock is involved.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
+import psycopg
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from gateway import audit
+from gateway.errors import StorageError
+from gateway.vending import store
+from gateway.vending.config import VendingConfig
+from gateway.vending.errors import (
+    AlreadyAcceptedError,
+    AlreadyReversedError,
+    InProgressError,
+    InvalidAmountError,
+    RequestIdReusedError,
+    ReversalWindowClosedError,
+    UnknownReceiptError,
+    VendingError,
+)
+from gateway.vending.keys import DecoderKeySource
+from gateway.vending.pricing import CENT
+from gateway.vending.receipt import dumps, money, rfc3339, units
+from gateway.vending.sale import Sales
+
+__all__ = ["VendingConfig", "VendingService"]
+
+log = logging.getLogger(__name__)
+
+_ZERO: Final = Decimal(0)
+_ATTEMPTS: Final = 3
+
+
+def _fingerprint(operation: str, fields: dict[str, Any]) -> bytes:
+    return hashlib.sha256(
+        orjson.dumps({"operation": operation, **fields}, option=orjson.OPT_SORT_KEYS)
+    ).digest()
+
+
+def _check_amount(amount: Decimal) -> Decimal:
+    if not amount.is_finite() or amount < 0:
+        raise InvalidAmountError("amount must be a non-negative decimal number of rand")
+    if amount != amount.quantize(CENT):
+        raise InvalidAmountError("amount has more than two decimal places")
+    return amount.quantize(CENT)
+
+
+class VendingService:
+    """Vending operations on a connection pool and a decoder key source."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        keys: DecoderKeySource,
+        config: VendingConfig | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.pool = pool
+        self._keys = keys
+        self.config = config or VendingConfig()
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sales = Sales(keys, self.config)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    async def _idempotent(
+        self,
+        vendor: str,
+        request_id: str,
+        operation: str,
+        fields: dict[str, Any],
+        work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
+    ) -> bytes:
+        fingerprint = _fingerprint(operation, fields)
+        for attempt in range(_ATTEMPTS):
+            try:
+                return await self._attempt(vendor, request_id, operation, fingerprint, work)
+            except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation) as exc:
+                # A deadlock, a serialisation failure or a lost race on a unique key rolled
+                # the whole transaction back: running it again is safe and decides afresh.
+                if attempt == _ATTEMPTS - 1:
+                    raise StorageError(
+                        f"vending transaction kept conflicting: {type(exc).__name__}"
+                    ) from exc
+                log.info("vending transaction retried after %s", type(exc).__name__)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        vendor: str,
+        request_id: str,
+        operation: str,
+        fingerprint: bytes,
+        work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
+    ) -> bytes:
+        wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                async with conn.pipeline():
+                    await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
+                    cur = await conn.execute(
+                        "INSERT INTO vend_requests (vendor, request_id, operation, body_hash,"
+                        " status, response) VALUES (%s, %s, %s, %s, 0, '')"
+                        " ON CONFLICT DO NOTHING",
+                        (vendor, request_id, operation, fingerprint),
+                    )
+                if cur.rowcount == 0:
+                    cur = await conn.execute(
+                        "SELECT body_hash, response FROM vend_requests"
+                        " WHERE vendor = %s AND request_id = %s",
+                        (vendor, request_id),
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    if bytes(row[0]) != fingerprint:
+                        raise RequestIdReusedError(
+                            f"request_id {request_id!r} was already used for a different request"
+                        )
+                    return bytes(row[1])
+                body = await work(conn)
+                await conn.execute(
+                    "UPDATE vend_requests SET status = 200, response = %s"
+                    " WHERE vendor = %s AND request_id = %s",
+                    (body, vendor, request_id),
+                )
+                return body
+        except psycopg.errors.LockNotAvailable as exc:
+            raise InProgressError(
+                f"request {request_id!r} is still being processed; retry it shortly"
+            ) from exc
+        except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
+            raise
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StorageError(f"vending database unavailable: {type(exc).__name__}") from exc
+
+    async def _audit_refusal(
+        self, vendor: str, action: str, obj: str, request_id: str | None, error: VendingError
+    ) -> None:
+        try:
+            async with self.pool.connection() as conn, conn.transaction():
+                await audit.record(
+                    conn,
+                    actor=vendor,
+                    action=action,
+                    object=obj,
+                    outcome=error.code,
+                    source="vending",
+                    request_id=request_id,
+                    detail={"message": error.message},
+                )
+        except (psycopg.Error, PoolTimeout):
+            log.warning("could not audit a refused %s", action, extra={"vendor": vendor})
+
+    # -- operations ------------------------------------------------------------------------
+
+    async def quote(self, vendor: str, meter_id: str, amount: Decimal) -> dict[str, Any]:
+        """Trial vend: what ``amount`` buys now. No token, no charge, nothing written."""
+        amount = _check_amount(amount)
+        now = self._clock()
+        async with self.pool.connection() as conn, conn.transaction():
+            plan = await self._sales.plan(conn, meter_id, amount, now, lock=False, want_credit=True)
+            balance = await store.float_balance(conn, vendor, lock=False)
+        quote = plan.quote
+        assert quote is not None
+        return {
+            "meter": meter_id,
+            "utility": plan.meter.utility,
+            "amount": money(amount),
+            "units": units(quote.tenths),
+            "charges": {
+                "vat": money(quote.vat),
+                "fixed": money(quote.fixed),
+                "debt_recovered": money(quote.debt_recovered),
+            },
+            "blocks": [
+                {
+                    "from": format(use.lower.normalize(), "f"),
+                    "to": None if use.upper is None else format(use.upper.normalize(), "f"),
+                    "rate": format(use.rate.normalize(), "f"),
+                    "units": units(use.tenths),
+                }
+                for use in quote.blocks
+            ],
+            "free_basic_due": plan.free_due,
+            "free_basic_units": units(self.config.free_tenths(plan.meter.utility))
+            if plan.free_due
+            else None,
+            "key_change_due": plan.target is not None,
+            "min_amount": money(self.config.min_amount),
+            "max_amount": money(self.config.max_amount),
+            "float_balance": money(balance),
+        }
+
+    async def credit(self, vendor: str, request_id: str, meter_id: str, amount: Decimal) -> bytes:
+        """Credit vend: the receipt bytes (stored; a retry gets the same bytes)."""
+        amount = _check_amount(amount)
+        fields = {"meter": meter_id, "amount": money(amount)}
+
+        async def work(conn: AsyncConnection[Any]) -> bytes:
+            return await self._sales.issue(
+                conn,
+                now=self._clock(),
+                vendor=vendor,
+                request_id=request_id,
+                meter_id=meter_id,
+                amount=amount,
+                kind="sale",
+            )
+
+        try:
+            return await self._idempotent(vendor, request_id, "credit", fields, work)
+        except VendingError as exc:
+            await self._audit_refusal(vendor, "vend.credit", f"meter:{meter_id}", request_id, exc)
+            raise
+
+    async def free_issue(self, vendor: str, request_id: str, meter_id: str) -> bytes:
+        """This month's free basic units without a purchase (``no_free_units_due`` if none)."""
+
+        async def work(conn: AsyncConnection[Any]) -> bytes:
+            return await self._sales.issue(
+                conn,
+                now=self._clock(),
+                vendor=vendor,
+                request_id=request_id,
+                meter_id=meter_id,
+                amount=_ZERO,
+                kind="free_issue",
+            )
+
+        try:
+            return await self._idempotent(
+                vendor, request_id, "free_issue", {"meter": meter_id}, work
+            )
+        except VendingError as exc:
+            await self._audit_refusal(
+                vendor, "vend.free_issue", f"meter:{meter_id}", request_id, exc
+            )
+            raise
+
+    async def reprint(
+        self,
+        vendor: str,
+        *,
+        receipt_no: str | None,
+        meter_id: str | None,
+        last: int,
+        request_id: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Original receipts, marked ``reprint`` with their current state; never a new token."""
+        query = (
+            "SELECT r.response, s.state FROM sales s JOIN vend_requests r"
+            " ON r.vendor = s.vendor AND r.request_id = s.request_id WHERE s.vendor = %s"
+        )
+        params: list[Any] = [vendor]
+        if receipt_no is not None:
+            query += " AND s.receipt_no = %s"
+            params.append(receipt_no)
+        if meter_id is not None:
+            query += " AND s.meter_id = %s"
+            params.append(meter_id)
+        query += " ORDER BY s.sale_id DESC LIMIT %s"
+        params.append(last)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(query, params)
+            rows = await cur.fetchall()
+            if not rows:
+                error = UnknownReceiptError(
+                    f"no receipt {receipt_no}"
+                    if receipt_no is not None
+                    else f"no sale to meter {meter_id} by this vendor"
+                )
+                raise error
+            await audit.record(
+                conn,
+                actor=vendor,
+                action="vend.reprint",
+                object=f"receipt:{receipt_no}" if receipt_no else f"meter:{meter_id}",
+                outcome="reprinted",
+                source="vending",
+                request_id=request_id,
+                detail={"count": len(rows)},
+            )
+        receipts = []
+        for response, state in rows:
+            document = orjson.loads(bytes(response))
+            document["reprint"] = True
+            document["state"] = state
+            receipts.append(document)
+        return receipts
+
+    async def reverse(self, vendor: str, request_id: str, receipt_no: str) -> bytes:
+        """Reversal advice: refund the float and mark the sale reversed, while still safe."""
+
+        async def work(conn: AsyncConnection[Any]) -> bytes:
+            now = self._clock()
+            cur = await conn.execute(
+                "SELECT sale_id, state, amount, issued_at, confirmed_at, debt_recovered,"
+                " account_id, reversed_at FROM sales WHERE vendor = %s AND receipt_no = %s"
+                " FOR UPDATE",
+                (vendor, receipt_no),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownReceiptError(f"no receipt {receipt_no} for this vendor")
+            sale_id, state, amount, issued_at, confirmed_at, recovered, account_id, _ = row
+            if state == "reversed":
+                raise AlreadyReversedError(f"sale {receipt_no} is already reversed")
+            cur = await conn.execute(
+                "SELECT 1 FROM vend_tokens WHERE sale_id = %s AND state = 'accepted'", (sale_id,)
+            )
+            if state == "accepted" or await cur.fetchone() is not None:
+                raise AlreadyAcceptedError(
+                    f"the meter already accepted a token of sale {receipt_no}"
+                )
+            if confirmed_at is not None:
+                raise ReversalWindowClosedError(
+                    f"sale {receipt_no} was confirmed as delivered to the customer"
+                )
+            if now > issued_at + self.config.reversal_window:
+                raise ReversalWindowClosedError(
+                    f"sale {receipt_no} is older than the reversal window"
+                )
+            await conn.execute(
+                "UPDATE sales SET state = 'reversed', reversed_at = %s WHERE sale_id = %s",
+                (now, sale_id),
+            )
+            if account_id is not None and recovered > 0:
+                await conn.execute(
+                    "UPDATE accounts SET arrears = arrears + %s, updated_at = now()"
+                    " WHERE account_id = %s",
+                    (recovered, account_id),
+                )
+            balance = await store.float_balance(conn, vendor, lock=True)
+            if amount > 0:
+                balance = await store.move_float(
+                    conn, vendor, "reversal", amount, balance, sale_id=sale_id, note=receipt_no
+                )
+            await audit.record(
+                conn,
+                actor=vendor,
+                action="vend.reverse",
+                object=f"receipt:{receipt_no}",
+                outcome="reversed",
+                source="vending",
+                request_id=request_id,
+                detail={"amount": money(amount)},
+            )
+            return dumps(
+                {
+                    "receipt_no": receipt_no,
+                    "request_id": request_id,
+                    "state": "reversed",
+                    "amount": money(amount),
+                    "float_balance": money(balance),
+                    "reversed_at": rfc3339(now),
+                }
+            )
+
+        try:
+            return await self._idempotent(
+                vendor, request_id, "reverse", {"receipt_no": receipt_no}, work
+            )
+        except VendingError as exc:
+            await self._audit_refusal(
+                vendor, "vend.reverse", f"receipt:{receipt_no}", request_id, exc
+            )
+            raise
+
+    async def confirm(self, vendor: str, request_id: str, receipt_no: str) -> bytes:
+        """The customer got the receipt: closes the reversal window."""
+
+        async def work(conn: AsyncConnection[Any]) -> bytes:
+            now = self._clock()
+            cur = await conn.execute(
+                "UPDATE sales SET confirmed_at = coalesce(confirmed_at, %s)"
+                " WHERE vendor = %s AND receipt_no = %s RETURNING state, confirmed_at",
+                (now, vendor, receipt_no),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise UnknownReceiptError(f"no receipt {receipt_no} for this vendor")
+            await audit.record(
+                conn,
+                actor=vendor,
+                action="vend.confirm",
+                object=f"receipt:{receipt_no}",
+                outcome="confirmed",
+                source="vending",
+                request_id=request_id,
+            )
+            return dumps(
+                {
+                    "receipt_no": receipt_no,
+                    "request_id": request_id,
+                    "state": row[0],
+                    "confirmed_at": rfc3339(row[1]),
+                }
+            )
+
+        try:
+            return await self._idempotent(
+                vendor, request_id, "confirm", {"receipt_no": receipt_no}, work
+            )
+        except VendingError as exc:
+            await self._audit_refusal(
+                vendor, "vend.confirm", f"receipt:{receipt_no}", request_id, exc
+            )
+            raise
+
+    async def float_balance(self, vendor: str) -> str:
+        """The vendor's float balance as a decimal string."""
+        async with self.pool.connection() as conn, conn.transaction():
+            return money(await store.float_balance(conn, vendor, lock=False))
+
+    async def transactions(self, vendor: str, *, after: int | None, limit: int) -> dict[str, Any]:
+        """The vendor's own sales and free issues, oldest first, keyset-paged by ``after``."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                "SELECT sale_id, receipt_no, request_id, kind, meter_id, amount, units_tenths,"
+                " free_tenths, state, issued_at, confirmed_at, reversed_at FROM sales"
+                " WHERE vendor = %s AND sale_id > %s ORDER BY sale_id LIMIT %s",
+                (vendor, after or 0, limit + 1),
+            )
+            rows = await cur.fetchall()
+        items = [
+            {
+                "id": row[0],
+                "receipt_no": row[1],
+                "request_id": row[2],
+                "kind": row[3],
+                "meter": row[4],
+                "amount": money(row[5]),
+                "units": units(row[6]),
+                "free_units": units(row[7]),
+                "state": row[8],
+                "issued_at": rfc3339(row[9]),
+                "confirmed_at": None if row[10] is None else rfc3339(row[10]),
+                "reversed_at": None if row[11] is None else rfc3339(row[11]),
+            }
+            for row in rows[:limit]
+        ]
+        next_after = items[-1]["id"] if len(rows) > limit else None
+        return {"transactions": items, "next_after": next_after}
