@@ -39,10 +39,10 @@ import httpx
 import psycopg
 import uvicorn
 from fastapi import FastAPI, Request
-from gateway.devservices import LOCAL_PG_ADMIN, create_database, free_port, with_database
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.db.migrate import apply_migrations
+from gateway.dev.services import LOCAL_PG_ADMIN, create_database, free_port, with_database
 from gateway.http.security import Principal, Role
 from gateway.http.vending import install_vending, require_vendor
 from gateway.settings import TimescaleMode

@@ -4,27 +4,24 @@ a settable clock, and helpers to register meters, tariffs and floats through the
 from __future__ import annotations
 
 import itertools
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from gateway.devservices import BackingServices, create_database, with_database
 from psycopg_pool import AsyncConnectionPool
 
-from gateway.db.migrate import apply_migrations
+from gateway.http.custody import Custody
+from gateway.http.errors import install_error_handlers
 from gateway.http.meters import router as meters_router
-from gateway.http.security import Role
+from gateway.http.security import Role, access_from_settings
 from gateway.http.vending import install_vending
-from gateway.settings import TimescaleMode
+from gateway.settings import Settings
 from gateway.vending.keys import KeyStoreDecoderKeys
 from gateway.vending.service import VendingConfig, VendingService
-from tests.plugins.services import drop_database
 from tokens.keys import (
     DecoderKey,
     Dkga,
@@ -224,26 +221,23 @@ class Vend:
 
 
 def build_app(service: VendingService) -> FastAPI:
+    """The meters and vending routes with the gateway's real access control and error table
+    (rate limits off: the concurrency tests send bursts on purpose)."""
     app = FastAPI()
-    app.state.services = SimpleNamespace(pool=service.pool)
+    app.state.services = _PoolOnly(service.pool)
+    app.state.db_wait_s = 5.0
+    settings = Settings(rate_limit_vendor_per_min=0, rate_limit_staff_per_min=0)
+    app.state.access = access_from_settings(settings, service.pool)
+    app.state.custody = Custody()
+    install_error_handlers(app)
     app.include_router(meters_router)
     install_vending(app, service)
     return app
 
 
-@pytest.fixture(scope="session")
-def template_database(backing: BackingServices) -> Iterator[str]:
-    """The vending tests' migrated template, on plain PostgreSQL.
-
-    The vending schema has no TimescaleDB variant; probing for TimescaleDB on a server where
-    it is installed but not preloaded ends the migrating connection (FATAL), so these tests
-    migrate with TimescaleDB off.
-    """
-    name = f"gw_vtmpl_{uuid.uuid4().hex[:10]}"
-    create_database(backing.admin_url, name)
-    apply_migrations(with_database(backing.admin_url, name), timescale=TimescaleMode.OFF)
-    yield name
-    drop_database(backing.admin_url, name)
+@dataclass(frozen=True)
+class _PoolOnly:
+    pool: AsyncConnectionPool[Any]
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import time
 from decimal import Decimal
 
 import httpx
-from gateway.devservices import free_port
 
+from gateway.dev.services import free_port
 from gateway.vending import vendors
 from tests.vending.conftest import Vend
 from tests.vending.server import VENDOR

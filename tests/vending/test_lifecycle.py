@@ -24,11 +24,14 @@ async def report(vend: Vend, meter: str, token_ref: str, *, accepted: bool = Tru
     if not accepted:
         details["reason"] = "tid_reused"
     await vend.execute(
-        "INSERT INTO meter_events (meter_id, ts, type, details) VALUES (%s, %s, %s, %s)",
+        "INSERT INTO meter_events (meter_id, ts, type, details, event_key)"
+        " VALUES (%s, %s, %s, %s, sha256(convert_to(%s || %s, 'UTF8')))",
         meter,
         _event_ts[0],
         "token_accepted" if accepted else "token_rejected",
         Jsonb(details),
+        meter,
+        str(_event_ts[0]),
     )
 
 
