@@ -40,7 +40,9 @@ def create_app(services: Services) -> FastAPI:
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         """The one place where domain errors become HTTP responses."""
         del request
-        status = 404 if isinstance(exc, NotFoundError) else 503
+        status = getattr(exc, "http_status", None) or (
+            404 if isinstance(exc, NotFoundError) else 503
+        )
         return JSONResponse(
             status_code=status,
             content={"error": {"code": type(exc).__name__, "message": str(exc)}},
