@@ -20,6 +20,8 @@ import uvicorn
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.detection.model import Rules
+from gateway.detection.service import DetectionOptions, Detector
 from gateway.http.app import create_app
 from gateway.http.deps import Services
 from gateway.ingest.consumer import decode_message
@@ -83,6 +85,15 @@ async def _run_modbus(settings: Settings, services: Services, stop: asyncio.Even
         backoff_max_s=settings.modbus_backoff_max_s,
         verified_only=settings.modbus_verified_only,
     )
+
+
+def _detector(settings: Settings, services: Services) -> Detector:
+    options = DetectionOptions(
+        rules=Rules.from_overrides(settings.detection_rules),
+        poll_s=settings.detection_poll_ms / 1000,
+        batch=settings.detection_batch,
+    )
+    return Detector(services.pool, options)
 
 
 async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
@@ -228,6 +239,8 @@ async def run_gateway(
             server = _Server(config)
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
+            if settings.detection_enabled:
+                tg.create_task(_detector(settings, services).run(stop), name="detection")
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
             modbus_task = (

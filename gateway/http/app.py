@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.errors import GatewayError, NotFoundError
+from gateway.http.alerts import router as alerts_router
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.meters import router as meters_router
 
@@ -49,6 +50,7 @@ def create_app(services: Services) -> FastAPI:
         )
 
     app.include_router(meters_router)
+    app.include_router(alerts_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

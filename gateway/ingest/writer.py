@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
+from gateway.detection.queue import QUEUE_EVENTS, QUEUE_FROM_STAGE
 from gateway.ingest.work import Work
 
 __all__ = ["STAGING_DDL", "BatchResult", "write_batch"]
@@ -83,6 +85,7 @@ async def write_batch(
             stored = max(cur.rowcount, 0)
             # One set-based statement registers unknown meters and refreshes last-seen.
             await cur.execute(_TOUCH_FROM_STAGE)
+            await cur.execute(QUEUE_FROM_STAGE)  # what detection must re-evaluate
         touched: set[str] = set()
         event_rows = [
             (
@@ -102,6 +105,11 @@ async def write_batch(
                 event_rows,
             )
             events = len(event_rows)
+            spans: dict[str, tuple[datetime, datetime]] = {}
+            for meter_id, ts, *_ in event_rows:
+                lo, hi = spans.get(meter_id, (ts, ts))
+                spans[meter_id] = (min(lo, ts), max(hi, ts))
+            await cur.executemany(QUEUE_EVENTS, [(m, lo, hi) for m, (lo, hi) in spans.items()])
             touched.update(row[0] for row in event_rows)
         statuses = {w.status.meter_id: w.status for w in batch if w.status is not None}
         touched.update(statuses)
