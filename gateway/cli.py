@@ -13,6 +13,8 @@ import logging
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from gateway.db.migrate import apply_migrations
@@ -76,10 +78,28 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return _run_async(run_demo(settings, meters=args.meters, speed=args.speed, seed=args.seed))
 
 
+def _cmd_detect_score(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.detection.cli import detect_score  # noqa: PLC0415 - only for this command
+
+    return detect_score(
+        settings.database_url.get_secret_value(), args.truth, since=args.since, as_json=args.json
+    )
+
+
 def _cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     del args
     print(json.dumps(settings.describe(), indent=2, default=str))
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad time {text!r} (RFC 3339)") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("time needs a UTC offset, e.g. 2026-01-05T00:00:00Z")
+    return moment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--speed", type=float, default=180.0, help="simulated time speed-up")
     demo.add_argument("--seed", type=int, default=1, help="fleet random seed")
     demo.set_defaults(func=_cmd_demo)
+    score = sub.add_parser(
+        "detect-score", help="match stored alerts against a ground-truth JSONL, per kind"
+    )
+    score.add_argument("--truth", required=True, type=Path, help="ground truth (JSON Lines)")
+    score.add_argument("--since", type=_aware_time, help="judge only what ends at or after this")
+    score.add_argument("--json", action="store_true", help="one JSON object per kind")
+    score.set_defaults(func=_cmd_detect_score)
     sub.add_parser("settings", help="print effective settings, secrets redacted").set_defaults(
         func=_cmd_settings
     )

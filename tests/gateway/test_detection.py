@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.cli import main
 from gateway.detection.model import Rules
 from gateway.detection.service import DetectionOptions, Detector
 from gateway.http.security import Role
@@ -261,3 +264,35 @@ async def test_alert_contract_through_broker_and_api(
     # The malformed payload stayed a dead letter and raised no alert.
     assert db_scalar(url, "SELECT count(*) FROM dead_letters") == 1
     assert db_scalar(url, "SELECT count(*) FROM alert_outbox") == 2
+
+
+async def test_detect_score_command_prints_the_table(
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    add_meter(database_url, "W1", "water")
+    values = [100.0, 100.01, 100.02, 95.02, 95.03]
+    add_readings(database_url, "W1", [("24.2.1", at(k), v) for k, v in enumerate(values)])
+    await detect(database_url)
+    truth = tmp_path / "truth.jsonl"
+    truth.write_text(
+        json.dumps(
+            {"meter_id": "W1", "kind": "register_rollback", "start": at(3).isoformat(),
+             "end": at(3).isoformat(), "params": {}, "completed": True}
+        ) + "\n"
+        + json.dumps(
+            {"meter_id": "W2", "kind": "leak", "start": at(3).isoformat(),
+             "end": at(30).isoformat(), "params": {}, "completed": True}
+        ) + "\n"
+    )  # fmt: skip
+    monkeypatch.setenv("GATEWAY_DATABASE_URL", database_url)
+    monkeypatch.setenv("GATEWAY_LOG_FORMAT", "text")
+    assert main(["detect-score", "--truth", str(truth), "--json"]) == 0
+    rows = {r["kind"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert rows["register_rollback"] == {
+        "kind": "register_rollback", "tp": 1, "fp": 0, "fn": 0, "precision": 1.0, "recall": 1.0,
+    }  # fmt: skip
+    assert (rows["leak"]["tp"], rows["leak"]["fn"], rows["leak"]["recall"]) == (0, 1, 0.0)
+    assert main(["detect-score", "--truth", str(tmp_path / "missing.jsonl")]) == 1
