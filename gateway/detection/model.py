@@ -85,6 +85,8 @@ class Rules:
     leak_nights: int = 2
     burst_flow_lph: float = 500.0
     burst_min_minutes: float = 30.0
+    burst_min_readings: int = 3
+    """Consecutive flow readings that must show the burst level (two whole intervals)."""
     reverse_water_litres: float = 5.0
     reverse_energy_kwh: float = 0.1
     reverse_window_minutes: float = 60.0

@@ -204,8 +204,9 @@ def detect_leak(profile: MeterProfile, data: MeterData, rules: Rules) -> list[Ep
 
 
 def detect_burst(profile: MeterProfile, data: MeterData, rules: Rules) -> list[Episode]:
-    """Flow ≥ ``burst_flow_lph`` sustained ≥ ``burst_min_minutes``, or a ``burst_detected``
-    event (which lasts while the flow stays at burst level)."""
+    """Flow ≥ ``burst_flow_lph`` on ≥ ``burst_min_readings`` consecutive readings spanning
+    ≥ ``burst_min_minutes``, or a ``burst_detected`` event (which lasts while the flow stays at
+    burst level)."""
     flow = data.series(WATER_FLOW, measured_only=True)
     register = data.series(WATER_REGISTER, measured_only=True)
     volume = {s.ts: s.value for s in register}
@@ -213,7 +214,7 @@ def detect_burst(profile: MeterProfile, data: MeterData, rules: Rules) -> list[E
     needed = timedelta(minutes=rules.burst_min_minutes)
     episodes: list[Episode] = []
     for run, ended_by in _runs(flow, lambda s: s.value >= limit):
-        if run[-1].ts - run[0].ts < needed:
+        if run[-1].ts - run[0].ts < needed or len(run) < rules.burst_min_readings:
             continue
         # The register must agree: the volume between the samples averages burst level.
         first, last = run[0], run[-1]
@@ -232,12 +233,16 @@ def detect_burst(profile: MeterProfile, data: MeterData, rules: Rules) -> list[E
     for event in data.events:
         if event.type != "burst_detected":
             continue
+        # A reading within one interval of the event mostly covers the time before it.
+        settle = event.ts + timedelta(seconds=profile.interval_s)
         last_seen = event.ts
         still = True
         for sample in flow:
-            if sample.ts < event.ts:
+            if sample.ts <= event.ts:
                 continue
             if sample.value < limit:
+                if sample.ts < settle:
+                    continue
                 still = False
                 break
             last_seen = sample.ts

@@ -144,6 +144,22 @@ def test_short_high_flow_is_no_burst() -> None:
     assert detect_burst(WATER, MeterData({"water.flow": flow}), RULES) == []
 
 
+def test_two_hourly_readings_of_heavy_use_are_no_burst() -> None:
+    hourly = MeterProfile("w", "water", 3600)
+    flow = [Sample(T0 + timedelta(hours=h), v) for h, v in enumerate([0, 600, 900, 0])]
+    assert detect_burst(hourly, MeterData({"water.flow": flow}), RULES) == []
+    flow = [Sample(T0 + timedelta(hours=h), v) for h, v in enumerate([0, 1600, 1600, 1600, 0])]
+    assert detect_burst(hourly, MeterData({"water.flow": flow}), RULES)
+
+
+def test_burst_event_late_in_an_interval_joins_the_flow_that_follows() -> None:
+    hourly = MeterProfile("w", "water", 3600)
+    flow = [Sample(T0 + timedelta(hours=h), v) for h, v in enumerate([0, 300, 1500, 1500, 0])]
+    event = EventRecord(T0 + timedelta(minutes=50), "burst_detected")
+    [burst] = detect_burst(hourly, MeterData({"water.flow": flow}, [event]), RULES)
+    assert (burst.start, burst.end) == (event.ts, T0 + timedelta(hours=3))
+
+
 def test_burst_event_lasts_while_the_flow_is_high() -> None:
     flow = flow_series([0, 1600, 1600, 10])
     data = MeterData(
