@@ -36,7 +36,7 @@ __all__ = [
     "enqueue_silent_meters",
     "load_alerts",
     "load_data",
-    "load_profile",
+    "load_profiles",
 ]
 
 RULE_CHANNELS: Final = (
@@ -103,77 +103,92 @@ async def enqueue_silent_meters(conn: AsyncConnection[Any], rules: Rules) -> int
     return max(cur.rowcount, 0)
 
 
-async def load_profile(conn: AsyncConnection[Any], meter_id: str) -> MeterProfile | None:
+async def load_profiles(
+    conn: AsyncConnection[Any], meter_ids: Sequence[str]
+) -> dict[str, MeterProfile]:
     cur = await conn.execute(
-        "SELECT utility, reporting_interval_s, time_zone, export_allowed, register_max"
-        " FROM meters WHERE meter_id = %s",
-        (meter_id,),
+        "SELECT meter_id, utility, reporting_interval_s, time_zone, export_allowed, register_max"
+        " FROM meters WHERE meter_id = ANY(%s)",
+        (list(meter_ids),),
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return MeterProfile(meter_id, row[0], row[1], row[2], row[3], row[4])
+    return {r[0]: MeterProfile(*r) for r in await cur.fetchall()}
 
 
 async def load_alerts(
-    conn: AsyncConnection[Any], meter_id: str, since: datetime
-) -> list[StoredAlert]:
-    """Alerts of the meter, not withdrawn, still open or ending at ``since`` or later, locked
-    for update."""
+    conn: AsyncConnection[Any], since: Mapping[str, datetime]
+) -> dict[str, list[StoredAlert]]:
+    """Per meter, its alerts not withdrawn, still open or ending at its ``since`` or later,
+    locked for update."""
+    out: dict[str, list[StoredAlert]] = {m: [] for m in since}
+    if not since:
+        return out
     cur = await conn.execute(
-        "SELECT id, kind, start_ts, end_ts, evidence, resolved_at IS NOT NULL FROM alert_data"
-        " WHERE meter_id = %s AND withdrawn_at IS NULL AND (end_ts IS NULL OR end_ts >= %s)"
-        " ORDER BY id FOR UPDATE",
-        (meter_id, since),
+        "SELECT a.meter_id, a.id, a.kind, a.start_ts, a.end_ts, a.evidence,"
+        " a.resolved_at IS NOT NULL"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
+        " JOIN alert_data a ON a.meter_id = w.meter_id"
+        " WHERE a.withdrawn_at IS NULL AND (a.end_ts IS NULL OR a.end_ts >= w.since)"
+        " ORDER BY a.id FOR UPDATE OF a",
+        (list(since), list(since.values())),
     )
-    return [
-        StoredAlert(r[0], AlertKind(r[1]), r[2], r[3], r[4] or {}, r[5])
-        for r in await cur.fetchall()
-    ]
-
-
-async def load_resolutions(
-    conn: AsyncConnection[Any], meter_id: str, since: datetime
-) -> dict[AlertKind, list[datetime]]:
-    cur = await conn.execute(
-        "SELECT kind, resolved_at FROM alert_data WHERE meter_id = %s AND withdrawn_at IS NULL"
-        " AND resolved_at IS NOT NULL AND resolved_at >= %s ORDER BY resolved_at",
-        (meter_id, since),
-    )
-    out: dict[AlertKind, list[datetime]] = {}
-    for kind, at in await cur.fetchall():
-        out.setdefault(AlertKind(kind), []).append(at)
+    for r in await cur.fetchall():
+        out[r[0]].append(StoredAlert(r[1], AlertKind(r[2]), r[3], r[4], r[5] or {}, r[6]))
     return out
 
 
-async def load_data(conn: AsyncConnection[Any], meter_id: str, since: datetime) -> MeterData:
-    """The meter's readings on the rule channels with ``ts >= since`` (plus the last register
-    reading before it, so a drop or a gap across the boundary is seen) and its events."""
+async def load_data(
+    conn: AsyncConnection[Any], since: Mapping[str, datetime]
+) -> dict[str, tuple[MeterData, dict[AlertKind, list[datetime]]]]:
+    """Per meter: its readings on the rule channels with ``ts >= since`` (plus the last
+    register reading before, so a drop or a gap across the edge is seen), its events, and when
+    operators resolved its alerts."""
+    meters, starts = list(since), list(since.values())
+    channels: dict[str, dict[str, list[Sample]]] = {m: {} for m in meters}
+    events: dict[str, list[EventRecord]] = {m: [] for m in meters}
+    resolved: dict[str, dict[AlertKind, list[datetime]]] = {m: {} for m in meters}
+    if not meters:
+        return {}
     cur = await conn.execute(
-        "SELECT channel, ts, value, quality = 'measured', received_at FROM reading_data"
-        " WHERE meter_id = %s AND channel = ANY(%s) AND ts >= %s ORDER BY channel, ts",
-        (meter_id, list(RULE_CHANNELS), since),
-    )
-    channels: dict[str, list[Sample]] = {}
-    for channel, ts, value, measured, received in await cur.fetchall():
-        channels.setdefault(channel, []).append(Sample(ts, value, measured, received))
-    cur = await conn.execute(
-        "SELECT c.channel, p.ts, p.value, p.quality = 'measured', p.received_at"
-        " FROM unnest(%s::text[]) AS c(channel) CROSS JOIN LATERAL ("
+        "SELECT w.meter_id, k.channel, p.ts, p.value, p.quality = 'measured', p.received_at"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
+        " CROSS JOIN unnest(%s::text[]) AS k(channel)"
+        " CROSS JOIN LATERAL ("
         "   SELECT ts, value, quality, received_at FROM reading_data r"
-        "   WHERE r.meter_id = %s AND r.channel = c.channel AND r.ts < %s"
+        "   WHERE r.meter_id = w.meter_id AND r.channel = k.channel AND r.ts < w.since"
         "   ORDER BY r.ts DESC LIMIT 1) p",
-        (list(CUMULATIVE), meter_id, since),
+        (meters, starts, list(CUMULATIVE)),
     )
-    for channel, ts, value, measured, received in await cur.fetchall():
-        channels.setdefault(channel, []).insert(0, Sample(ts, value, measured, received))
+    for meter_id, channel, ts, value, measured, received in await cur.fetchall():
+        channels[meter_id][channel] = [Sample(ts, value, measured, received)]
     cur = await conn.execute(
-        "SELECT ts, type, received_at FROM meter_events WHERE meter_id = %s AND ts >= %s"
-        " ORDER BY ts, type",
-        (meter_id, since),
+        "SELECT r.meter_id, r.channel, r.ts, r.value, r.quality = 'measured', r.received_at"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
+        " JOIN reading_data r ON r.meter_id = w.meter_id AND r.channel = ANY(%s)"
+        "   AND r.ts >= w.since"
+        " ORDER BY r.meter_id, r.channel, r.ts",
+        (meters, starts, list(RULE_CHANNELS)),
     )
-    events = [EventRecord(ts, kind, received) for ts, kind, received in await cur.fetchall()]
-    return MeterData(channels, events)
+    for meter_id, channel, ts, value, measured, received in await cur.fetchall():
+        channels[meter_id].setdefault(channel, []).append(Sample(ts, value, measured, received))
+    cur = await conn.execute(
+        "SELECT e.meter_id, e.ts, e.type, e.received_at"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
+        " JOIN meter_events e ON e.meter_id = w.meter_id AND e.ts >= w.since"
+        " ORDER BY e.meter_id, e.ts, e.type",
+        (meters, starts),
+    )
+    for meter_id, ts, kind, received in await cur.fetchall():
+        events[meter_id].append(EventRecord(ts, kind, received))
+    cur = await conn.execute(
+        "SELECT a.meter_id, a.kind, a.resolved_at"
+        " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
+        " JOIN alert_data a ON a.meter_id = w.meter_id"
+        " WHERE a.withdrawn_at IS NULL AND a.resolved_at >= w.since ORDER BY a.resolved_at",
+        (meters, starts),
+    )
+    for meter_id, kind, at in await cur.fetchall():
+        resolved[meter_id].setdefault(AlertKind(kind), []).append(at)
+    return {m: (MeterData(channels[m], events[m]), resolved[m]) for m in meters}
 
 
 def alert_document(row: Mapping[str, Any]) -> dict[str, Any]:
