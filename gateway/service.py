@@ -92,6 +92,7 @@ def _detector(settings: Settings, services: Services) -> Detector:
         rules=Rules.from_overrides(settings.detection_rules),
         poll_s=settings.detection_poll_ms / 1000,
         batch=settings.detection_batch,
+        worker=settings.detection_worker,
     )
     return Detector(services.pool, options)
 

@@ -108,6 +108,8 @@ class Settings(BaseSettings):
     """Pause of the detection loop when its queue is empty."""
     detection_batch: int = Field(5000, ge=1, le=1_000_000)
     """Queue entries (changed meter ranges) taken per detection round."""
+    detection_worker: bool = True
+    """Judge meters in a worker process at lower CPU priority, off the ingest event loop."""
     detection_rules: dict[str, float] = Field(default_factory=dict)
     """Rule thresholds overriding the defaults, as a JSON object (docs/detection.md)."""
 

@@ -16,8 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import time
 from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -27,8 +29,6 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.detection.model import Rules
-from gateway.detection.reconcile import reconcile
-from gateway.detection.rules import evaluate
 from gateway.detection.store import (
     Window,
     apply_plan,
@@ -39,6 +39,7 @@ from gateway.detection.store import (
     load_profiles,
     window_bounds,
 )
+from gateway.detection.worker import Job, judge, lower_priority
 
 __all__ = ["DetectionOptions", "Detector", "evaluate_windows"]
 
@@ -54,6 +55,8 @@ class DetectionOptions:
     """Queue entries taken per round."""
     sweep_s: float = 60.0
     """How often live meters are checked for silence in receive time."""
+    worker: bool = False
+    """Judge meters in a worker process at lower CPU priority instead of on the event loop."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,12 +69,16 @@ class RoundResult:
 
 
 async def evaluate_windows(
-    conn: AsyncConnection[Any], windows: Sequence[Window], rules: Rules, now: datetime
+    conn: AsyncConnection[Any],
+    windows: Sequence[Window],
+    rules: Rules,
+    now: datetime,
+    executor: Executor | None = None,
 ) -> tuple[int, int, int]:
     """Re-evaluate each window's meter from its ``lo`` on; (opened, changed, withdrawn).
 
     Loads what every meter needs in a handful of set-based queries, runs the pure rules per
-    meter, and writes only the meters whose alerts change."""
+    meter (in ``executor`` when given), and writes only the meters whose alerts change."""
     profiles = await load_profiles(conn, [w.meter_id for w in windows])
     windows = [w for w in windows if w.meter_id in profiles]
     lows = {w.meter_id: w.lo for w in windows}
@@ -82,13 +89,13 @@ async def evaluate_windows(
         stored |= await load_alerts(conn, wider)
     read_from = {m: window_bounds(at, stored[m], rules)[1] for m, at in judged.items()}
     loaded = await load_data(conn, read_from)
+    jobs = [Job(profiles[m], raw, stored[m], judged[m]) for m, raw in loaded.items()]
+    if executor is None:
+        plans = judge(jobs, rules, now)
+    else:
+        plans = await asyncio.get_running_loop().run_in_executor(executor, judge, jobs, rules, now)
     opened = changed = withdrawn = 0
-    for meter_id, (data, resolutions) in loaded.items():
-        profile = profiles[meter_id]
-        episodes = evaluate(profile, data, rules, now=now, resolutions=resolutions)
-        plan = reconcile(stored[meter_id], episodes, since=judged[meter_id])
-        if plan.empty:
-            continue
+    for meter_id, plan in plans:
         ids = await apply_plan(conn, meter_id, plan)
         for episode in plan.opens:
             log.info(
@@ -114,6 +121,7 @@ class Detector:
         self.options = options
         self._last_sweep = float("-inf")
         self.rounds = 0
+        self._executor: ProcessPoolExecutor | None = None
 
     async def run_round(self) -> RoundResult:
         opened = changed = withdrawn = 0
@@ -129,14 +137,28 @@ class Detector:
             row = await cur.fetchone()
             assert row is not None
             now: datetime = row[0]
+            if self.options.worker and self._executor is None:
+                self._executor = ProcessPoolExecutor(
+                    max_workers=1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=lower_priority,
+                )
             opened, changed, withdrawn = await evaluate_windows(
-                conn, windows, self.options.rules, now
+                conn, windows, self.options.rules, now, self._executor
             )
         self.rounds += 1
         return RoundResult(len(windows), opened, changed, withdrawn)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until ``stop``; a database outage is waited out with backoff."""
+        try:
+            await self._run(stop)
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
+
+    async def _run(self, stop: asyncio.Event) -> None:
         backoff = self.options.poll_s
         while not stop.is_set():
             began = time.monotonic()

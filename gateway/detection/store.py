@@ -30,6 +30,7 @@ from gateway.detection.rules import CUMULATIVE
 
 __all__ = [
     "RULE_CHANNELS",
+    "RawData",
     "Window",
     "apply_plan",
     "drain_queue",
@@ -136,15 +137,34 @@ async def load_alerts(
     return out
 
 
+RawSample = tuple[datetime, float, bool, datetime | None]
+RawEvent = tuple[datetime, str, datetime | None]
+
+
+@dataclass(frozen=True, slots=True)
+class RawData:
+    """One meter's loaded rows as plain tuples: cheap to fetch and to hand to a worker process."""
+
+    channels: dict[str, list[RawSample]]
+    events: list[RawEvent]
+    resolutions: dict[AlertKind, list[datetime]]
+
+    def meter_data(self) -> MeterData:
+        return MeterData(
+            {c: [Sample(*row) for row in rows] for c, rows in self.channels.items()},
+            [EventRecord(*row) for row in self.events],
+        )
+
+
 async def load_data(
     conn: AsyncConnection[Any], since: Mapping[str, datetime]
-) -> dict[str, tuple[MeterData, dict[AlertKind, list[datetime]]]]:
+) -> dict[str, RawData]:
     """Per meter: its readings on the rule channels with ``ts >= since`` (plus the last
     register reading before, so a drop or a gap across the edge is seen), its events, and when
     operators resolved its alerts."""
     meters, starts = list(since), list(since.values())
-    channels: dict[str, dict[str, list[Sample]]] = {m: {} for m in meters}
-    events: dict[str, list[EventRecord]] = {m: [] for m in meters}
+    channels: dict[str, dict[str, list[RawSample]]] = {m: {} for m in meters}
+    events: dict[str, list[RawEvent]] = {m: [] for m in meters}
     resolved: dict[str, dict[AlertKind, list[datetime]]] = {m: {} for m in meters}
     if not meters:
         return {}
@@ -159,7 +179,7 @@ async def load_data(
         (meters, starts, list(CUMULATIVE)),
     )
     for meter_id, channel, ts, value, measured, received in await cur.fetchall():
-        channels[meter_id][channel] = [Sample(ts, value, measured, received)]
+        channels[meter_id][channel] = [(ts, value, measured, received)]
     cur = await conn.execute(
         "SELECT w.meter_id, r.channel, r.ts, r.value, r.quality = 'measured', r.received_at"
         " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
@@ -170,7 +190,7 @@ async def load_data(
         (meters, starts, list(RULE_CHANNELS)),
     )
     for meter_id, channel, ts, value, measured, received in await cur.fetchall():
-        channels[meter_id].setdefault(channel, []).append(Sample(ts, value, measured, received))
+        channels[meter_id].setdefault(channel, []).append((ts, value, measured, received))
     cur = await conn.execute(
         "SELECT w.meter_id, e.ts, e.type, e.received_at"
         " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
@@ -180,7 +200,7 @@ async def load_data(
         (meters, starts),
     )
     for meter_id, ts, kind, received in await cur.fetchall():
-        events[meter_id].append(EventRecord(ts, kind, received))
+        events[meter_id].append((ts, kind, received))
     cur = await conn.execute(
         "SELECT a.meter_id, a.kind, a.resolved_at"
         " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
@@ -190,7 +210,7 @@ async def load_data(
     )
     for meter_id, kind, at in await cur.fetchall():
         resolved[meter_id].setdefault(AlertKind(kind), []).append(at)
-    return {m: (MeterData(channels[m], events[m]), resolved[m]) for m in meters}
+    return {m: RawData(channels[m], events[m], resolved[m]) for m in meters}
 
 
 def alert_document(row: Mapping[str, Any]) -> dict[str, Any]:
