@@ -166,6 +166,42 @@ async def test_silence_of_a_live_meter_opens_at_once_and_the_backlog_closes_it(
     assert alerts(database_url) == [("comms_loss", "closed", ts(3), ts(22))]
 
 
+async def test_clock_drift_on_live_messages_until_the_clock_is_adjusted(database_url: str) -> None:
+    add_meter(database_url, "E6", "electricity")
+    now = datetime.now(UTC).replace(microsecond=0)
+    base = now - timedelta(hours=2)  # the last message is less than an hour old: no silence
+    base -= timedelta(seconds=base.timestamp() % 900)
+
+    def true(k: int) -> datetime:
+        return base + k * Q
+
+    add_readings(
+        database_url, "E6", [("1.8.0", true(k), 1.0 + k) for k in range(3)],
+        received=lambda t: t + timedelta(seconds=2),
+    )  # fmt: skip
+    # From k=3 the meter's clock runs 10 minutes ahead; each message still arrives at once.
+    ahead = timedelta(seconds=600)
+    add_readings(
+        database_url, "E6", [("1.8.0", true(k) + ahead, 1.0 + k) for k in range(3, 7)],
+        received=lambda t: t - ahead + timedelta(seconds=2),
+    )  # fmt: skip
+    await detect(database_url)
+    assert alerts(database_url) == [("clock_drift", "open", true(3) + timedelta(seconds=2), None)]
+    with psycopg.connect(database_url) as conn:
+        conn.execute(
+            "INSERT INTO meter_events (meter_id, ts, type) VALUES ('E6', %s, 'clock_adjusted')",
+            (true(7),),
+        )
+        conn.execute(
+            "INSERT INTO detection_queue (meter_id, lo, hi) VALUES ('E6', %s, %s)",
+            (true(7), true(7)),
+        )
+    await detect(database_url)
+    assert alerts(database_url) == [
+        ("clock_drift", "closed", true(3) + timedelta(seconds=2), true(7))
+    ]
+
+
 # --------------------------------------------------------------------------- through the API
 
 
