@@ -20,6 +20,7 @@ import multiprocessing
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -164,8 +165,13 @@ class Detector:
             began = time.monotonic()
             try:
                 result = await self.run_round()
-            except (psycopg.OperationalError, PoolTimeout) as exc:
+            except (psycopg.OperationalError, PoolTimeout, BrokenProcessPool) as exc:
+                # The database is away, or the worker process died (killed, out of memory):
+                # nothing was committed, the queue still holds the work; retry after a pause.
                 log.warning("detection round failed, retrying in %.0f s: %s", backoff, exc)
+                if isinstance(exc, BrokenProcessPool) and self._executor is not None:
+                    self._executor.shutdown(wait=False, cancel_futures=True)
+                    self._executor = None
                 await _wait(stop, backoff)
                 backoff = min(backoff * 2, 60.0)
                 continue

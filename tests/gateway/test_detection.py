@@ -3,7 +3,10 @@ live silence, and the HTTP contract through a running gateway and the real broke
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -332,3 +335,26 @@ async def test_detect_score_command_prints_the_table(
     }  # fmt: skip
     assert (rows["leak"]["tp"], rows["leak"]["fn"], rows["leak"]["recall"]) == (0, 1, 0.0)
     assert main(["detect-score", "--truth", str(tmp_path / "missing.jsonl")]) == 1
+
+
+async def test_detection_survives_its_worker_process_dying(database_url: str) -> None:
+    add_meter(database_url, "W7", "water")
+    add_meter(database_url, "W8", "water")
+    stop = asyncio.Event()
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+        detector = Detector(pool, DetectionOptions(Rules(), poll_s=0.05, worker=True))
+        task = asyncio.create_task(detector.run(stop), name="detection")
+        try:
+            drop = [100.0, 100.01, 90.0]
+            add_readings(database_url, "W7", [("24.2.1", at(k), v) for k, v in enumerate(drop)])
+            count = "SELECT count(*) FROM alerts"
+            assert await wait_for_value(lambda: db_scalar(database_url, count), 1) == 1
+            executor = detector._executor
+            assert executor is not None
+            for process in list(executor._processes.values()):
+                os.kill(process.pid, signal.SIGKILL)
+            add_readings(database_url, "W8", [("24.2.1", at(k), v) for k, v in enumerate(drop)])
+            assert await wait_for_value(lambda: db_scalar(database_url, count), 2) == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 30)
