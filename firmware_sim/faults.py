@@ -45,7 +45,8 @@ class FaultKind(enum.StrEnum):
     does. The record's start and end are the instant of the wrap (the scheduled start is not
     used: a real rollover happens when consumption reaches the limit)."""
     COMMS_LOSS = "comms_loss"
-    """Silence for the duration, then the backlog is delivered on reconnection."""
+    """Silence for the duration, then the backlog is delivered on reconnection (with
+    ``backlog: 0`` the readings of the outage are lost instead, as when a buffer overflows)."""
     CLOCK_DRIFT = "clock_drift"
     """The meter clock is off by ``offset_s`` (default 600) plus ``rate_s_per_day``
     (default 0) per day since the start; at the end the meter resyncs (clock_adjusted)."""

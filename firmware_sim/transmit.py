@@ -119,7 +119,11 @@ class Transmitter:
         self.held_events.extend(result.events)
         if status is not None:
             self.status_due = status
-        if FaultKind.COMMS_LOSS in active:
+        loss = active.get(FaultKind.COMMS_LOSS)
+        if loss is not None:
+            if loss.number("backlog", 1.0) == 0:
+                # The meter's buffer overflowed: readings from the outage are lost for good.
+                self.pending = [r for r in self.pending if r.ts < loss.start]
             self.backlog = True
             return []
         out: list[Outgoing] = []

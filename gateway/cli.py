@@ -19,6 +19,8 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
 
 from gateway.auth.cli import add_subcommands as add_access_subcommands
 from gateway.db.migrate import apply_migrations
@@ -98,10 +100,34 @@ def _cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     return run_async(run_demo(settings, meters=args.meters, speed=args.speed, seed=args.seed))
 
 
+def _cmd_detect_score(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.detection.cli import detect_score  # noqa: PLC0415 - only for this command
+
+    return detect_score(
+        settings.database_url.get_secret_value(), args.truth, since=args.since, as_json=args.json
+    )
+
+
 def _cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     del args
     print(json.dumps(settings.describe(), indent=2, default=str))
     return 0
+
+
+def _aware_time(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad time {text!r} (RFC 3339)") from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError("time needs a UTC offset, e.g. 2026-01-05T00:00:00Z")
+    return moment
+
+
+def _detect_score_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--truth", required=True, type=Path, help="ground truth (JSON Lines)")
+    parser.add_argument("--since", type=_aware_time, help="judge only what ends at or after this")
+    parser.add_argument("--json", action="store_true", help="one JSON object per kind")
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -114,6 +140,12 @@ COMMANDS: tuple[Command, ...] = (
         _demo_arguments,
     ),
     Command("settings", "print effective settings, secrets redacted", _cmd_settings),
+    Command(
+        "detect-score",
+        "match stored alerts against a ground-truth JSONL, per kind",
+        _cmd_detect_score,
+        _detect_score_arguments,
+    ),
 )
 
 

@@ -21,7 +21,8 @@ __all__ = ["MeterSpec", "get_meter", "list_meters", "upsert_meter", "verify_mete
 _COLUMNS: Final = (
     "m.meter_id, m.utility, m.payment, m.transport, m.verified, m.reporting_interval_s,"
     " m.time_zone, m.modbus_host, m.modbus_port, m.modbus_unit, m.modbus_word_order,"
-    " m.register_map, m.created_at, m.last_seen, m.last_reading_ts, m.online, m.status,"
+    " m.register_map, m.export_allowed, m.register_max, m.created_at, m.last_seen,"
+    " m.last_reading_ts, m.online, m.status,"
     " c.comms_state, v.account_id AS account,"
     " CASE WHEN v.sgc IS NULL THEN NULL ELSE jsonb_build_object('sgc', v.sgc, 'krn', v.krn,"
     " 'ti', v.ti, 'key_type', v.key_type, 'base_date', v.base_date, 'ea', v.ea, 'dkga', v.dkga)"
@@ -48,6 +49,10 @@ class MeterSpec:
     modbus_unit: int | None = None
     modbus_word_order: str | None = None
     register_map: Mapping[str, Any] | None = None
+    export_allowed: bool = False
+    """Registered small-scale embedded generation: export is not reverse flow."""
+    register_max: float | None = None
+    """Capacity at which the main register rolls over (None: the next power of ten)."""
     sts: Mapping[str, Any] | None = None
     """STS key data for vending (sgc, krn, ti, key_type, base_date, ea, dkga); None: unchanged."""
     account: str | None = None
@@ -81,14 +86,16 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
         await conn.execute(
             "INSERT INTO meters (meter_id, utility, payment, transport, reporting_interval_s,"
             " time_zone, verified, modbus_host, modbus_port, modbus_unit, modbus_word_order,"
-            " register_map) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " register_map, export_allowed, register_max)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (meter_id) DO UPDATE SET utility = excluded.utility,"
             " payment = excluded.payment, transport = excluded.transport,"
             " reporting_interval_s = excluded.reporting_interval_s,"
             " time_zone = excluded.time_zone, verified = excluded.verified,"
             " modbus_host = excluded.modbus_host, modbus_port = excluded.modbus_port,"
             " modbus_unit = excluded.modbus_unit, modbus_word_order = excluded.modbus_word_order,"
-            " register_map = excluded.register_map",
+            " register_map = excluded.register_map, export_allowed = excluded.export_allowed,"
+            " register_max = excluded.register_max",
             (
                 spec.meter_id,
                 spec.utility,
@@ -102,6 +109,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
                 spec.modbus_unit,
                 spec.modbus_word_order,
                 Jsonb(dict(spec.register_map)) if spec.register_map is not None else None,
+                spec.export_allowed,
+                spec.register_max,
             ),
         )
         if spec.sts is not None or spec.account is not None:

@@ -20,6 +20,8 @@ import uvicorn
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.detection.model import Rules
+from gateway.detection.service import DetectionOptions, Detector
 from gateway.http.app import create_app
 from gateway.http.custody import Custody
 from gateway.http.deps import Services
@@ -93,6 +95,16 @@ async def _run_modbus(settings: Settings, services: Services, stop: asyncio.Even
         verified_only=settings.modbus_verified_only,
         allowed=HostAllowList(settings.modbus_networks),
     )
+
+
+def _detector(settings: Settings, services: Services) -> Detector:
+    options = DetectionOptions(
+        rules=Rules.from_overrides(settings.detection_rules),
+        poll_s=settings.detection_poll_ms / 1000,
+        batch=settings.detection_batch,
+        worker=settings.detection_worker,
+    )
+    return Detector(services.pool, options)
 
 
 async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
@@ -267,6 +279,8 @@ async def run_gateway(
             server = _Server(_http_config(settings, services, keystore))
         async with asyncio.TaskGroup() as tg:
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
+            if settings.detection_enabled:
+                tg.create_task(_detector(settings, services).run(stop), name="detection")
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
             modbus_task = (

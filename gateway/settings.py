@@ -202,6 +202,17 @@ class Settings(BaseSettings):
     """On stop, how long to keep trying to commit pending data before leaving it to the
     broker (un-acknowledged messages are redelivered at the next start)."""
 
+    detection_enabled: bool = True
+    """Run the leak / faulty-meter detection loop (docs/detection.md)."""
+    detection_poll_ms: int = Field(1000, ge=10, le=60_000)
+    """Pause of the detection loop when its queue is empty."""
+    detection_batch: int = Field(5000, ge=1, le=1_000_000)
+    """Queue entries (changed meter ranges) taken per detection round."""
+    detection_worker: bool = True
+    """Judge meters in a worker process at lower CPU priority, off the ingest event loop."""
+    detection_rules: dict[str, float] = Field(default_factory=dict)
+    """Rule thresholds overriding the defaults, as a JSON object (docs/detection.md)."""
+
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.JSON
 
@@ -260,6 +271,17 @@ class Settings(BaseSettings):
         if self.session_idle_s > self.session_max_s:
             raise ValueError("GATEWAY_SESSION_IDLE_S must not exceed GATEWAY_SESSION_MAX_S")
         return self
+
+    @field_validator("detection_rules")
+    @classmethod
+    def _check_rules(cls, value: dict[str, float]) -> dict[str, float]:
+        from gateway.detection.model import Rules  # noqa: PLC0415 - keeps settings light
+
+        try:
+            Rules.from_overrides(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
     @model_validator(mode="after")
     def _check_pool(self) -> Settings:

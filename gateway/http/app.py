@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway.http.admin import router as admin_router
+from gateway.http.alerts import router as alerts_router
 from gateway.http.auth_routes import router as auth_router
 from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
@@ -80,6 +81,7 @@ def create_app(
     app.include_router(auth_router)
     app.include_router(admin_router)
     install_vending(app, vending or VendingService(services.pool, NoDecoderKeys()))
+    app.include_router(alerts_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -48,6 +48,10 @@ class _MeterFields(BaseModel):
     modbus_unit: int | None = Field(None, ge=0, le=247)
     modbus_word_order: Literal["ABCD", "CDAB", "BADC", "DCBA"] | None = None
     register_map: dict[str, Any] | None = None
+    export_allowed: bool = False
+    """Registered embedded generation: export on this meter is not reverse flow."""
+    register_max: float | None = Field(None, gt=0, le=1e12)
+    """Main register capacity (rollover point); unset: the next power of ten."""
 
 
 class StsIn(ApiModel):

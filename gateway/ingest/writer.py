@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Final
 
 import orjson
@@ -32,6 +33,7 @@ from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.detection.queue import QUEUE_EVENTS, QUEUE_FROM_STAGE
 from gateway.errors import StorageError, StorageRejectedError, StorageUnavailableError
 from gateway.ingest.work import DeadLetter, MeterEvent, Work
 
@@ -241,6 +243,7 @@ async def _write(
                 conflicts, superseded = _counts(await cur.fetchone(), 2)
             # One set-based statement registers unknown meters and refreshes last-seen.
             await cur.execute(_TOUCH_FROM_STAGE)
+            await cur.execute(QUEUE_FROM_STAGE)  # what detection must re-evaluate
         touched: set[str] = set()
         meter_events = [e for w in batch for e in w.events]
         if meter_events:
@@ -257,6 +260,11 @@ async def _write(
             )
             events = max(cur.rowcount, 0)
             touched.update(e.meter_id for e in meter_events)
+            spans: dict[str, tuple[datetime, datetime]] = {}
+            for e in meter_events:
+                lo, hi = spans.get(e.meter_id, (e.event.ts, e.event.ts))
+                spans[e.meter_id] = (min(lo, e.event.ts), max(hi, e.event.ts))
+            await cur.executemany(QUEUE_EVENTS, [(m, lo, hi) for m, (lo, hi) in spans.items()])
         statuses = {w.status.meter_id: w.status for w in batch if w.status is not None}
         touched.update(statuses)
         if touched:
