@@ -8,13 +8,13 @@ import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, ClassVar, Final
+from typing import Any, Final
 
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from gateway import audit
-from gateway.errors import GatewayError, NotFoundError
+from gateway.errors import NotFoundError, ValidationError
 
 __all__ = [
     "AlertFilter",
@@ -33,10 +33,8 @@ _COLUMNS: Final = (
 )
 
 
-class AlertQueryError(GatewayError):
+class AlertQueryError(ValidationError):
     """A query for alerts that cannot be answered as asked (bad cursor, naive time …)."""
-
-    http_status: ClassVar[int] = 422
 
 
 def encode_cursor(last_id: int) -> str:

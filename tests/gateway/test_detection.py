@@ -192,7 +192,8 @@ async def test_clock_drift_on_live_messages_until_the_clock_is_adjusted(database
     assert alerts(database_url) == [("clock_drift", "open", true(3) + timedelta(seconds=2), None)]
     with psycopg.connect(database_url) as conn:
         conn.execute(
-            "INSERT INTO meter_events (meter_id, ts, type) VALUES ('E6', %s, 'clock_adjusted')",
+            "INSERT INTO meter_events (meter_id, ts, type, event_key)"
+            " VALUES ('E6', %s, 'clock_adjusted', sha256('clock_adjusted'))",
             (true(7),),
         )
         conn.execute(
@@ -218,14 +219,16 @@ async def test_alert_contract_through_broker_and_api(
     url = gateway_settings.database_url.get_secret_value()
     tech = await auth_headers(url, Role.TECHNICIAN)
     vendor = await auth_headers(url, Role.VENDOR)
+    operator = await auth_headers(url, Role.OPERATOR)
     base = f"http://127.0.0.1:{gateway.http_port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         put = await http.put(
             "/meters/W9",
             json={"utility": "water", "export_allowed": False, "register_max": 99999.0},
+            headers=operator,
         )
         assert put.status_code == 200, put.text
-        got = (await http.get("/meters/W9")).json()
+        got = (await http.get("/meters/W9", headers=tech)).json()
         assert (got["export_allowed"], got["register_max"]) == (False, 99999.0)
 
         ms = int(T0.timestamp() * 1000)
