@@ -1,3 +1,3 @@
 """Project-wide pytest configuration: real PostgreSQL and MQTT fixtures (tests/plugins)."""
 
-pytest_plugins = ["tests.plugins.services", "tests.plugins.gateway"]
+pytest_plugins = ["tests.plugins.services", "tests.plugins.gateway", "tests.plugins.auth"]
