@@ -1,4 +1,4 @@
-"""The ``gateway`` command: ``run``, ``migrate``, ``demo`` and ``settings``.
+"""The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``export``, ``import``.
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from gateway.billing.cli import add_commands as add_billing_commands
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("settings", help="print effective settings, secrets redacted").set_defaults(
         func=_cmd_settings
     )
+    add_billing_commands(sub, _run_async)
     return parser
 
 
