@@ -12,7 +12,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway.billing.settings import load_policy
 from gateway.errors import GatewayError, NotFoundError
+from gateway.http.billing import router as billing_router
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.meters import router as meters_router
 
@@ -35,18 +37,20 @@ def create_app(services: Services) -> FastAPI:
         version="0.1.0",
     )
     app.state.services = services
+    app.state.billing_policy = load_policy()
 
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
         """The one place where domain errors become HTTP responses."""
         del request
-        status = 404 if isinstance(exc, NotFoundError) else 503
+        status = 404 if isinstance(exc, NotFoundError) else getattr(exc, "http_status", 503)
         return JSONResponse(
             status_code=status,
             content={"error": {"code": type(exc).__name__, "message": str(exc)}},
         )
 
     app.include_router(meters_router)
+    app.include_router(billing_router)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:
