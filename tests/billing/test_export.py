@@ -182,3 +182,45 @@ async def test_parquet_is_streamed_in_row_groups(fleet: str) -> None:
     assert all(parts[:-1])  # bytes left after every batch, not only at the end
     meta = pq.ParquetFile(io.BytesIO(b"".join(parts))).metadata
     assert (meta.num_rows, meta.num_row_groups) == (5, 3)
+
+
+async def test_detection_alerts_flag_the_row(fleet: str) -> None:
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # the detection feature's published view, as another branch defines it
+        conn.execute(
+            "CREATE TABLE detected (id bigint, meter_id text, kind text, state text,"
+            ' start timestamptz, "end" timestamptz, detected_at timestamptz, severity text,'
+            " evidence jsonb, acknowledged_by text, note text)"
+        )
+        conn.execute("CREATE VIEW alerts AS SELECT * FROM detected")
+        conn.execute(
+            "INSERT INTO detected VALUES"
+            " (1, 'E1', 'stuck_register', 'open', '2026-11-20', NULL, now(), 'warning',"
+            "  '{\"channel\": \"1.8.0\"}', NULL, NULL),"
+            " (2, 'E2', 'register_rollback', 'closed', '2026-10-01', '2026-10-02', now(),"
+            "  'critical', '{}', NULL, NULL),"  # ended before November: not this period
+            " (3, 'W1', 'leak_continuous', 'open', '2026-11-02', NULL, now(), 'warning',"
+            "  '{}', NULL, NULL)"
+        )
+    rows = _rows(await _export(fleet))
+    assert rows["E1", "1.8.0"]["flags"] == "stuck_register"
+    assert rows["E1", "2.8.0"]["flags"] == ""  # the alert names the import register
+    assert rows["E2", "1.8.0"]["flags"] == ""
+    assert rows["W1", "24.2.1"]["flags"] == "register_rollover"
+
+
+async def test_person_reads_at_boundaries(fleet: str) -> None:
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        add_meter(conn, "E7", "electricity")
+        conn.execute(
+            "INSERT INTO billing_reads (meter_id, channel, ts, value, source, status, reason,"
+            " origin) VALUES"
+            " ('E7', '1.8.0', '2026-11-01T07:00:00Z', 40, 'customer', 'accepted', NULL, 't'),"
+            " ('E7', '1.8.0', '2026-11-30T22:00:00Z', 95.5, 'technician', 'accepted', NULL, 't'),"
+            " ('E7', '1.8.0', '2026-11-30T21:00:00Z', 999, 'customer', 'rejected', 'x', 't')"
+        )
+    rows = _rows(await _export(fleet))
+    e7 = rows["E7", "1.8.0"]
+    assert (e7["opening_method"], e7["opening_read"]) == ("customer", "40.000")
+    assert (e7["closing_method"], e7["closing_read"]) == ("manual", "95.500")
+    assert e7["consumption"] == "55.500"
