@@ -187,3 +187,17 @@ def test_policy_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         BillingPolicy(interpolation_window=timedelta(0))
     assert BillingPolicy().estimate_method is EstimateMethod.LAST_3_MONTHS
+
+
+def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.billing.settings import load_policy  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
+
+    monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "6")
+    monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "same_month_last_year")
+    policy = load_policy()
+    assert policy.interpolation_window == timedelta(hours=6)
+    assert policy.estimate_method is EstimateMethod.SAME_MONTH_LAST_YEAR
+    monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "guess")
+    with pytest.raises(ConfigError, match="GATEWAY_BILLING_ESTIMATE_METHOD"):
+        load_policy()
