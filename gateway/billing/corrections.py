@@ -18,7 +18,7 @@ from psycopg import AsyncConnection
 from gateway.billing.core import BillingPolicy, advance, to_decimal
 from gateway.billing.formats import CORRECTION_SCHEMA, CorrectionRow, FileFormat, encoder
 from gateway.billing.period import Period
-from gateway.billing.store import boundary_read
+from gateway.billing.store import boundary_read, period_bounds
 
 __all__ = ["correction_bytes", "correction_rows"]
 
@@ -79,9 +79,10 @@ async def correction_rows(
             for role, billed in (("closing", closed), ("opening", closed.next())):
                 if period is not None and billed != period:
                     continue
-                if billed.closing(tz) > now:
+                opening, closing = await period_bounds(conn, billed, tz)
+                if closing > now:
                     continue  # not billed yet: nothing to correct
-                other_at = billed.opening(tz) if role == "closing" else billed.closing(tz)
+                other_at = opening if role == "closing" else closing
                 other = await boundary_read(
                     conn, meter_id, channel, other_at, policy, estimate=False
                 )

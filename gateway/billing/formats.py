@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
 from datetime import datetime
 from decimal import Decimal
@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 __all__ = [
     "CORRECTION_SCHEMA",
     "EXPORT_SCHEMA",
+    "MEDIA_TYPES",
     "CorrectionRow",
     "ExportRow",
     "FileFormat",
@@ -208,14 +209,3 @@ def encoder(schema: pa.Schema, file_format: FileFormat) -> RowEncoder:
     if file_format not in MEDIA_TYPES:
         raise ValueError(f"unknown file format {file_format!r}")
     return RowEncoder(schema, file_format)
-
-
-def iter_encoded(
-    batches: Iterator[Sequence[Any]], schema: pa.Schema, file_format: FileFormat
-) -> Iterator[bytes]:
-    """Synchronous helper: the bytes of a whole file from an iterator of row batches."""
-    enc = encoder(schema, file_format)
-    for batch in batches:
-        if data := enc.encode(batch):
-            yield data
-    yield enc.finish()

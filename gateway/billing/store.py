@@ -8,7 +8,7 @@ function runs in the caller's connection and transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Final
 
 from psycopg import AsyncConnection
@@ -25,6 +25,7 @@ from gateway.billing.core import (
     resolve_boundary,
     shift_months,
 )
+from gateway.billing.period import Period
 
 __all__ = [
     "MAIN_REGISTER",
@@ -56,7 +57,8 @@ _PERSON: Final = (
 )
 _POINT: Final = {
     order: f"SELECT ts, value, method FROM (({_SMART.format(order=order)})"
-    f" UNION ALL ({_PERSON.format(order=order)})) u ORDER BY ts {order} LIMIT 1"
+    f" UNION ALL ({_PERSON.format(order=order)})) u"
+    f" ORDER BY ts {order}, method <> 'actual' LIMIT 1"  # on a tie telemetry wins
     for order in ("ASC", "DESC")
 }
 _FAR_PAST: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
@@ -232,6 +234,20 @@ async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: Bounda
         )
 
 
+async def period_bounds(
+    conn: AsyncConnection[Any], period: Period, time_zone: str
+) -> tuple[datetime, datetime]:
+    """The period's boundaries in ``time_zone``, computed as the export computes them."""
+    cur = await conn.execute(
+        "SELECT make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) AT TIME ZONE %(tz)s,"
+        " (make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) + interval '1 month') AT TIME ZONE %(tz)s",
+        {"y": period.year, "m": period.month, "tz": time_zone},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 async def boundary_read(
     conn: AsyncConnection[Any],
     meter_id: str,
@@ -275,7 +291,3 @@ async def covering_estimates(
             await supersede(conn, estimate_id, actual)
             count += 1
     return count
-
-
-def window_bounds(at: datetime, window: timedelta) -> tuple[datetime, datetime]:
-    return at - window, at + window

@@ -16,6 +16,9 @@ from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from gateway.billing.core import BillingPolicy, ReadSource
+from gateway.billing.corrections import correction_bytes
+from gateway.billing.export import export_bytes
+from gateway.billing.formats import MEDIA_TYPES
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.http.deps import ServicesDep
@@ -182,13 +185,10 @@ async def post_review(
     return _out(read)
 
 
-_MEDIA = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
-
-
 def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> StreamingResponse:
     return StreamingResponse(
         chunks,
-        media_type=_MEDIA[file_format],
+        media_type=MEDIA_TYPES[file_format],
         headers={"Content-Disposition": f'attachment; filename="{name}.{file_format}"'},
     )
 
@@ -196,7 +196,7 @@ def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> Stre
 @router.get(
     "/billing/export",
     response_class=StreamingResponse,
-    responses={200: {"content": {m: {} for m in _MEDIA.values()}}},
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
 )
 async def get_export(
     *,
@@ -208,8 +208,6 @@ async def get_export(
     format: Literal["csv", "parquet"] = "csv",
 ) -> StreamingResponse:
     """The billing export of ``period`` (docs/billing.md), streamed."""
-    from gateway.billing.export import export_bytes  # noqa: PLC0415 - pyarrow is heavy
-
     del principal
     billed = Period.parse(period)
 
@@ -226,7 +224,7 @@ async def get_export(
 @router.get(
     "/billing/corrections",
     response_class=StreamingResponse,
-    responses={200: {"content": {m: {} for m in _MEDIA.values()}}},
+    responses={200: {"content": {m: {} for m in MEDIA_TYPES.values()}}},
 )
 async def get_corrections(
     *,
@@ -237,8 +235,6 @@ async def get_corrections(
     format: Literal["csv", "parquet"] = "csv",
 ) -> StreamingResponse:
     """Superseded estimates: estimated vs actual consumption per billed period."""
-    from gateway.billing.corrections import correction_bytes  # noqa: PLC0415 - pyarrow
-
     del principal
     billed = Period.parse(period) if period else None
 
