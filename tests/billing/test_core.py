@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.billing.core import (
     BillingPolicy,
@@ -201,3 +203,26 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "guess")
     with pytest.raises(ConfigError, match="GATEWAY_BILLING_ESTIMATE_METHOD"):
         load_policy()
+
+
+registers = st.floats(min_value=0, max_value=89_999, allow_nan=False)
+uses = st.floats(min_value=0, max_value=5_000, allow_nan=False)
+
+
+@given(start=registers, first=uses, second=uses, fraction=st.floats(min_value=0, max_value=1))
+def test_consumption_splits_at_any_interpolated_boundary(
+    start: float, first: float, second: float, fraction: float
+) -> None:
+    """Consumption before plus after an interpolated boundary is the whole, across wraps."""
+    modulus = 100_000.0
+    start = modulus - 10_000 + start / 9  # near the top of a 5-digit register: may wrap
+    end = (start + first + second) % modulus
+    before, after = Point(at(-10), start), Point(at(10), end)
+    boundary = at(-10 + 20 * fraction)
+    value = interpolate(before, after, boundary, 0.1)
+    assert value is not None and 0 <= value < modulus
+    whole = advance(start, end, 0.1)
+    left, right = advance(start, value, 0.1), advance(value, end, 0.1)
+    assert whole is not None and left is not None and right is not None
+    assert left + right == pytest.approx(whole, abs=1e-6)
+    assert left == pytest.approx(whole * fraction, abs=1e-6)
