@@ -194,3 +194,8 @@ def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     assert bad.returncode == 2 and "not YYYY-MM" in bad.stderr
     missing = _cli(meters, "import", "reads", str(tmp_path / "absent.csv"))
     assert missing.returncode == 1 and "cannot open" in missing.stderr
+
+
+async def test_future_dated_file_read_is_held(meters: str) -> None:
+    text = "meter_id,read_at,value,source\nE1,2999-01-01T00:00:00Z,1200,meter_reader\n"
+    assert await _import(meters, text) == [(2, "rejected", "future_read")]
