@@ -31,7 +31,8 @@ router = APIRouter(tags=["billing"])
 _CLOCK_SKEW = timedelta(minutes=5)
 
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-PeriodText = Annotated[str, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$", examples=["2026-11"])]
+_PERIOD = r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$"
+PeriodText = Annotated[str, Query(pattern=_PERIOD, examples=["2026-11"])]
 Technician = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
@@ -230,7 +231,7 @@ async def get_corrections(
     *,
     svc: ServicesDep,
     principal: Operator,
-    period: Annotated[str | None, Query(pattern=r"^\d{4}-(0[1-9]|1[0-2])$")] = None,
+    period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
     format: Literal["csv", "parquet"] = "csv",
 ) -> StreamingResponse:

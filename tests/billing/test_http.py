@@ -126,7 +126,12 @@ async def test_export_download(seeded: str, gateway: GatewayHandle, auth_headers
         assert parquet.headers["content-type"] == "application/vnd.apache.parquet"
         table = pq.read_table(io.BytesIO(parquet.content))
         assert table.column("consumption").to_pylist() == [Decimal("12.500")]
-        for bad in ("period=2026-13", "period=2026-11&format=xlsx", "period=2026-11&utility=gas"):
+        for bad in (
+            "period=2026-13",
+            "period=0000-01",
+            "period=2026-11&format=xlsx",
+            "period=2026-11&utility=gas",
+        ):
             bad_response = await http.get(f"/billing/export?{bad}", headers=operator)
             assert bad_response.status_code == 422
         corrections = await http.get("/billing/corrections", headers=operator)
