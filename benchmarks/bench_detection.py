@@ -34,7 +34,6 @@ from pathlib import Path
 
 import gmqtt
 import psycopg
-from gateway.devservices import MosquittoProcess, free_port
 
 from benchmarks.bench_ingest import (
     BIN,
@@ -44,6 +43,7 @@ from benchmarks.bench_ingest import (
     json_messages,
     publish,
 )
+from gateway.dev.services import MosquittoProcess, free_port
 
 FILTERS = [
     "meters/+/telemetry",

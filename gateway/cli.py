@@ -1,5 +1,5 @@
 """The ``gateway`` command: ``run``, ``migrate``, ``demo``, ``settings``, ``principals``, ``keys``,
-``tariffs``, ``vendors``.
+``tariffs``, ``vendors``, ``detect-score``, ``export``, ``import``.
 
 Settings come from ``GATEWAY_*`` variables (see README); they are validated before anything
 connects, and a bad value stops the command with every problem listed.
@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.auth.cli import add_subcommands as add_access_subcommands
+from gateway.billing.cli import add_commands as add_billing_commands
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -158,6 +159,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         child.set_defaults(func=command.run)
     add_access_subcommands(sub)
     add_vending_commands(sub)
+    add_billing_commands(sub, run_async)
     return parser
 
 

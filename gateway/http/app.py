@@ -18,9 +18,11 @@ from fastapi import Depends, FastAPI, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from gateway.billing.settings import load_policy
 from gateway.http.admin import router as admin_router
 from gateway.http.alerts import router as alerts_router
 from gateway.http.auth_routes import router as auth_router
+from gateway.http.billing import router as billing_router
 from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.errors import install_error_handlers
@@ -82,6 +84,8 @@ def create_app(
     app.include_router(admin_router)
     install_vending(app, vending or VendingService(services.pool, NoDecoderKeys()))
     app.include_router(alerts_router)
+    app.include_router(billing_router)
+    app.state.billing_policy = load_policy()
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

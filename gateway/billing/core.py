@@ -1,0 +1,316 @@
+"""Pure billing arithmetic: boundary reads, rollovers, interpolation, estimates, read checks.
+
+Values in, values out; no I/O. Register values are floats because that is how they are stored
+(``reading_data.value`` is double precision); exported figures are rounded once, at the edge,
+to :data:`READ_QUANTUM` (see :func:`to_decimal`).
+
+Boundary read rules (docs/billing.md):
+
+1. a usable point exactly at the boundary: ``actual`` for meter telemetry, ``manual`` or
+   ``customer`` for a person's read;
+2. the nearest usable points on both sides within the interpolation window: ``interpolated``,
+   linear in time, across a register rollover when there is one;
+3. only a person's read on one side within the window: that read, as ``manual`` / ``customer``
+   (read-date billing: a meter reader's round is not at midnight);
+4. otherwise ``estimated`` from the meter's own average daily consumption, or ``unavailable``
+   when the meter has no history to estimate from.
+
+Rollovers: a register that falls from near the top of its digit range (within ``margin`` of
+the next power of ten) to near zero wrapped; any other fall is a rollback.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import ROUND_HALF_EVEN, Decimal
+from typing import Final
+
+__all__ = [
+    "READ_QUANTUM",
+    "BillingPolicy",
+    "BoundaryRead",
+    "EstimateMethod",
+    "Point",
+    "ReadMethod",
+    "ReadSource",
+    "Verdict",
+    "advance",
+    "classify_drops",
+    "daily_rate",
+    "estimate_value",
+    "interpolate",
+    "is_rollover",
+    "register_modulus",
+    "resolve_boundary",
+    "shift_months",
+    "to_decimal",
+    "validate_read",
+]
+
+READ_QUANTUM: Final = Decimal("0.001")
+"""Exported reads and consumption: 3 decimals (1 Wh of kWh, 1 litre of m3)."""
+
+_DAY_S: Final = 86400.0
+
+
+class ReadMethod(enum.StrEnum):
+    """How a boundary read was obtained."""
+
+    ACTUAL = "actual"
+    INTERPOLATED = "interpolated"
+    MANUAL = "manual"
+    CUSTOMER = "customer"
+    ESTIMATED = "estimated"
+    UNAVAILABLE = "unavailable"
+
+
+class ReadSource(enum.StrEnum):
+    """Who took a read that did not come from the meter's own telemetry."""
+
+    METER_READER = "meter_reader"
+    TECHNICIAN = "technician"
+    CUSTOMER = "customer"
+
+    @property
+    def method(self) -> ReadMethod:
+        return ReadMethod.CUSTOMER if self is ReadSource.CUSTOMER else ReadMethod.MANUAL
+
+
+class EstimateMethod(enum.StrEnum):
+    """Where an estimate's average daily consumption comes from."""
+
+    LAST_3_MONTHS = "last_3_months"
+    SAME_MONTH_LAST_YEAR = "same_month_last_year"
+
+
+@dataclass(frozen=True, slots=True)
+class BillingPolicy:
+    """Tunable billing rules; the defaults are the documented ones."""
+
+    interpolation_window: timedelta = timedelta(hours=24)
+    """Farthest an actual read may be from a boundary to take part in interpolating it."""
+    estimate_method: EstimateMethod = EstimateMethod.LAST_3_MONTHS
+    """Preferred estimate; the other one is used when the meter lacks the data for it."""
+    rollover_margin: float = 0.1
+    """A fall from the top ``margin`` of the register's range into its bottom ``margin``."""
+    min_rate_span: timedelta = timedelta(days=7)
+    """Shortest history an average daily consumption may be computed from."""
+
+    def __post_init__(self) -> None:
+        if self.interpolation_window <= timedelta(0):
+            raise ValueError("interpolation_window must be positive")
+        if not 0 < self.rollover_margin < 0.5:
+            raise ValueError("rollover_margin must be between 0 and 0.5")
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A usable register value: meter telemetry (``ACTUAL``) or a person's accepted read."""
+
+    ts: datetime
+    value: float
+    method: ReadMethod = ReadMethod.ACTUAL
+
+
+@dataclass(frozen=True, slots=True)
+class BoundaryRead:
+    """The register value taken for a period boundary, and how it was obtained."""
+
+    value: float | None
+    method: ReadMethod
+    estimate_method: EstimateMethod | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Outcome of checking a read against the meter's history."""
+
+    accepted: bool
+    reason: str | None = None
+    detail: str | None = None
+
+
+def shift_months(at: datetime, months: int) -> datetime:
+    """``at`` moved by whole calendar months, the day clamped to the target month's length."""
+    index = at.year * 12 + at.month - 1 + months
+    year, month = divmod(index, 12)
+    month += 1
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days = (31, 29 if leap else 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)[month - 1]
+    return at.replace(year=year, month=month, day=min(at.day, days))
+
+
+def to_decimal(value: float | None) -> Decimal | None:
+    """A register value or consumption as the exported Decimal (3 places, half-even)."""
+    if value is None:
+        return None
+    return Decimal(repr(value)).quantize(READ_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def register_modulus(value: float) -> float:
+    """The wrap value of a register showing ``value``: the next power of ten above it."""
+    if value < 10:
+        return 10.0
+    return float(10 ** math.ceil(math.log10(value + 1e-9)))
+
+
+def is_rollover(prev: float, value: float, margin: float) -> bool:
+    """Whether a fall from ``prev`` to ``value`` is a wrap past the register's maximum."""
+    if value >= prev:
+        return False
+    modulus = register_modulus(prev)
+    return prev >= modulus * (1.0 - margin) and value <= modulus * margin
+
+
+def advance(prev: float, value: float, margin: float) -> float | None:
+    """Consumption from ``prev`` to ``value``; ``None`` when the register went backwards."""
+    if value >= prev:
+        return value - prev
+    if is_rollover(prev, value, margin):
+        return register_modulus(prev) - prev + value
+    return None
+
+
+def interpolate(before: Point, after: Point, at: datetime, margin: float) -> float | None:
+    """The register at ``at``, linear between two points; ``None`` across a rollback."""
+    span = (after.ts - before.ts).total_seconds()
+    if span <= 0:
+        return before.value
+    used = advance(before.value, after.value, margin)
+    if used is None:
+        return None
+    value = before.value + used * (at - before.ts).total_seconds() / span
+    if after.value < before.value:  # wrapped in between: bring it back into range
+        modulus = register_modulus(before.value)
+        if value >= modulus:
+            value -= modulus
+    return value
+
+
+def _nearest(points: Iterable[Point | None], at: datetime) -> Point | None:
+    """The point closest to ``at``; on a tie the meter's own telemetry wins."""
+    best: Point | None = None
+    for point in points:
+        if point is None:
+            continue
+        if best is None:
+            best = point
+            continue
+        gap, best_gap = abs(point.ts - at), abs(best.ts - at)
+        if gap < best_gap or (
+            gap == best_gap
+            and point.method is ReadMethod.ACTUAL
+            and best.method is not ReadMethod.ACTUAL
+        ):
+            best = point
+    return best
+
+
+def resolve_boundary(
+    at: datetime,
+    before: Sequence[Point | None],
+    after: Sequence[Point | None],
+    policy: BillingPolicy,
+) -> BoundaryRead | None:
+    """Rules 1-3 of the module docstring; ``None`` means the boundary needs an estimate.
+
+    ``before`` holds candidates at or before ``at``, ``after`` candidates at or after it;
+    candidates farther than the interpolation window are ignored.
+    """
+    window = policy.interpolation_window
+    left = _nearest((p for p in before if p is not None and at - window <= p.ts <= at), at)
+    right = _nearest((p for p in after if p is not None and at <= p.ts <= at + window), at)
+    for point in (left, right):
+        if point is not None and point.ts == at:
+            exact = _nearest((p for p in (left, right) if p is not None and p.ts == at), at)
+            assert exact is not None
+            return BoundaryRead(exact.value, exact.method)
+    if left is not None and right is not None:
+        value = interpolate(left, right, at, policy.rollover_margin)
+        if value is not None:
+            return BoundaryRead(value, ReadMethod.INTERPOLATED)
+    for point in (left, right):
+        if point is not None and point.method is not ReadMethod.ACTUAL:
+            other = right if point is left else left
+            if other is None or other.method is not ReadMethod.ACTUAL:
+                return BoundaryRead(point.value, point.method)
+    return None
+
+
+def daily_rate(first: Point, last: Point, policy: BillingPolicy) -> float | None:
+    """Average consumption per day between two points, when the span is long enough."""
+    span = last.ts - first.ts
+    if span < policy.min_rate_span:
+        return None
+    used = advance(first.value, last.value, policy.rollover_margin)
+    if used is None:
+        return None
+    return used / (span.total_seconds() / _DAY_S)
+
+
+def estimate_value(at: datetime, basis: Point, rate: float) -> float:
+    """The register at ``at`` projected from ``basis`` at ``rate`` per day (never below 0)."""
+    days = (at - basis.ts).total_seconds() / _DAY_S
+    return max(0.0, basis.value + rate * days)
+
+
+def classify_drops(drops: Iterable[tuple[float, float]], margin: float) -> tuple[int, int]:
+    """Count the falls of a series (previous, next value) as (rollovers, rollbacks)."""
+    rollovers = rollbacks = 0
+    for prev, value in drops:
+        if is_rollover(prev, value, margin):
+            rollovers += 1
+        else:
+            rollbacks += 1
+    return rollovers, rollbacks
+
+
+def validate_read(
+    *,
+    ts: datetime,
+    value: float,
+    previous: Point | None,
+    following: Point | None,
+    max_per_day: float,
+    margin: float,
+    min_elapsed: timedelta = timedelta(hours=1),
+) -> Verdict:
+    """Check a read against the usable points before and after it.
+
+    Rejected: below the previous read unless it is a rollover (``below_previous_read``); above
+    the following read unless that one rolled over (``above_following_read``); more consumption
+    since the previous read than ``max_per_day`` allows over the elapsed time, counted as at
+    least ``min_elapsed`` (``implausible_consumption``).
+    """
+    if value < 0 or not math.isfinite(value):
+        return Verdict(False, "invalid_value", f"register value {value!r} is not a reading")
+    if previous is not None:
+        used = advance(previous.value, value, margin)
+        if used is None:
+            return Verdict(
+                False,
+                "below_previous_read",
+                f"{value:g} is below the read of {previous.value:g} at "
+                f"{previous.ts.isoformat()} and is not a register rollover",
+            )
+        elapsed = max(ts - previous.ts, min_elapsed)
+        limit = max_per_day * elapsed.total_seconds() / _DAY_S
+        if used > limit:
+            return Verdict(
+                False,
+                "implausible_consumption",
+                f"{used:g} since {previous.ts.isoformat()} exceeds the plausible "
+                f"{limit:g} ({max_per_day:g} per day)",
+            )
+    if following is not None and advance(value, following.value, margin) is None:
+        return Verdict(
+            False,
+            "above_following_read",
+            f"{value:g} is above the later read of {following.value:g} at "
+            f"{following.ts.isoformat()}",
+        )
+    return Verdict(True)

@@ -1,0 +1,278 @@
+"""The billing export: one row per meter register and period, streamed in meter order.
+
+One statement, read through a server-side cursor in batches, gives for each meter register
+the nearest usable telemetry and person's read on both sides of both boundaries (index probes
+on the keyed tables), the stored estimates at the boundaries, every fall of the register in
+the period (a window scan of the period's own series) and, when the detection feature's
+``alerts`` view exists, the rollback / stuck-register alerts overlapping the period. The pure
+core turns that into boundary reads and consumption. Boundaries that need an estimate are
+estimated and stored in the same transaction, so an export bills exactly what it stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+
+from gateway.billing.core import (
+    BillingPolicy,
+    BoundaryRead,
+    EstimateMethod,
+    Point,
+    ReadMethod,
+    advance,
+    classify_drops,
+    resolve_boundary,
+    to_decimal,
+)
+from gateway.billing.formats import EXPORT_SCHEMA, ExportRow, FileFormat, encoder
+from gateway.billing.period import Period
+from gateway.billing.store import (
+    REGISTERS,
+    UNITS,
+    StoredEstimate,
+    as_point,
+    make_estimate,
+    supersede,
+)
+
+__all__ = ["export_bytes", "export_rows"]
+
+BATCH_ROWS: Final = 5000
+
+_REGISTER_VALUES: Final = ", ".join(
+    f"('{utility}', '{name}', {'true' if i == 0 else 'false'})"
+    for utility, regs in REGISTERS.items()
+    for i, (name, _unit) in enumerate(regs)
+)
+
+
+def _probe(alias: str, table: str, side: str, at: str) -> str:
+    """Nearest usable point of one kind on one side of a boundary, within the window."""
+    order = "DESC" if side == "before" else "ASC"
+    lo, hi = (f"{at} - p.w", at) if side == "before" else (at, f"{at} + p.w")
+    if table == "smart":
+        source = (
+            "SELECT r.ts, r.value, 'actual'::text AS method FROM reading_data r"
+            " WHERE r.meter_id = m.meter_id AND r.channel = c.channel"
+            " AND r.quality <> 'estimated'"
+        )
+    else:
+        source = (
+            "SELECT r.ts, r.value, r.source AS method FROM billing_reads r"
+            " WHERE r.meter_id = m.meter_id AND r.channel = c.channel AND r.status = 'accepted'"
+        )
+    return (
+        f" LEFT JOIN LATERAL ({source} AND r.ts >= {lo} AND r.ts <= {hi}"
+        f" ORDER BY r.ts {order} LIMIT 1) {alias} ON true"
+    )
+
+
+def _query(*, alerts: bool, utility: bool) -> str:
+    probes = "".join(
+        _probe(f"{b}{k}{s}", table, side, f"m.{b}_at")
+        for b in ("open", "close")
+        for k, table in (("s", "smart"), ("p", "person"))
+        for s, side in (("b", "before"), ("a", "after"))
+    )
+    point_cols = ", ".join(
+        f"{b}{k}{s}.ts, {b}{k}{s}.value, {b}{k}{s}.method"
+        for b in ("open", "close")
+        for k in ("s", "p")
+        for s in ("b", "a")
+    )
+    estimates = "".join(
+        f" LEFT JOIN billing_estimates e{b} ON e{b}.meter_id = m.meter_id"
+        f" AND e{b}.channel = c.channel AND e{b}.boundary = m.{b}_at"
+        f" AND e{b}.superseded_at IS NULL"
+        for b in ("open", "close")
+    )
+    alert_join = (
+        " LEFT JOIN LATERAL (SELECT array_agg(DISTINCT a.kind::text) AS kinds FROM alerts a"
+        " WHERE a.meter_id = m.meter_id"
+        " AND a.kind IN ('register_rollback', 'stuck_register')"
+        " AND a.start < m.close_at AND coalesce(a.\"end\", 'infinity') > m.open_at"
+        " AND (a.evidence::jsonb ->> 'channel' IS NULL"
+        "      OR a.evidence::jsonb ->> 'channel' = c.channel)) al ON true"
+        if alerts
+        else " CROSS JOIN (SELECT NULL::text[] AS kinds) al"
+    )
+    return (
+        "WITH p AS (SELECT make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) AS start,"
+        " make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) + interval '1 month' AS stop,"
+        " %(window)s::interval AS w),"
+        " m AS (SELECT meters.meter_id, meters.utility, meters.time_zone,"
+        " p.start AT TIME ZONE meters.time_zone AS open_at,"
+        " p.stop AT TIME ZONE meters.time_zone AS close_at"
+        " FROM meters, p WHERE meters.utility IN ('electricity', 'water')"
+        + (" AND meters.utility = %(utility)s" if utility else "")
+        + ")"
+        " SELECT m.meter_id, m.utility, m.time_zone, c.channel, m.open_at, m.close_at, "
+        + point_cols
+        + ", eopen.id, eopen.value, eopen.method, eclose.id, eclose.value, eclose.method,"
+        " d.drop_from, d.drop_to, al.kinds"
+        f" FROM m CROSS JOIN p JOIN (VALUES {_REGISTER_VALUES}) AS c(utility, channel, main)"
+        " ON c.utility = m.utility"
+        + probes
+        + estimates
+        + " LEFT JOIN LATERAL (SELECT array_agg(s.prev ORDER BY s.ts) AS drop_from,"
+        " array_agg(s.value ORDER BY s.ts) AS drop_to FROM (SELECT r.ts, r.value,"
+        " lag(r.value) OVER (ORDER BY r.ts) AS prev FROM reading_data r"
+        " WHERE r.meter_id = m.meter_id AND r.channel = c.channel"
+        " AND r.quality <> 'estimated'"
+        " AND r.ts >= coalesce(opensb.ts, m.open_at) AND r.ts <= coalesce(closesa.ts, m.close_at)"
+        ") s WHERE s.value < s.prev) d ON true"
+        + alert_join
+        + " WHERE c.main OR opensb.ts IS NOT NULL OR opensa.ts IS NOT NULL"
+        " OR closesb.ts IS NOT NULL OR closesa.ts IS NOT NULL"
+        " OR openpb.ts IS NOT NULL OR openpa.ts IS NOT NULL"
+        " OR closepb.ts IS NOT NULL OR closepa.ts IS NOT NULL"
+        " ORDER BY m.meter_id, c.channel"
+    )
+
+
+def _points(row: tuple[Any, ...], start: int) -> list[Point | None]:
+    """Telemetry before, after, then person's read before, after one boundary."""
+    return [as_point(*row[start + 3 * i : start + 3 * i + 3]) for i in range(4)]
+
+
+def _stored(row: tuple[Any, ...], start: int) -> StoredEstimate | None:
+    if row[start] is None:
+        return None
+    return StoredEstimate(row[start], row[start + 1], EstimateMethod(row[start + 2]))
+
+
+async def _boundary(
+    conn: AsyncConnection[Any],
+    *,
+    meter_id: str,
+    channel: str,
+    at: datetime,
+    points: list[Point | None],
+    stored: StoredEstimate | None,
+    policy: BillingPolicy,
+) -> BoundaryRead:
+    smart_before, smart_after, person_before, person_after = points
+    read = resolve_boundary(at, [smart_before, person_before], [smart_after, person_after], policy)
+    if read is not None:
+        if stored is not None:
+            await supersede(conn, stored.id, read)
+        return read
+    if stored is not None:
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+    return await make_estimate(conn, meter_id, channel, at, policy)
+
+
+def _row(
+    period: Period,
+    raw: tuple[Any, ...],
+    opening: BoundaryRead,
+    closing: BoundaryRead,
+    policy: BillingPolicy,
+) -> ExportRow:
+    meter_id, utility, time_zone, channel, open_at, close_at = raw[:6]
+    drop_from, drop_to, alert_kinds = raw[-3:]
+    rollovers, rollbacks = classify_drops(
+        zip(drop_from or (), drop_to or (), strict=True), policy.rollover_margin
+    )
+    consumption: float | None = None
+    flags = set(alert_kinds or ())
+    if opening.value is not None and closing.value is not None:
+        consumption = advance(opening.value, closing.value, policy.rollover_margin)
+        if consumption is None:
+            rollbacks += 1
+        elif closing.value < opening.value:
+            rollovers = max(rollovers, 1)
+    if rollbacks:
+        flags.add("register_rollback")
+    if rollovers:
+        flags.add("register_rollover")
+    return ExportRow(
+        period=str(period),
+        meter_id=meter_id,
+        utility=utility,
+        register=channel,
+        unit=UNITS[channel],
+        time_zone=time_zone,
+        opening_at=open_at,
+        opening_read=to_decimal(opening.value),
+        opening_method=opening.method.value,
+        opening_estimate=opening.estimate_method.value if opening.estimate_method else None,
+        closing_at=close_at,
+        closing_read=to_decimal(closing.value),
+        closing_method=closing.method.value,
+        closing_estimate=closing.estimate_method.value if closing.estimate_method else None,
+        consumption=to_decimal(consumption),
+        flags=";".join(sorted(flags)),
+    )
+
+
+async def _has_alerts(conn: AsyncConnection[Any]) -> bool:
+    cur = await conn.execute("SELECT to_regclass('alerts') IS NOT NULL")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def export_rows(
+    conn: AsyncConnection[Any],
+    period: Period,
+    *,
+    utility: str | None = None,
+    policy: BillingPolicy | None = None,
+    batch_rows: int = BATCH_ROWS,
+) -> AsyncIterator[list[ExportRow]]:
+    """The export's rows in (meter, register) order, ``batch_rows`` at a time.
+
+    Runs in one transaction on ``conn``: the estimates it stores commit with the export's end.
+    """
+    policy = policy or BillingPolicy()
+    async with conn.transaction():
+        query = _query(alerts=await _has_alerts(conn), utility=utility is not None)
+        params = {
+            "year": period.year,
+            "month": period.month,
+            "window": policy.interpolation_window,
+            "utility": utility,
+        }
+        async with conn.cursor(name="billing_export") as cur:
+            await cur.execute(query, params)
+            while raws := await cur.fetchmany(batch_rows):
+                yield [await _compose(conn, period, raw, policy) for raw in raws]
+
+
+async def _compose(
+    conn: AsyncConnection[Any], period: Period, raw: tuple[Any, ...], policy: BillingPolicy
+) -> ExportRow:
+    meter_id, _utility, _tz, channel, open_at, close_at = raw[:6]
+    opening, closing = [
+        await _boundary(
+            conn,
+            meter_id=meter_id,
+            channel=channel,
+            at=at,
+            points=_points(raw, 6 + 12 * b),
+            stored=_stored(raw, 30 + 3 * b),
+            policy=policy,
+        )
+        for b, at in ((0, open_at), (1, close_at))
+    ]
+    return _row(period, raw, opening, closing, policy)
+
+
+async def export_bytes(
+    conn: AsyncConnection[Any],
+    period: Period,
+    *,
+    file_format: FileFormat,
+    utility: str | None = None,
+    policy: BillingPolicy | None = None,
+) -> AsyncIterator[bytes]:
+    """The export as a file, produced batch by batch."""
+    enc = encoder(EXPORT_SCHEMA, file_format)
+    async for batch in export_rows(conn, period, utility=utility, policy=policy):
+        if data := enc.encode(batch):
+            yield data
+    yield enc.finish()

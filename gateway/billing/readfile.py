@@ -1,0 +1,145 @@
+"""Meter readers' bulk read files: parsing (pure) and loading (one transaction per line).
+
+A file is UTF-8 CSV with a header line naming at least ``meter_id``, ``read_at``, ``value``
+and ``source``; ``register``, ``reader`` and ``photo_ref`` are optional, other columns are
+ignored. A line that cannot be parsed, names an unknown meter, or conflicts with a stored read
+is reported with its line number and reason, and the rest of the file still loads. Loading the
+same file again changes nothing: each line is the same read (meter, register, time, source).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+
+from gateway.billing.core import ReadSource
+from gateway.billing.errors import ReadConflictError, ReadFileError
+from gateway.billing.reads import ReadSubmission, submit_read
+from gateway.errors import NotFoundError
+
+__all__ = ["LineError", "LineResult", "import_reads", "parse_reads"]
+
+REQUIRED: Final = ("meter_id", "read_at", "value", "source")
+OPTIONAL: Final = ("register", "reader", "photo_ref")
+_TEXT_MAX: Final = 200
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    line: int
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class LineResult:
+    """What became of one line: ``accepted``, ``rejected``, ``unchanged`` or ``error``."""
+
+    line: int
+    outcome: str
+    reason: str | None = None
+    detail: str | None = None
+    read_id: int | None = None
+
+
+def _parse_line(
+    fields: dict[str, str | None], line: int, origin: str
+) -> ReadSubmission | LineError:
+    def text(name: str) -> str | None:
+        value = (fields.get(name) or "").strip()
+        return value or None
+
+    meter_id = text("meter_id")
+    if meter_id is None:
+        return LineError(line, "missing_field", "meter_id is empty")
+    read_at = text("read_at")
+    if read_at is None:
+        return LineError(line, "missing_field", "read_at is empty")
+    try:
+        ts = datetime.fromisoformat(read_at.replace("Z", "+00:00"))
+    except ValueError:
+        return LineError(line, "bad_time", f"read_at {read_at!r} is not an ISO 8601 time")
+    raw_value = text("value")
+    try:
+        value = Decimal(raw_value or "")
+    except InvalidOperation:
+        return LineError(line, "bad_value", f"value {raw_value!r} is not a number")
+    if not value.is_finite() or value < 0 or not math.isfinite(float(value)):
+        return LineError(line, "bad_value", f"value {raw_value!r} is not a register reading")
+    raw_source = text("source")
+    try:
+        source = ReadSource(raw_source or "")
+    except ValueError:
+        return LineError(
+            line,
+            "bad_source",
+            f"source {raw_source!r} is not one of {', '.join(s.value for s in ReadSource)}",
+        )
+    for name in ("meter_id", "register", "reader", "photo_ref"):
+        if len(text(name) or "") > _TEXT_MAX:
+            return LineError(line, "too_long", f"{name} is longer than {_TEXT_MAX} characters")
+    return ReadSubmission(
+        meter_id=meter_id,
+        ts=ts,
+        value=float(value),
+        source=source,
+        channel=text("register"),
+        reader=text("reader"),
+        photo_ref=text("photo_ref"),
+        origin=f"{origin}:{line}",
+    )
+
+
+def parse_reads(
+    lines: Iterable[str], *, origin: str
+) -> Iterator[tuple[int, ReadSubmission | LineError]]:
+    """Parse a read file lazily: (line number, read or error) per data line.
+
+    Raises :class:`ReadFileError` when the header lacks a required column.
+    """
+    reader = csv.DictReader(iter(lines))
+    header = reader.fieldnames or []
+    missing = [name for name in REQUIRED if name not in header]
+    if missing:
+        raise ReadFileError(f"read file header lacks column(s) {', '.join(missing)}")
+    try:
+        for fields in reader:
+            line = reader.line_num
+            if None in fields:
+                yield line, LineError(line, "extra_fields", "more fields than header columns")
+                continue
+            yield line, _parse_line(fields, line, origin)
+    except csv.Error as exc:
+        raise ReadFileError(f"line {reader.line_num}: {exc}") from exc
+
+
+async def import_reads(
+    conn: AsyncConnection[Any],
+    lines: Iterable[str],
+    *,
+    origin: str,
+    actor: str | None,
+) -> AsyncIterator[LineResult]:
+    """Load a read file line by line, yielding what became of each line."""
+    for line, parsed in parse_reads(lines, origin=origin):
+        if isinstance(parsed, LineError):
+            yield LineResult(line, "error", parsed.reason, parsed.detail)
+            continue
+        try:
+            result = await submit_read(conn, parsed, actor=actor)
+        except NotFoundError as exc:
+            yield LineResult(line, "error", "unknown_meter", str(exc))
+            continue
+        except ReadConflictError as exc:
+            yield LineResult(line, "error", "conflicting_read", str(exc))
+            continue
+        read = result.read
+        outcome = read.status if result.created else "unchanged"
+        yield LineResult(line, outcome, read.reason, read.detail, read.id)

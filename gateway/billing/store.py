@@ -1,0 +1,293 @@
+"""SQL of the billing feature: usable points, stored estimates, superseding them.
+
+A *usable point* is a register value billing may rely on: a telemetry reading of quality
+``measured`` or ``backfilled`` (never ``estimated``), or an accepted person's read. Every
+function runs in the caller's connection and transaction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from psycopg import AsyncConnection
+
+from gateway.billing.core import (
+    BillingPolicy,
+    BoundaryRead,
+    EstimateMethod,
+    Point,
+    ReadMethod,
+    ReadSource,
+    daily_rate,
+    estimate_value,
+    resolve_boundary,
+    shift_months,
+)
+from gateway.billing.period import Period
+
+__all__ = [
+    "MAIN_REGISTER",
+    "REGISTERS",
+    "StoredEstimate",
+    "boundary_read",
+    "current_estimate",
+    "point",
+    "supersede",
+]
+
+REGISTERS: Final = {
+    "electricity": (("1.8.0", "kWh"), ("2.8.0", "kWh")),
+    "water": (("24.2.1", "m3"), ("24.2.2", "m3")),
+}
+"""Billing registers by utility; the first is the main one, always exported."""
+MAIN_REGISTER: Final = {utility: regs[0][0] for utility, regs in REGISTERS.items()}
+UNITS: Final = {name: unit for regs in REGISTERS.values() for name, unit in regs}
+
+_SMART: Final = (
+    "SELECT ts, value, 'actual' AS method FROM reading_data"
+    " WHERE meter_id = %(m)s AND channel = %(c)s AND quality <> 'estimated'"
+    " AND ts >= %(lo)s AND ts <= %(hi)s ORDER BY ts {order} LIMIT 1"
+)
+_PERSON: Final = (
+    "SELECT ts, value, source AS method FROM billing_reads"
+    " WHERE meter_id = %(m)s AND channel = %(c)s AND status = 'accepted'"
+    " AND ts >= %(lo)s AND ts <= %(hi)s ORDER BY ts {order} LIMIT 1"
+)
+_POINT: Final = {
+    order: f"SELECT ts, value, method FROM (({_SMART.format(order=order)})"
+    f" UNION ALL ({_PERSON.format(order=order)})) u"
+    f" ORDER BY ts {order}, method <> 'actual' LIMIT 1"  # on a tie telemetry wins
+    for order in ("ASC", "DESC")
+}
+_FAR_PAST: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
+_FAR_FUTURE: Final = datetime.fromisoformat("9999-01-01T00:00:00+00:00")
+
+
+def as_point(ts: datetime | None, value: float | None, method: str | None) -> Point | None:
+    """A point from a row's (ts, value, method-or-source) columns."""
+    if ts is None or value is None or method is None:
+        return None
+    if method == "actual":
+        return Point(ts, value)
+    return Point(ts, value, ReadSource(method).method)
+
+
+async def point(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    channel: str,
+    *,
+    lo: datetime | None = None,
+    hi: datetime | None = None,
+    last: bool,
+    exclude_read: int | None = None,
+) -> Point | None:
+    """The earliest (``last=False``) or latest usable point within [lo, hi]."""
+    params = {
+        "m": meter_id,
+        "c": channel,
+        "lo": lo or _FAR_PAST,
+        "hi": hi or _FAR_FUTURE,
+    }
+    query = _POINT["DESC" if last else "ASC"]
+    if exclude_read is not None:
+        query = query.replace("status = 'accepted'", "status = 'accepted' AND id <> %(x)s")
+        params["x"] = exclude_read
+    cur = await conn.execute(query, params)
+    row = await cur.fetchone()
+    return None if row is None else as_point(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEstimate:
+    id: int
+    value: float
+    method: EstimateMethod
+
+
+async def current_estimate(
+    conn: AsyncConnection[Any], meter_id: str, channel: str, boundary: datetime
+) -> StoredEstimate | None:
+    cur = await conn.execute(
+        "SELECT id, value, method FROM billing_estimates WHERE meter_id = %s AND channel = %s"
+        " AND boundary = %s AND superseded_at IS NULL",
+        (meter_id, channel, boundary),
+    )
+    row = await cur.fetchone()
+    return None if row is None else StoredEstimate(row[0], row[1], EstimateMethod(row[2]))
+
+
+async def resolve_actual(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    channel: str,
+    at: datetime,
+    policy: BillingPolicy,
+) -> BoundaryRead | None:
+    """Rules 1-3 at one boundary from the stored points; ``None`` when it needs an estimate."""
+    window = policy.interpolation_window
+    before = await point(conn, meter_id, channel, lo=at - window, hi=at, last=True)
+    after = await point(conn, meter_id, channel, lo=at, hi=at + window, last=False)
+    # The nearest usable point of each kind matters (a person's read beside telemetry).
+    return resolve_boundary(at, [before], [after], policy)
+
+
+async def _rate(
+    conn: AsyncConnection[Any],
+    *,
+    meter_id: str,
+    channel: str,
+    at: datetime,
+    basis: Point,
+    method: EstimateMethod,
+    policy: BillingPolicy,
+) -> float | None:
+    if method is EstimateMethod.LAST_3_MONTHS:
+        first = await point(
+            conn, meter_id, channel, lo=shift_months(basis.ts, -3), hi=basis.ts, last=False
+        )
+        return None if first is None else daily_rate(first, basis, policy)
+    start, end = shift_months(at, -13), shift_months(at, -12)
+    first = await point(conn, meter_id, channel, lo=start, hi=end, last=False)
+    last = await point(conn, meter_id, channel, lo=start, hi=end, last=True)
+    if first is None or last is None:
+        return None
+    return daily_rate(first, last, policy)
+
+
+async def make_estimate(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    channel: str,
+    at: datetime,
+    policy: BillingPolicy,
+) -> BoundaryRead:
+    """Estimate the register at ``at``, store it (once) and return it.
+
+    The basis is the latest usable point before ``at`` (else the earliest after it); the rate
+    comes from the policy's method, or the other method when the meter lacks data for it.
+    The estimate is stored in ``billing_estimates`` and as an ``estimated`` reading.
+    """
+    stored = await current_estimate(conn, meter_id, channel, at)
+    if stored is not None:
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+    basis = await point(conn, meter_id, channel, hi=at, last=True)
+    if basis is None:
+        basis = await point(conn, meter_id, channel, lo=at, last=False)
+    if basis is None:
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
+    other = (
+        EstimateMethod.SAME_MONTH_LAST_YEAR
+        if policy.estimate_method is EstimateMethod.LAST_3_MONTHS
+        else EstimateMethod.LAST_3_MONTHS
+    )
+    for method in (policy.estimate_method, other):
+        rate = await _rate(
+            conn,
+            meter_id=meter_id,
+            channel=channel,
+            at=at,
+            basis=basis,
+            method=method,
+            policy=policy,
+        )
+        if rate is not None:
+            break
+    else:
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
+    value = estimate_value(at, basis, rate)
+    cur = await conn.execute(
+        "INSERT INTO billing_estimates (meter_id, channel, boundary, value, method, daily_rate,"
+        " basis_ts, basis_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT (meter_id, channel, boundary) WHERE superseded_at IS NULL DO NOTHING"
+        " RETURNING id",
+        (meter_id, channel, at, value, method.value, rate, basis.ts, basis.value),
+    )
+    if await cur.fetchone() is None:  # a concurrent export stored it first: bill that one
+        stored = await current_estimate(conn, meter_id, channel, at)
+        assert stored is not None
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+    await conn.execute(
+        "INSERT INTO reading_data (meter_id, channel, ts, value, quality)"
+        " VALUES (%s, %s, %s, %s, 'estimated') ON CONFLICT DO NOTHING",
+        (meter_id, channel, at, value),
+    )
+    return BoundaryRead(value, ReadMethod.ESTIMATED, method)
+
+
+async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: BoundaryRead) -> None:
+    """Mark an estimate superseded by ``actual`` and drop its ``estimated`` reading."""
+    cur = await conn.execute(
+        "UPDATE billing_estimates SET superseded_at = now(), actual_value = %s,"
+        " actual_method = %s WHERE id = %s AND superseded_at IS NULL"
+        " RETURNING meter_id, channel, boundary",
+        (actual.value, actual.method.value, estimate_id),
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        await conn.execute(
+            "DELETE FROM reading_data WHERE meter_id = %s AND channel = %s AND ts = %s"
+            " AND quality = 'estimated'",
+            row,
+        )
+
+
+async def period_bounds(
+    conn: AsyncConnection[Any], period: Period, time_zone: str
+) -> tuple[datetime, datetime]:
+    """The period's boundaries in ``time_zone``, computed as the export computes them."""
+    cur = await conn.execute(
+        "SELECT make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) AT TIME ZONE %(tz)s,"
+        " (make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) + interval '1 month') AT TIME ZONE %(tz)s",
+        {"y": period.year, "m": period.month, "tz": time_zone},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+async def boundary_read(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    channel: str,
+    at: datetime,
+    policy: BillingPolicy,
+    *,
+    estimate: bool,
+) -> BoundaryRead:
+    """The boundary read as billing sees it now; superseding a stored estimate if covered.
+
+    With ``estimate=False`` an uncovered boundary without a stored estimate is
+    ``unavailable`` instead of being estimated (reports must not create estimates).
+    """
+    actual = await resolve_actual(conn, meter_id, channel, at, policy)
+    stored = await current_estimate(conn, meter_id, channel, at)
+    if actual is not None:
+        if stored is not None:
+            await supersede(conn, stored.id, actual)
+        return actual
+    if stored is not None:
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+    if not estimate:
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
+    return await make_estimate(conn, meter_id, channel, at, policy)
+
+
+async def covering_estimates(
+    conn: AsyncConnection[Any], meter_id: str, channel: str, policy: BillingPolicy
+) -> int:
+    """Supersede every current estimate of a register that usable points now cover."""
+    cur = await conn.execute(
+        "SELECT id, boundary FROM billing_estimates WHERE meter_id = %s AND channel = %s"
+        " AND superseded_at IS NULL ORDER BY boundary",
+        (meter_id, channel),
+    )
+    count = 0
+    for estimate_id, at in await cur.fetchall():
+        actual = await resolve_actual(conn, meter_id, channel, at, policy)
+        if actual is not None:
+            await supersede(conn, estimate_id, actual)
+            count += 1
+    return count

@@ -1,0 +1,48 @@
+"""Building known fleets in a test database."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+
+ZA = "Africa/Johannesburg"  # UTC+2 all year: November 2026 opens 2026-10-31T22:00Z
+NOV_OPEN = datetime(2026, 10, 31, 22, tzinfo=UTC)
+NOV_CLOSE = datetime(2026, 11, 30, 22, tzinfo=UTC)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def add_meter(conn: psycopg.Connection, meter_id: str, utility: str, tz: str = ZA) -> None:
+    conn.execute(
+        "INSERT INTO meters (meter_id, utility, payment, verified, time_zone)"
+        " VALUES (%s, %s, 'postpaid', true, %s)",
+        (meter_id, utility, tz),
+    )
+
+
+def add_readings(
+    conn: psycopg.Connection,
+    meter_id: str,
+    channel: str,
+    points: Iterable[tuple[datetime, float]],
+) -> None:
+    with conn.cursor().copy(
+        "COPY reading_data (meter_id, channel, ts, value, quality) FROM STDIN"
+    ) as copy:
+        for ts, value in points:
+            copy.write_row((meter_id, channel, ts, value, "measured"))
+
+
+def series(
+    start: datetime, end: datetime, step: timedelta, first: float, per_hour: float
+) -> list[tuple[datetime, float]]:
+    out = []
+    ts = start
+    while ts <= end:
+        out.append((ts, first + per_hour * (ts - start).total_seconds() / 3600))
+        ts += step
+    return out

@@ -1,0 +1,228 @@
+"""The pure billing core on plain values, with hand-computed expectations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.billing.core import (
+    BillingPolicy,
+    BoundaryRead,
+    EstimateMethod,
+    Point,
+    ReadMethod,
+    advance,
+    classify_drops,
+    daily_rate,
+    estimate_value,
+    interpolate,
+    is_rollover,
+    register_modulus,
+    resolve_boundary,
+    shift_months,
+    to_decimal,
+    validate_read,
+)
+from gateway.billing.period import Period
+from protocols.errors import UsageError
+
+T0 = datetime(2026, 12, 1, tzinfo=UTC)
+POLICY = BillingPolicy()
+
+
+def at(hours: float) -> datetime:
+    return T0 + timedelta(hours=hours)
+
+
+def test_register_modulus_is_the_next_power_of_ten() -> None:
+    assert register_modulus(99_990.0) == 100_000.0
+    assert register_modulus(12_345.6) == 100_000.0
+    assert register_modulus(100_000.0) == 1_000_000.0
+    assert register_modulus(3.0) == 10.0
+
+
+def test_rollover_only_from_the_top_to_the_bottom_of_the_range() -> None:
+    assert is_rollover(99_990.0, 15.0, 0.1)
+    assert not is_rollover(50_000.0, 15.0, 0.1)  # a fall from mid-range is a rollback
+    assert not is_rollover(99_990.0, 50_000.0, 0.1)
+    assert advance(99_990.0, 15.0, 0.1) == pytest.approx(25.0)
+    assert advance(100.0, 130.5, 0.1) == pytest.approx(30.5)
+    assert advance(500.0, 400.0, 0.1) is None
+
+
+def test_interpolation_is_linear_in_time() -> None:
+    # 100 at 22:00 the day before, 112 at 04:00: 12 over 6 h, 2 h to midnight -> 104
+    value = interpolate(Point(at(-2), 100.0), Point(at(4), 112.0), T0, 0.1)
+    assert value == pytest.approx(104.0)
+
+
+def test_interpolation_across_a_wrap() -> None:
+    # 99 990 at 23:00, 30 at 02:00 (wrapped at 100 000): 40 over 3 h, 1 h to midnight
+    # -> 99 990 + 13.333 = 100 003.333, which the register shows as 3.333
+    value = interpolate(Point(at(-1), 99_990.0), Point(at(2), 30.0), T0, 0.1)
+    assert value == pytest.approx(3.333333, abs=1e-3)
+    before = interpolate(Point(at(-1), 99_990.0), Point(at(2), 30.0), at(-0.5), 0.1)
+    assert before == pytest.approx(99_996.666667, abs=1e-3)
+    # past the wrap the value is brought back into the register's range
+    later = interpolate(Point(at(-1), 99_990.0), Point(at(2), 30.0), at(1), 0.1)
+    assert later == pytest.approx(16.666667, abs=1e-3)
+
+
+def test_exact_reading_at_the_boundary_is_actual() -> None:
+    read = resolve_boundary(T0, [Point(T0, 50.0)], [Point(T0, 50.0)], POLICY)
+    assert read == BoundaryRead(50.0, ReadMethod.ACTUAL)
+
+
+def test_telemetry_wins_a_tie_with_a_person_read() -> None:
+    person = Point(T0, 49.0, ReadMethod.MANUAL)
+    read = resolve_boundary(T0, [person, Point(T0, 50.0)], [], POLICY)
+    assert read == BoundaryRead(50.0, ReadMethod.ACTUAL)
+
+
+def test_person_read_at_the_boundary_keeps_its_method() -> None:
+    read = resolve_boundary(T0, [Point(T0, 49.0, ReadMethod.CUSTOMER)], [], POLICY)
+    assert read == BoundaryRead(49.0, ReadMethod.CUSTOMER)
+
+
+def test_points_beyond_the_window_are_not_used() -> None:
+    far = Point(at(-25), 10.0)
+    near = Point(at(3), 13.0)
+    assert resolve_boundary(T0, [far], [near], POLICY) is None
+    wide = BillingPolicy(interpolation_window=timedelta(hours=30))
+    # 10 at -25 h, 13 at +3 h: 3 over 28 h, 25 h in -> 10 + 75/28
+    read = resolve_boundary(T0, [far], [near], wide)
+    assert read is not None and read.method is ReadMethod.INTERPOLATED
+    assert read.value == pytest.approx(10 + 75 / 28)
+
+
+def test_one_sided_person_read_is_taken_as_the_boundary_read() -> None:
+    read = resolve_boundary(T0, [], [Point(at(9), 321.5, ReadMethod.MANUAL)], POLICY)
+    assert read == BoundaryRead(321.5, ReadMethod.MANUAL)
+    # one-sided telemetry is not: that boundary is estimated
+    assert resolve_boundary(T0, [Point(at(-3), 300.0)], [], POLICY) is None
+
+
+def test_interpolation_refuses_a_rollback() -> None:
+    assert resolve_boundary(T0, [Point(at(-1), 500.0)], [Point(at(1), 400.0)], POLICY) is None
+
+
+def test_daily_rate_and_estimate() -> None:
+    first = Point(T0 - timedelta(days=90), 1000.0)
+    last = Point(T0 - timedelta(days=10), 1400.0)
+    rate = daily_rate(first, last, POLICY)
+    assert rate == pytest.approx(5.0)  # 400 over 80 days
+    assert estimate_value(T0, last, 5.0) == pytest.approx(1450.0)
+    assert daily_rate(last, Point(T0 - timedelta(days=8), 1410.0), POLICY) is None  # 2 days
+
+
+def test_drops_are_split_into_rollovers_and_rollbacks() -> None:
+    assert classify_drops([(99_999.0, 2.0), (500.0, 480.0), (700.0, 10.0)], 0.1) == (1, 2)
+
+
+def test_validate_read() -> None:
+    prev = Point(T0, 1000.0)
+    ok = validate_read(
+        ts=at(48), value=1020.0, previous=prev, following=None, max_per_day=50, margin=0.1
+    )
+    assert ok.accepted
+    low = validate_read(
+        ts=at(48), value=990.0, previous=prev, following=None, max_per_day=50, margin=0.1
+    )
+    assert (low.accepted, low.reason) == (False, "below_previous_read")
+    # 2 days at 50/day allow 100; 150 is implausible
+    high = validate_read(
+        ts=at(48), value=1150.0, previous=prev, following=None, max_per_day=50, margin=0.1
+    )
+    assert (high.accepted, high.reason) == (False, "implausible_consumption")
+    wrapped = validate_read(
+        ts=at(48),
+        value=5.0,
+        previous=Point(T0, 99_990.0),
+        following=None,
+        max_per_day=50,
+        margin=0.1,
+    )
+    assert wrapped.accepted
+    backdated = validate_read(
+        ts=at(-5),
+        value=1100.0,
+        previous=None,
+        following=prev,
+        max_per_day=50,
+        margin=0.1,
+    )
+    assert (backdated.accepted, backdated.reason) == (False, "above_following_read")
+
+
+def test_decimal_rounding_is_half_even_to_three_places() -> None:
+    assert to_decimal(104.0) == Decimal("104.000")
+    assert to_decimal(0.0005) == Decimal("0.000")
+    assert to_decimal(0.0015) == Decimal("0.002")
+    assert to_decimal(None) is None
+
+
+def test_shift_months_clamps_the_day() -> None:
+    assert shift_months(datetime(2026, 5, 31, tzinfo=UTC), -3) == datetime(2026, 2, 28, tzinfo=UTC)
+    assert shift_months(datetime(2026, 12, 1, tzinfo=UTC), -13) == datetime(2025, 11, 1, tzinfo=UTC)
+
+
+def test_period_boundaries_are_local_midnight() -> None:
+    period = Period.parse("2026-11")
+    assert period.opening("Africa/Johannesburg") == datetime(2026, 10, 31, 22, tzinfo=UTC)
+    assert period.closing("Africa/Johannesburg") == datetime(2026, 11, 30, 22, tzinfo=UTC)
+    # New York leaves DST on 1 November 2026 at 02:00: midnight is still EDT (UTC-4)
+    assert period.opening("America/New_York") == datetime(2026, 11, 1, 4, tzinfo=UTC)
+    assert period.closing("America/New_York") == datetime(2026, 12, 1, 5, tzinfo=UTC)
+    assert str(Period.parse("2026-12").next()) == "2027-01"
+    assert str(Period.parse("2026-01").previous()) == "2025-12"
+    assert Period.ending_at(datetime(2026, 11, 30, 22, tzinfo=UTC), "Africa/Johannesburg") == period
+    for bad in ("2026-13", "2026-1", "26-11", "2026-11-01"):
+        with pytest.raises(UsageError):
+            Period.parse(bad)
+
+
+def test_policy_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        BillingPolicy(interpolation_window=timedelta(0))
+    assert BillingPolicy().estimate_method is EstimateMethod.LAST_3_MONTHS
+
+
+def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.billing.settings import load_policy  # noqa: PLC0415
+    from gateway.errors import ConfigError  # noqa: PLC0415
+
+    monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "6")
+    monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "same_month_last_year")
+    policy = load_policy()
+    assert policy.interpolation_window == timedelta(hours=6)
+    assert policy.estimate_method is EstimateMethod.SAME_MONTH_LAST_YEAR
+    monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "guess")
+    with pytest.raises(ConfigError, match="GATEWAY_BILLING_ESTIMATE_METHOD"):
+        load_policy()
+
+
+registers = st.floats(min_value=0, max_value=89_999, allow_nan=False)
+uses = st.floats(min_value=0, max_value=5_000, allow_nan=False)
+
+
+@given(start=registers, first=uses, second=uses, fraction=st.floats(min_value=0, max_value=1))
+def test_consumption_splits_at_any_interpolated_boundary(
+    start: float, first: float, second: float, fraction: float
+) -> None:
+    """Consumption before plus after an interpolated boundary is the whole, across wraps."""
+    modulus = 100_000.0
+    start = modulus - 10_000 + start / 9  # near the top of a 5-digit register: may wrap
+    end = (start + first + second) % modulus
+    before, after = Point(at(-10), start), Point(at(10), end)
+    boundary = at(-10 + 20 * fraction)
+    value = interpolate(before, after, boundary, 0.1)
+    assert value is not None and 0 <= value < modulus
+    whole = advance(start, end, 0.1)
+    left, right = advance(start, value, 0.1), advance(value, end, 0.1)
+    assert whole is not None and left is not None and right is not None
+    assert left + right == pytest.approx(whole, abs=1e-6)
+    assert left == pytest.approx(whole * fraction, abs=1e-6)
