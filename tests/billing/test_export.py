@@ -186,21 +186,13 @@ async def test_parquet_is_streamed_in_row_groups(fleet: str) -> None:
 
 async def test_detection_alerts_flag_the_row(fleet: str) -> None:
     with psycopg.connect(fleet, autocommit=True) as conn:
-        # the detection feature's published view, as another branch defines it
+        # what the detection feature stores behind its `alerts` view
         conn.execute(
-            "CREATE TABLE detected (id bigint, meter_id text, kind text, state text,"
-            ' start timestamptz, "end" timestamptz, detected_at timestamptz, severity text,'
-            " evidence jsonb, acknowledged_by text, note text)"
-        )
-        conn.execute("CREATE VIEW alerts AS SELECT * FROM detected")
-        conn.execute(
-            "INSERT INTO detected VALUES"
-            " (1, 'E1', 'stuck_register', 'open', '2026-11-20', NULL, now(), 'warning',"
-            "  '{\"channel\": \"1.8.0\"}', NULL, NULL),"
-            " (2, 'E2', 'register_rollback', 'closed', '2026-10-01', '2026-10-02', now(),"
-            "  'critical', '{}', NULL, NULL),"  # ended before November: not this period
-            " (3, 'W1', 'leak_continuous', 'open', '2026-11-02', NULL, now(), 'warning',"
-            "  '{}', NULL, NULL)"
+            "INSERT INTO alert_data (meter_id, kind, severity, start_ts, end_ts, evidence) VALUES"
+            " ('E1', 'stuck_register', 'warning', '2026-11-20', NULL, '{\"channel\": \"1.8.0\"}'),"
+            # ended before November: not this period
+            " ('E2', 'register_rollback', 'critical', '2026-10-01', '2026-10-02', '{}'),"
+            " ('W1', 'leak', 'warning', '2026-11-02', NULL, '{}')"
         )
     rows = _rows(await _export(fleet))
     assert rows["E1", "1.8.0"]["flags"] == "stuck_register"
