@@ -19,7 +19,7 @@ from gateway.settings import Settings
 from protocols.topics import Topics
 from tests.plugins.gateway import MqttTestClient, db_scalar
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = pytest.mark.timeout(1800)
 
 DETECTED = (
     "leak",
