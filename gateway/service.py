@@ -1,9 +1,10 @@
 """The gateway service: builds its resources, runs its loops, shuts down cleanly.
 
-:func:`run_gateway` is the lifespan. It opens the database pool, connects the MQTT intake, starts
-the ingest flush loop and the HTTP server in one ``TaskGroup`` (each task named), and on the
-``stop`` event drains pending batches, disconnects and closes the pool, in that order, so that
-every message whose data was committed also gets its acknowledgement when possible.
+:func:`run_gateway` is the lifespan. It opens the database pool and runs the MQTT client, the
+intake, the ingest flush loop and the HTTP server in one ``TaskGroup`` (each task named). On the
+``stop`` event it stops the intake (no new message is taken), drains the pipeline so that every
+message taken is committed and acknowledged within the grace period, leaves the broker and
+closes the pool, in that order.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -22,12 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.http.app import create_app
 from gateway.http.deps import Services
-from gateway.ingest.consumer import decode_message
+from gateway.ingest.intake import MessageIntake
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
-from gateway.ingest.work import AckToken, Work
+from gateway.ingest.work import Work
 from gateway.ingest.writer import STAGING_DDL, BatchResult, write_batch
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttIntake, MqttOptions, Sink
+from gateway.mqtt import MqttClient, MqttOptions
 from gateway.settings import Settings
 from protocols.topics import TopicKind, Topics
 
@@ -90,54 +90,9 @@ async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
     await conn.commit()
 
 
-class _DeadLetterLog:
-    """Logs a device's bad messages once per reason and quiet period, not once per message.
-
-    Every dead letter is stored and counted regardless; this only keeps a broken or hostile
-    device from flooding the log.
-    """
-
-    QUIET_S = 300.0
-    MAX_KEYS = 10_000
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-
-    def __call__(self, topic: str, reason: str, detail: str) -> None:
-        now = time.monotonic()
-        key = (topic, reason)
-        if now - self._last.get(key, -self.QUIET_S) < self.QUIET_S:
-            return
-        if len(self._last) >= self.MAX_KEYS:
-            self._last.clear()
-        self._last[key] = now
-        log.warning(
-            "dead-lettered message: %s (further %r from this topic quiet for %.0f s)",
-            detail,
-            reason,
-            self.QUIET_S,
-            extra={"topic": topic[:200], "reason": reason},
-        )
-
-
-def _make_sink(topics: Topics, pipeline: IngestPipeline, metrics: Metrics) -> Sink:
-    """Per message: decode, keep any dead letter's reason, queue with its ack token."""
-    log_dead = _DeadLetterLog()
-
-    def sink(topic: str, payload: bytes, ack: AckToken | None) -> None:
-        work = decode_message(topics, topic, payload)
-        work.ack = ack
-        if work.dead is not None:
-            metrics.dead_letters.labels(reason=work.dead.reason).inc()
-            log_dead(topic, work.dead.reason, work.dead.detail)
-        pipeline.offer(work)
-
-    return sink
-
-
-def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
+def _build_client(settings: Settings, topics: Topics) -> MqttClient:
     creds = settings.mqtt_credentials
-    return MqttIntake(
+    return MqttClient(
         MqttOptions(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
@@ -148,13 +103,16 @@ def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
             password=creds[1] if creds else None,
             session_expiry_s=settings.mqtt_session_expiry_s,
             receive_maximum=settings.mqtt_receive_maximum,
-        ),
-        sink,
+        )
     )
 
 
 def _build_services(settings: Settings) -> Services:
-    """Pool (not yet open), pipeline and MQTT intake, wired together; nothing connects here."""
+    """Pool (not yet open), MQTT client, pipeline and intake, wired at construction.
+
+    Nothing connects here. The client is the pipeline's acknowledger and the intake's source;
+    the intake feeds the pipeline.
+    """
     metrics = Metrics()
     topics = Topics(settings.mqtt_topic_prefix)
     pool = AsyncConnectionPool(
@@ -172,6 +130,7 @@ def _build_services(settings: Settings) -> Services:
         async with pool.connection(timeout=5.0) as conn:
             return await write_batch(conn, batch)
 
+    client = _build_client(settings, topics)
     pipeline = IngestPipeline(
         write,
         PipelineLimits(
@@ -180,18 +139,20 @@ def _build_services(settings: Settings) -> Services:
             max_pending=settings.ingest_max_pending_rows,
         ),
         metrics,
+        acknowledger=client,
     )
-    intake = _build_intake(settings, topics, _make_sink(topics, pipeline, metrics))
-    pipeline.committed = lambda batch: intake.acknowledge(w.ack for w in batch if w.ack)
-    pipeline.over_limit = intake.pause
-    pipeline.under_limit = intake.resume
-    intake.resume_paused = lambda: pipeline.over
-    metrics.mqtt_connected.set_function(lambda: float(intake.connected.is_set()))
-    return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
+    intake = MessageIntake(client, topics, pipeline, metrics)
+    metrics.mqtt_connected.set_function(lambda: float(client.connected.is_set()))
+    return Services(pool=pool, mqtt=client, intake=intake, pipeline=pipeline, metrics=metrics)
 
 
 async def _drain(settings: Settings, services: Services, flush_task: asyncio.Task[None]) -> None:
-    """Commit what is pending (within the grace period), then leave the broker."""
+    """Commit and acknowledge what intake took (within the grace period), then leave the broker.
+
+    Intake has stopped before this: the set of work to drain is fixed, and at most what our
+    Receive Maximum let the broker send. What could not be committed in time stays
+    un-acknowledged, and the broker sends it again to the next session.
+    """
     pipeline = services.pipeline
     log.info("stopping: draining %d pending rows", pipeline.pending_rows)
     await pipeline.close()
@@ -204,7 +165,7 @@ async def _drain(settings: Settings, services: Services, flush_task: asyncio.Tas
             settings.shutdown_grace_s,
         )
         flush_task.cancel()
-    await services.intake.disconnect()
+    await services.mqtt.close()
 
 
 async def run_gateway(
@@ -235,10 +196,14 @@ async def run_gateway(
                 if settings.modbus_enabled
                 else None
             )
-            connect_task = tg.create_task(services.intake.connect(), name="mqtt-connect")
+            mqtt_task = tg.create_task(services.mqtt.run(), name="mqtt")
+            intake_task = tg.create_task(services.intake.run(), name="mqtt-intake")
+            subscribed = tg.create_task(services.mqtt.subscribed.wait(), name="mqtt-subscribed")
             stop_task = tg.create_task(stop.wait(), name="stop-signal")
-            await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if connect_task.done():
+            await asyncio.wait(
+                {subscribed, stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if subscribed.done():
                 port = sock.getsockname()[1] if sock is not None else None
                 log.info(
                     "gateway running", extra={"settings": settings.describe(), "http_port": port}
@@ -246,15 +211,19 @@ async def run_gateway(
                 if started is not None and not started.done():
                     started.set_result(GatewayHandle(services, port))
             else:
-                connect_task.cancel()
-            await stop_task
+                subscribed.cancel()
+            await asyncio.wait({stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED)
+            # Stop taking messages first, so that the drain has a fixed set of work to commit.
+            services.intake.stop()
+            await intake_task
             if modbus_task is not None:
                 await modbus_task  # its last polls go into the pipeline before it drains
             await _drain(settings, services, flush_task)
+            stop_task.cancel()
             if server is not None:
                 server.should_exit = True
     finally:
-        await services.intake.disconnect()
+        await services.mqtt.close()
         await services.pool.close()
         if sock is not None:
             sock.close()
