@@ -27,6 +27,7 @@ import ssl
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import stamina
 
@@ -92,8 +93,8 @@ class _Protocol(asyncio.Protocol):
         self.lost = asyncio.Event()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._client._on_data(self, data)
@@ -128,6 +129,7 @@ class MqttClient:
         self.subscribed = asyncio.Event()
         """Set once the broker granted every subscription of the current connection."""
         self.connections = 0
+        self._excess_logged = 0
         """Connections established so far (1 means no reconnect happened)."""
 
     @property
@@ -310,6 +312,14 @@ class MqttClient:
         for event in events:
             self._route(protocol, event)
         self._flush()
+        if self._session.receive_maximum_exceeded > self._excess_logged:
+            if self._excess_logged == 0:
+                log.warning(
+                    "the broker sends more un-acknowledged messages than our Receive Maximum"
+                    " (%d); counting them, logged once",
+                    self._options.receive_maximum,
+                )
+            self._excess_logged = self._session.receive_maximum_exceeded
 
     def _route(self, protocol: _Protocol, event: Event) -> None:
         match event:

@@ -8,7 +8,9 @@ package encodes and decodes the packets; this module decides what they mean for 
 * packet ids and the tables of messages in flight, in both directions (§4.3, §4.4): our own QoS
   1/2 publishes until PUBACK / PUBCOMP, resent with DUP after a reconnect to a session the
   broker kept (§4.4); inbound QoS 1/2 messages until the application acknowledges them, counted
-  against our Receive Maximum (§3.3.4) so that a broker exceeding it is a protocol error;
+  against our Receive Maximum (§3.3.4). A broker that sends more is counted, not disconnected
+  (Mosquitto 2.0.11 does, after a reconnect, and dropping the connection for it would only
+  bring the whole window back again);
 * the server's Receive Maximum for our publishes: beyond it, publishes wait in order;
 * the connection generation: every CONNECT starts a new one, and an acknowledgement carrying
   an older generation is dropped, because packet ids are reused by the next connection;
@@ -217,6 +219,8 @@ class Session:
         self._keepalive_s = float(config.keepalive_s)
         self._last_sent = 0.0
         self._ping_sent_at: float | None = None
+        self.receive_maximum_exceeded = 0
+        """Messages the broker sent beyond our Receive Maximum (§3.3.4), since the start."""
 
     # ------------------------------------------------------------------------- properties
 
@@ -393,7 +397,7 @@ class Session:
         if packet_id in self._unacked:
             return None  # a copy of a message the application already holds on this connection
         if self.inbound_unacknowledged >= self.config.receive_maximum:
-            raise MqttProtocolError("the broker exceeded our Receive Maximum (MQTT 5 §3.3.4)")
+            self.receive_maximum_exceeded += 1
         self._unacked[packet_id] = qos
         token = AckToken(self.generation, packet_id, qos)
         return MessageReceived(packet.topic, packet.payload, qos, packet.retain, token)

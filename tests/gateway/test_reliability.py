@@ -307,7 +307,7 @@ async def test_gateway_resubscribes_when_the_broker_lost_its_session(
         async with MqttTestClient(private_broker.url) as client:
             await client.publish_all(numbered_messages(topic_prefix, 0, 10))
         await wait_stored(database_url, 10)
-        intake = gw.services.intake
+        intake = gw.services.mqtt
         private_broker.stop()
         (private_broker.directory / "mosquitto.db").unlink()  # the broker forgets every session
         assert await wait_for_value(intake.subscribed.is_set, False) is False
