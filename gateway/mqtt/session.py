@@ -345,8 +345,12 @@ class Session:
                     raise MqttProtocolError(f"malformed packet from the broker: {exc}") from exc
                 if used != length:
                     raise MqttProtocolError("packet length disagrees with its Remaining Length")
+                header = view[pos]
                 pos += length
-                event = self._handle(packet, now)
+                if header >> 4 == 3:  # PUBLISH, the hot path: QoS and RETAIN from the header
+                    event = self._on_publish(packet, (header >> 1) & 3, bool(header & 1), now)  # type: ignore[arg-type]
+                else:
+                    event = self._handle(packet, now)
                 if event is not None:
                     events.append(event)
         finally:
@@ -354,8 +358,6 @@ class Session:
         return events
 
     def _handle(self, packet: mqtt5.Packet, now: float) -> Event | None:
-        if isinstance(packet, mqtt5.PublishPacket):  # the hot path first
-            return self._on_publish(packet, now)
         self._ping_sent_at = None  # any packet shows the broker alive
         match packet:
             case mqtt5.PubAckPacket():
@@ -374,33 +376,37 @@ class Session:
                 return self._on_suback(packet)
             case mqtt5.PingRespPacket():
                 return None
+            case mqtt5.PublishPacket():
+                return self._on_publish(packet, int(packet.qos), packet.retain, now)
             case mqtt5.DisconnectPacket():
                 self._stage = _Stage.CLOSED
                 return ServerDisconnected(int(packet.reason_code), packet.reason_code.name)
             case _:
                 raise MqttProtocolError(f"unexpected {type(packet).__name__} from the broker")
 
-    def _on_publish(self, packet: mqtt5.PublishPacket, now: float) -> Event | None:
+    def _on_publish(
+        self, packet: mqtt5.PublishPacket, qos: int, retain: bool, now: float
+    ) -> Event | None:
         self._ping_sent_at = None
         if self._stage is not _Stage.CONNECTED:
             raise MqttProtocolError("PUBLISH before CONNACK")
-        qos = int(packet.qos)
         if qos == 0:
-            return MessageReceived(packet.topic, packet.payload, 0, packet.retain, None)
+            return MessageReceived(packet.topic, packet.payload, 0, retain, None)
         packet_id = packet.packet_id
         if packet_id is None:
             raise MqttProtocolError("QoS 1/2 PUBLISH without a packet id")
-        if packet_id in self._released_wait:
+        unacked = self._unacked
+        if packet_id in unacked:
+            return None  # a copy of a message the application already holds on this connection
+        if qos == 2 and packet_id in self._released_wait:
             # QoS 2 resent before our PUBREC reached the broker: already delivered and stored.
             self._send(mqtt5.PubRecPacket(packet_id).write(), now)
             return None
-        if packet_id in self._unacked:
-            return None  # a copy of a message the application already holds on this connection
-        if self.inbound_unacknowledged >= self.config.receive_maximum:
+        if len(unacked) + len(self._released_wait) >= self.config.receive_maximum:
             self.receive_maximum_exceeded += 1
-        self._unacked[packet_id] = qos
+        unacked[packet_id] = qos
         token = AckToken(self.generation, packet_id, qos)
-        return MessageReceived(packet.topic, packet.payload, qos, packet.retain, token)
+        return MessageReceived(packet.topic, packet.payload, qos, retain, token)
 
     def acknowledge(self, tokens: Iterable[AckToken], now: float) -> int:
         """Queue PUBACK (QoS 1) / PUBREC (QoS 2) for committed messages; returns how many.
