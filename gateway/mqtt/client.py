@@ -63,6 +63,8 @@ class MqttOptions:
     client_id: str
     filters: Sequence[str]
     tls: bool = False
+    ssl_context: ssl.SSLContext | None = None
+    """With ``tls``: the context to use (default: the system's trusted CAs, hostname checked)."""
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     session_expiry_s: int = 7 * 86400
@@ -243,7 +245,7 @@ class MqttClient:
     async def _connect_once(self) -> _Protocol:
         opts = self._options
         loop = asyncio.get_running_loop()
-        context = ssl.create_default_context() if opts.tls else None
+        context = (opts.ssl_context or ssl.create_default_context()) if opts.tls else None
         protocol: _Protocol | None = None
         try:
             async with asyncio.timeout(opts.connect_timeout_s):
