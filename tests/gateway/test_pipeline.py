@@ -1,4 +1,4 @@
-"""Batching, isolation of refused messages, retry and backpressure of the ingest pipeline.
+"""The ingest pipeline (batching, refused messages, retry, backpressure) and the intake.
 
 The writer here is an in-memory stand-in: these tests are about the pipeline's own logic
 (storage itself is tested against PostgreSQL in test_ingest_e2e and test_reliability).
@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from gateway.ingest.intake import DeadLetterLog
+from gateway.ingest.intake import DeadLetterLog, MessageIntake
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
 from gateway.ingest.work import AckToken, Work
 from gateway.ingest.writer import BatchResult
 from gateway.metrics import Metrics
+from gateway.mqtt import MessageReceived
 from protocols.telemetry import Reading
+from protocols.topics import Topics
 
 TS = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -178,3 +180,69 @@ async def test_a_batch_being_retried_still_counts_as_pending() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+class FakeSource:
+    """Stands in for the MQTT client: hands out what was put in, in batches."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[list[MessageReceived]] = asyncio.Queue()
+
+    def put(self, *numbers: int) -> None:
+        telemetry = b'{"ts": "2026-11-01T00:00:00Z", "values": {"1.8.0": 1}}'
+        self.queue.put_nowait(
+            [
+                MessageReceived(f"meters/M{n}/telemetry", telemetry, 1, False, AckToken(1, n, 1))
+                for n in numbers
+            ]
+        )
+
+    async def receive(self) -> list[MessageReceived]:
+        return await self.queue.get()
+
+
+async def test_intake_stops_taking_messages_at_once_when_told() -> None:
+    source, writer = FakeSource(), FakeWriter()
+    pipeline = IngestPipeline(writer, PipelineLimits(max_age_s=5), Metrics())
+    intake = MessageIntake(source, Topics(""), pipeline, Metrics())
+    task = asyncio.create_task(intake.run())
+    source.put(1, 2, 3)
+    await asyncio.sleep(0.05)
+    intake.stop()
+    await asyncio.wait_for(task, 5)
+    source.put(4, 5)
+    await asyncio.sleep(0.05)
+    assert intake.taken == 3 and pipeline.pending_rows == 3 * 2
+    assert source.queue.qsize() == 1  # left with the client, to be redelivered
+
+
+async def test_intake_waits_for_room_in_the_pipeline_and_leaves_the_rest_with_the_client() -> None:
+    source, writer = FakeSource(), FakeWriter()
+    writer.down = 10**6
+    limits = PipelineLimits(max_rows=1000, max_pending=1000, max_age_s=5)
+    pipeline = IngestPipeline(writer, limits, Metrics())
+    intake = MessageIntake(source, Topics(""), pipeline, Metrics())
+    task = asyncio.create_task(intake.run())
+    source.put(*range(1, 1001))  # 2 rows each: 2000 rows offered at most if unchecked
+    await asyncio.sleep(0.1)
+    assert pipeline.over and intake.taken == 501  # just past 1000 rows, then it waits
+    intake.stop()
+    await asyncio.wait_for(task, 5)  # stopping does not wait for the database
+    assert intake.taken == 501
+
+
+async def test_intake_decodes_in_the_ingest_package_and_dead_letters_bad_messages() -> None:
+    source, writer = FakeSource(), FakeWriter()
+    pipeline = IngestPipeline(writer, PipelineLimits(max_age_s=5), Metrics())
+    metrics = Metrics()
+    intake = MessageIntake(source, Topics(""), pipeline, metrics)
+    task = asyncio.create_task(intake.run())
+    source.queue.put_nowait(
+        [MessageReceived("meters/M1/telemetry", b"not json", 1, False, AckToken(1, 9, 1))]
+    )
+    await asyncio.sleep(0.05)
+    intake.stop()
+    await asyncio.wait_for(task, 5)
+    [work] = list(pipeline._pending)
+    assert work.dead is not None and work.ack == AckToken(1, 9, 1)
+    assert metrics.dead_letters.labels(reason=work.dead.reason)._value.get() == 1
