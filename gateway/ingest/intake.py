@@ -22,7 +22,7 @@ from typing import Protocol, TypeVar
 
 from gateway.ingest.consumer import decode_message
 from gateway.ingest.pipeline import IngestPipeline
-from gateway.ingest.work import AckToken
+from gateway.ingest.work import AckToken, DeadLetter, Work
 from gateway.metrics import Metrics
 from protocols.topics import Topics
 
@@ -128,7 +128,16 @@ class MessageIntake:
         return None
 
     def _take(self, message: ReceivedMessage) -> None:
-        work = decode_message(self._topics, message.topic, message.payload)
+        try:
+            work = decode_message(self._topics, message.topic, message.payload)
+        except Exception as exc:  # a decoder bug must cost one message, never the intake
+            work = Work(
+                topic=message.topic,
+                payload=message.payload,
+                dead=DeadLetter(
+                    message.topic, message.payload, "internal_error", type(exc).__name__
+                ),
+            )
         work.ack = message.ack
         if work.dead is not None:
             self._metrics.dead_letters.labels(reason=work.dead.reason).inc()

@@ -216,7 +216,7 @@ class MqttClient:
         while not self._closing:
             failures = 0
             async for attempt in stamina.retry_context(
-                on=_retryable,
+                on=lambda exc: not self._closing and _retryable(exc),
                 attempts=None,
                 timeout=None,
                 wait_initial=opts.reconnect_initial_s,
@@ -227,6 +227,8 @@ class MqttClient:
                     try:
                         protocol = await self._connect_once()
                     except Exception as exc:
+                        if self._closing:
+                            return  # closed while connecting: nothing to retry
                         if failures == 0:
                             log.warning(
                                 "MQTT broker %s:%s unavailable (%s); retrying with back-off",

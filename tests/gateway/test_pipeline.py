@@ -246,3 +246,23 @@ async def test_intake_decodes_in_the_ingest_package_and_dead_letters_bad_message
     [work] = list(pipeline._pending)
     assert work.dead is not None and work.ack == AckToken(1, 9, 1)
     assert metrics.dead_letters.labels(reason=work.dead.reason)._value.get() == 1
+
+
+async def test_a_message_the_decoder_chokes_on_becomes_a_dead_letter_not_a_dead_intake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def choke(*args: object, **kwargs: object) -> Work:
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr("gateway.ingest.intake.decode_message", choke)
+    source, writer = FakeSource(), FakeWriter()
+    pipeline = IngestPipeline(writer, PipelineLimits(max_age_s=5), Metrics())
+    intake = MessageIntake(source, Topics(""), pipeline, Metrics())
+    task = asyncio.create_task(intake.run())
+    source.put(1, 2)
+    await asyncio.sleep(0.05)
+    assert not task.done()  # still taking messages
+    intake.stop()
+    await asyncio.wait_for(task, 5)
+    dead = [w.dead for w in pipeline._pending]
+    assert [(d.reason, d.detail) for d in dead if d] == [("internal_error", "OverflowError")] * 2
