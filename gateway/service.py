@@ -169,6 +169,62 @@ async def _drain(settings: Settings, services: Services, flush_task: asyncio.Tas
     await services.mqtt.close()
 
 
+async def _run_tasks(
+    settings: Settings,
+    services: Services,
+    stop: asyncio.Event,
+    *,
+    started: asyncio.Future[GatewayHandle] | None,
+    server: _Server | None,
+    sock: socket.socket | None,
+) -> None:
+    """The service's loops in one TaskGroup; on ``stop``: intake, modbus, drain, HTTP, in order."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
+            if server is not None and sock is not None:
+                tg.create_task(server.serve(sockets=[sock]), name="http")
+            modbus_task = (
+                tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
+                if settings.modbus_enabled
+                else None
+            )
+            mqtt_task = tg.create_task(services.mqtt.run(), name="mqtt")
+            intake_task = tg.create_task(services.intake.run(), name="mqtt-intake")
+            subscribed = tg.create_task(services.mqtt.subscribed.wait(), name="mqtt-subscribed")
+            stop_task = tg.create_task(stop.wait(), name="stop-signal")
+            await asyncio.wait(
+                {subscribed, stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if subscribed.done():
+                port = sock.getsockname()[1] if sock is not None else None
+                log.info(
+                    "gateway running",
+                    extra={"settings": settings.describe(), "http_port": port},
+                )
+                if started is not None and not started.done():
+                    started.set_result(GatewayHandle(services, port))
+            else:
+                subscribed.cancel()
+            await asyncio.wait({stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED)
+            # Stop taking messages first, so that the drain has a fixed set of work to commit.
+            services.intake.stop()
+            await intake_task
+            if modbus_task is not None:
+                await modbus_task  # its last polls go into the pipeline before it drains
+            await _drain(settings, services, flush_task)
+            stop_task.cancel()
+            if server is not None:
+                server.should_exit = True
+    except BaseExceptionGroup as group:
+        # A task failed for good (the broker refused our credentials …): report that error
+        # itself, as the CLI reports any GatewayError, rather than the group around it.
+        failed = [e for e in group.exceptions if isinstance(e, GatewayError)]
+        if failed:
+            raise failed[0] from group
+        raise
+
+
 async def run_gateway(
     settings: Settings,
     stop: asyncio.Event,
@@ -188,50 +244,7 @@ async def run_gateway(
             sock = socket.create_server((settings.http_host, settings.http_port))
             config = uvicorn.Config(create_app(services), log_config=None, lifespan="off")
             server = _Server(config)
-        try:
-            async with asyncio.TaskGroup() as tg:
-                flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
-                if server is not None and sock is not None:
-                    tg.create_task(server.serve(sockets=[sock]), name="http")
-                modbus_task = (
-                    tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
-                    if settings.modbus_enabled
-                    else None
-                )
-                mqtt_task = tg.create_task(services.mqtt.run(), name="mqtt")
-                intake_task = tg.create_task(services.intake.run(), name="mqtt-intake")
-                subscribed = tg.create_task(services.mqtt.subscribed.wait(), name="mqtt-subscribed")
-                stop_task = tg.create_task(stop.wait(), name="stop-signal")
-                await asyncio.wait(
-                    {subscribed, stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if subscribed.done():
-                    port = sock.getsockname()[1] if sock is not None else None
-                    log.info(
-                        "gateway running",
-                        extra={"settings": settings.describe(), "http_port": port},
-                    )
-                    if started is not None and not started.done():
-                        started.set_result(GatewayHandle(services, port))
-                else:
-                    subscribed.cancel()
-                await asyncio.wait({stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED)
-                # Stop taking messages first, so that the drain has a fixed set of work to commit.
-                services.intake.stop()
-                await intake_task
-                if modbus_task is not None:
-                    await modbus_task  # its last polls go into the pipeline before it drains
-                await _drain(settings, services, flush_task)
-                stop_task.cancel()
-                if server is not None:
-                    server.should_exit = True
-        except BaseExceptionGroup as group:
-            # A task failed for good (the broker refused our credentials …): report that error
-            # itself, as the CLI reports any GatewayError, rather than the group around it.
-            failed = [e for e in group.exceptions if isinstance(e, GatewayError)]
-            if failed:
-                raise failed[0] from group
-            raise
+        await _run_tasks(settings, services, stop, started=started, server=server, sock=sock)
     finally:
         await services.mqtt.close()
         await services.pool.close()
