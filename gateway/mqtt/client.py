@@ -132,6 +132,7 @@ class MqttClient:
         """Set once the broker granted every subscription of the current connection."""
         self.connections = 0
         self._excess_logged = 0
+        self._reuse_logged = False
         """Connections established so far (1 means no reconnect happened)."""
 
     @property
@@ -324,6 +325,12 @@ class MqttClient:
                     self._options.receive_maximum,
                 )
             self._excess_logged = self._session.receive_maximum_exceeded
+        if self._session.packet_ids_reused and not self._reuse_logged:
+            self._reuse_logged = True
+            log.warning(
+                "the broker reuses packet ids of messages not yet acknowledged; their"
+                " acknowledgements wait until every message under the id is committed"
+            )
 
     def _route(self, protocol: _Protocol, event: Event) -> None:
         match event:

@@ -208,6 +208,8 @@ class Session:
         # QoS 2 messages acknowledged with PUBREC whose PUBREL has not come (session state).
         self._unacked: dict[int, int] = {}
         self._released_wait: set[int] = set()
+        # QoS 1 ids the broker reused before our PUBACK: id -> [deliveries, committed].
+        self._reused: dict[int, list[int]] = {}
         # Outbound publishes: in order of submission; those with a packet id are in flight.
         self._outbound: dict[int, _Outbound] = {}
         self._by_packet_id: dict[int, _Outbound] = {}
@@ -221,6 +223,8 @@ class Session:
         self._ping_sent_at: float | None = None
         self.receive_maximum_exceeded = 0
         """Messages the broker sent beyond our Receive Maximum (§3.3.4), since the start."""
+        self.packet_ids_reused = 0
+        """QoS 1 messages that arrived under an id we had not yet acknowledged."""
 
     # ------------------------------------------------------------------------- properties
 
@@ -231,7 +235,8 @@ class Session:
     @property
     def inbound_unacknowledged(self) -> int:
         """Inbound QoS 1/2 messages counted against our Receive Maximum."""
-        return len(self._unacked) + len(self._released_wait)
+        extra = sum(deliveries - 1 for deliveries, _ in self._reused.values())
+        return len(self._unacked) + len(self._released_wait) + extra
 
     @property
     def outbound_in_flight(self) -> int:
@@ -252,6 +257,7 @@ class Session:
         self._partial.clear()
         self._partial_len, self._need = 0, None
         self._unacked.clear()  # un-acknowledged messages come again on the new connection
+        self._reused.clear()
         self._ping_sent_at = None
         self._subscribe_id = None
         cfg = self.config
@@ -272,6 +278,7 @@ class Session:
         """The network connection ended; a later :meth:`connect` resumes the session."""
         self._stage = _Stage.CLOSED
         self._unacked.clear()
+        self._reused.clear()
         self._out.clear()
         self._ping_sent_at = None
 
@@ -396,15 +403,24 @@ class Session:
         if packet_id is None:
             raise MqttProtocolError("QoS 1/2 PUBLISH without a packet id")
         unacked = self._unacked
-        if packet_id in unacked:
-            return None  # a copy of a message the application already holds on this connection
         if qos == 2 and packet_id in self._released_wait:
             # QoS 2 resent before our PUBREC reached the broker: already delivered and stored.
             self._send(mqtt5.PubRecPacket(packet_id).write(), now)
             return None
         if len(unacked) + len(self._released_wait) >= self.config.receive_maximum:
             self.receive_maximum_exceeded += 1
-        unacked[packet_id] = qos
+        held = unacked.get(packet_id)
+        if held is not None:
+            if held == 2 or qos == 2:
+                return None  # a QoS 2 resend: delivered once, whatever the DUP flag says
+            # A QoS 1 id reused before our PUBACK: a broker sending beyond our Receive Maximum
+            # wraps its ids (Mosquitto 2.0.11 does). It is another message (§4.3.2); since a
+            # PUBACK for this id could then release either, none goes out until every message
+            # delivered under it is committed.
+            self.packet_ids_reused += 1
+            self._reused.setdefault(packet_id, [1, 0])[0] += 1
+        else:
+            unacked[packet_id] = qos
         token = AckToken(self.generation, packet_id, qos)
         return MessageReceived(packet.topic, packet.payload, qos, retain, token)
 
@@ -420,14 +436,26 @@ class Session:
         generation, unacked, sent = self.generation, self._unacked, 0
         out = self._out
         for token in tokens:
-            if token.connection != generation or unacked.pop(token.mid, None) is None:
+            mid = token.mid
+            if token.connection != generation or mid not in unacked:
                 continue
-            if token.qos == 1:
-                out.append(mqtt5.PubAckPacket(token.mid).write())
-            else:
-                out.append(mqtt5.PubRecPacket(token.mid).write())
-                self._released_wait.add(token.mid)
-            sent += 1
+            if token.qos == 2:
+                del unacked[mid]
+                out.append(mqtt5.PubRecPacket(mid).write())
+                self._released_wait.add(mid)
+                sent += 1
+                continue
+            reused = self._reused.get(mid)
+            if reused is None:
+                del unacked[mid]
+                out.append(mqtt5.PubAckPacket(mid).write())
+                sent += 1
+                continue
+            reused[1] += 1
+            if reused[1] >= reused[0]:  # every message under this id is committed
+                del unacked[mid], self._reused[mid]
+                out.extend([mqtt5.PubAckPacket(mid).write()] * reused[0])
+                sent += reused[0]
         if sent:
             self._last_sent = now
         return sent

@@ -175,6 +175,22 @@ def test_a_broker_exceeding_our_receive_maximum_is_counted_and_still_delivered()
     assert session.receive_maximum_exceeded == 1 and session.inbound_unacknowledged == 3
 
 
+def test_a_qos1_id_reused_before_our_puback_is_another_message_acknowledged_after_both() -> None:
+    """A broker beyond our Receive Maximum wraps its packet ids (seen with Mosquitto 2.0.11)."""
+    session = connected()
+    [first] = session.receive_data(publish("meters/A/telemetry", 5), 1.0)
+    [second] = session.receive_data(publish("meters/B/telemetry", 5), 1.0)
+    assert isinstance(first, MessageReceived) and isinstance(second, MessageReceived)
+    assert (first.topic, second.topic) == ("meters/A/telemetry", "meters/B/telemetry")
+    assert first.ack is not None and second.ack is not None
+    assert session.packet_ids_reused == 1
+    # A PUBACK for id 5 could release either at the broker: none until both are committed.
+    assert session.acknowledge([first.ack], 2.0) == 0 and sent(session) == []
+    assert session.acknowledge([second.ack], 2.0) == 2
+    assert [(type(p), p.packet_id) for p in sent(session)] == [(mqtt5.PubAckPacket, 5)] * 2  # type: ignore[union-attr]
+    assert session.inbound_unacknowledged == 0
+
+
 def test_qos2_inbound_exactly_once() -> None:
     session = connected()
     [message] = session.receive_data(publish("t", 9, Q2), 1.0)

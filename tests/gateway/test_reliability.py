@@ -106,6 +106,8 @@ async def start_gateway_process(env: dict[str, str], log: Path) -> subprocess.Po
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
+    proc.kill()  # never leave it running behind a failed test
+    proc.wait(10)
     raise AssertionError("gateway did not become ready")
 
 
