@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -302,24 +302,28 @@ async def main() -> None:
         results["ceiling_rows_per_s"] = ceiling(args.readings)
         results["bare_client_msgs_per_s"] = await bare_client(broker.port, args.single)
         results["bare_gmqtt_msgs_per_s"] = await bare_gmqtt(broker.port, args.single)
-        for name, binary in builds.items():
-            results[f"{name}batched_json_readings_per_s"] = await gateway_run(
-                broker,
-                json_messages(args.readings, args.per_message, args.meters),
+        workloads: list[tuple[str, Callable[[], Iterator[tuple[str, bytes]]], int]] = [
+            (
+                "batched_json_readings_per_s",
+                lambda: json_messages(args.readings, args.per_message, args.meters),
                 args.readings,
-                work,
-                binary,
-            )
-            results[f"{name}batched_binary_readings_per_s"] = await gateway_run(
-                broker,
-                binary_messages(args.readings, args.per_message, args.meters),
+            ),
+            (
+                "batched_binary_readings_per_s",
+                lambda: binary_messages(args.readings, args.per_message, args.meters),
                 args.readings,
-                work,
-                binary,
-            )
-            results[f"{name}single_json_msgs_per_s"] = await gateway_run(
-                broker, json_messages(args.single, 1, args.meters), args.single, work, binary
-            )
+            ),
+            (
+                "single_json_msgs_per_s",
+                lambda: json_messages(args.single, 1, args.meters),
+                args.single,
+            ),
+        ]
+        # Builds alternate per workload, so that a change in the machine's load during the run
+        # does not fall on one build only.
+        for key, make, count in workloads:
+            for name, binary in builds.items():
+                results[f"{name}{key}"] = await gateway_run(broker, make(), count, work, binary)
     finally:
         broker.stop()
     for name in builds:
