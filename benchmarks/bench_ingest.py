@@ -10,9 +10,15 @@ What it measures, all in one run on one machine so the figures can be read as ra
    JSON, pre-loaded into a private Mosquitto for the gateway's persistent session; then a
    `gateway run` process is started and timed from its first commit to its last.
 3. **binary**: the same readings as compact binary frames (docs/protocol.md §4).
-4. **bare subscriber**: M one-reading messages drained by a gmqtt QoS 1 subscriber that only
-   counts (auto-ack) — the broker-and-client ceiling for message rate.
+4. **bare client**: M one-reading messages drained by the gateway's own MQTT client
+   (``gateway.mqtt``) acknowledging each batch as it arrives — the broker-and-client ceiling
+   for message rate; beside it the same drained by a gmqtt subscriber (auto-ack), the client
+   the gateway used before.
 5. **single**: the same M one-reading messages through the gateway.
+
+``--compare-gateway PATH`` also times another build's ``gateway`` executable (for example a
+checkout of the previous release, in its own virtualenv) on the same pre-loaded queues, so that
+old and new figures come from one run on one machine.
 
 Pre-loading separates consumer throughput from publisher speed: on a 2-core machine a publisher
 running at the same time would take a core from the gateway or PostgreSQL.
@@ -29,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -45,6 +51,8 @@ from gateway.dev.services import (
     with_database,
 )
 from gateway.ingest.writer import STAGING_DDL
+from gateway.mqtt import MqttClient, MqttOptions
+from gateway.settings import TimescaleMode
 from protocols import BinaryRow, encode_frame
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -71,36 +79,52 @@ def binary_messages(total: int, per_message: int, meters: int) -> Iterator[tuple
         yield f"meters/{meter}/telemetry", encode_frame(T0_MS + base * 900_000, ["1.8.0"], rows)
 
 
-async def publish(url_port: int, messages: Iterator[tuple[str, bytes]]) -> int:
-    client = gmqtt.Client(f"bench-pub-{uuid.uuid4().hex[:8]}")
-    await client.connect("127.0.0.1", url_port)
-    storage = client._persistent_storage
-    window = client._package_handler.id_generator._max - 2
+def mqtt_client(port: int, client_id: str, filters: list[str] | None = None) -> MqttClient:
+    return MqttClient(
+        MqttOptions(
+            host="127.0.0.1",
+            port=port,
+            client_id=client_id,
+            filters=filters or [],
+            session_expiry_s=3600,
+            receive_maximum=20_000,
+        )
+    )
+
+
+async def publish(port: int, messages: Iterator[tuple[str, bytes]]) -> int:
+    """QoS 1, waiting for the PUBACKs 5 000 messages at a time."""
+    client = mqtt_client(port, f"bench-pub-{uuid.uuid4().hex[:8]}")
+    task = asyncio.create_task(client.run())
+    await client.connected.wait()
     count = 0
+    window: list[asyncio.Future[None]] = []
     for topic, payload in messages:
-        client.publish(topic, payload, qos=1)
+        window.append(asyncio.ensure_future(client.publish(topic, payload)))
         count += 1
-        if count % min(window, 5000) == 0:
-            await storage.wait_empty()
-    await storage.wait_empty()
-    await client.disconnect()
+        if len(window) >= 5000:
+            await asyncio.gather(*window)
+            window.clear()
+    await asyncio.gather(*window)
+    await client.close()
+    await task
     return count
 
 
 async def create_session(port: int, client_id: str, filters: list[str]) -> None:
-    """Open and close the gateway's persistent session so the broker queues for it."""
-    client = gmqtt.Client(client_id, clean_session=False, session_expiry_interval=3600)
-    await client.connect("127.0.0.1", port)
-    client.subscribe([gmqtt.Subscription(f, qos=1) for f in filters])
-    await asyncio.sleep(0.3)
-    await client.disconnect()
+    """Open and close a persistent session so the broker queues for it."""
+    client = mqtt_client(port, client_id, filters)
+    task = asyncio.create_task(client.run())
+    await client.subscribed.wait()
+    await client.close()
+    await task
 
 
 def fresh_database() -> str:
     name = f"gw_bench_{uuid.uuid4().hex[:8]}"
     create_database(LOCAL_PG_ADMIN, name)
     url = with_database(LOCAL_PG_ADMIN, name)
-    apply_migrations(url)
+    apply_migrations(url, timescale=TimescaleMode(os.environ.get("GATEWAY_TIMESCALEDB", "auto")))
     return url
 
 
@@ -148,9 +172,29 @@ def ceiling(total: int) -> float:
         drop_database(url)
 
 
-async def bare_subscriber(port: int, expected: int) -> float:
-    """Messages/s drained by a QoS 1 subscriber that only counts (auto-ack)."""
+async def bare_client(port: int, expected: int) -> float:
+    """Messages/s drained by the gateway's MQTT client, acknowledging each batch on arrival."""
     client_id = f"bench-bare-{uuid.uuid4().hex[:8]}"
+    await create_session(port, client_id, ["meters/+/telemetry"])
+    await publish(port, json_messages(expected, 1, 1000))
+    client = mqtt_client(port, client_id, ["meters/+/telemetry"])
+    task = asyncio.create_task(client.run())
+    received, first = 0, 0.0
+    while received < expected:
+        batch = await client.receive()
+        if received == 0:
+            first = time.perf_counter()
+        received += len(batch)
+        client.acknowledge(m.ack for m in batch if m.ack is not None)
+    elapsed = time.perf_counter() - first
+    await client.close()
+    await task
+    return expected / elapsed
+
+
+async def bare_gmqtt(port: int, expected: int) -> float:
+    """Messages/s drained by a gmqtt QoS 1 subscriber that only counts (auto-ack)."""
+    client_id = f"bench-gmqtt-{uuid.uuid4().hex[:8]}"
     await create_session(port, client_id, ["meters/+/telemetry"])
     await publish(port, json_messages(expected, 1, 1000))
     done = asyncio.Event()
@@ -175,7 +219,7 @@ async def bare_subscriber(port: int, expected: int) -> float:
     return expected / elapsed
 
 
-def run_gateway_until(url: str, port: int, readings: int, work: Path) -> float:
+def run_gateway_until(url: str, port: int, readings: int, work: Path, binary: Path) -> float:
     """Start `gateway run` on a pre-loaded queue; readings/s from first commit to last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
@@ -186,7 +230,7 @@ def run_gateway_until(url: str, port: int, readings: int, work: Path) -> float:
         GATEWAY_LOG_LEVEL="WARNING",
     )
     log = (work / "gateway.log").open("ab")
-    proc = subprocess.Popen([BIN / "gateway", "run"], env=env, stdout=log, stderr=log)
+    proc = subprocess.Popen([binary, "run"], env=env, stdout=log, stderr=log)
     started = time.perf_counter()
     try:
         with psycopg.connect(url, autocommit=True) as conn:
@@ -211,7 +255,11 @@ def run_gateway_until(url: str, port: int, readings: int, work: Path) -> float:
 
 
 async def gateway_run(
-    broker: MosquittoProcess, messages: Iterator[tuple[str, bytes]], readings: int, work: Path
+    broker: MosquittoProcess,
+    messages: Iterator[tuple[str, bytes]],
+    readings: int,
+    work: Path,
+    binary: Path = BIN / "gateway",
 ) -> float:
     url = fresh_database()
     try:
@@ -226,7 +274,7 @@ async def gateway_run(
             ],
         )
         await publish(broker.port, messages)
-        return await asyncio.to_thread(run_gateway_until, url, broker.port, readings, work)
+        return await asyncio.to_thread(run_gateway_until, url, broker.port, readings, work, binary)
     finally:
         drop_database(url)
 
@@ -237,37 +285,54 @@ async def main() -> None:
     parser.add_argument("--per-message", type=int, default=96)
     parser.add_argument("--single", type=int, default=200_000)
     parser.add_argument("--meters", type=int, default=1000)
+    parser.add_argument(
+        "--compare-gateway",
+        type=Path,
+        help="another build's `gateway` executable, timed on the same queues",
+    )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
     broker = MosquittoProcess(port=free_port(), directory=work / "mqtt", autosave_interval_s=1800)
     broker.start()
     results: dict[str, float] = {}
+    builds = {"": BIN / "gateway"}
+    if args.compare_gateway is not None:
+        builds["compare_"] = args.compare_gateway
     try:
         results["ceiling_rows_per_s"] = ceiling(args.readings)
-        results["batched_json_readings_per_s"] = await gateway_run(
-            broker,
-            json_messages(args.readings, args.per_message, args.meters),
-            args.readings,
-            work,
-        )
-        results["batched_binary_readings_per_s"] = await gateway_run(
-            broker,
-            binary_messages(args.readings, args.per_message, args.meters),
-            args.readings,
-            work,
-        )
-        results["bare_subscriber_msgs_per_s"] = await bare_subscriber(broker.port, args.single)
-        results["single_json_msgs_per_s"] = await gateway_run(
-            broker, json_messages(args.single, 1, args.meters), args.single, work
-        )
+        results["bare_client_msgs_per_s"] = await bare_client(broker.port, args.single)
+        results["bare_gmqtt_msgs_per_s"] = await bare_gmqtt(broker.port, args.single)
+        workloads: list[tuple[str, Callable[[], Iterator[tuple[str, bytes]]], int]] = [
+            (
+                "batched_json_readings_per_s",
+                lambda: json_messages(args.readings, args.per_message, args.meters),
+                args.readings,
+            ),
+            (
+                "batched_binary_readings_per_s",
+                lambda: binary_messages(args.readings, args.per_message, args.meters),
+                args.readings,
+            ),
+            (
+                "single_json_msgs_per_s",
+                lambda: json_messages(args.single, 1, args.meters),
+                args.single,
+            ),
+        ]
+        # Builds alternate per workload, so that a change in the machine's load during the run
+        # does not fall on one build only.
+        for key, make, count in workloads:
+            for name, binary in builds.items():
+                results[f"{name}{key}"] = await gateway_run(broker, make(), count, work, binary)
     finally:
         broker.stop()
-    results["batched_json_vs_ceiling"] = (
-        results["batched_json_readings_per_s"] / results["ceiling_rows_per_s"]
-    )
-    results["single_vs_bare_subscriber"] = (
-        results["single_json_msgs_per_s"] / results["bare_subscriber_msgs_per_s"]
-    )
+    for name in builds:
+        results[f"{name}batched_json_vs_ceiling"] = (
+            results[f"{name}batched_json_readings_per_s"] / results["ceiling_rows_per_s"]
+        )
+        results[f"{name}single_vs_bare_client"] = (
+            results[f"{name}single_json_msgs_per_s"] / results["bare_client_msgs_per_s"]
+        )
     print(json.dumps({k: round(v, 3) for k, v in results.items()}, indent=2))
 
 

@@ -20,11 +20,16 @@
         │   └── StorageRejectedError     permanent: the database refused the data itself
         ├── MigrationError       schema migrations cannot be applied
         ├── BrokerError          the MQTT broker refused us or cannot be reached at start
+        │   ├── BrokerRefusedError     CONNACK with a failure reason (``permanent``: no retry)
+        │   ├── MqttProtocolError      the broker sent bytes or packets that break MQTT 5
+        │   ├── KeepaliveTimeoutError  no PINGRESP within the keepalive interval
+        │   ├── ConnectionLostError    the connection or client ended before an operation completed
+        │   └── PublishRefusedError    PUBACK/PUBREC with a failure reason code
         ├── ListenError          the HTTP server cannot listen (port in use, bad address)
         ├── ModbusError          a Modbus device failed a poll: see gateway.modbus.errors
         └── ServiceStartError    an embedded PostgreSQL/broker could not be found or started
 
-Third-party exceptions (psycopg, gmqtt, OSError) are translated into these once, at the wrapper
+Third-party exceptions (psycopg, mqtt5, OSError) are translated into these once, at the wrapper
 that called the library, with ``raise … from exc``. The HTTP API maps each class to a status in
 one table (:mod:`gateway.http.errors`); a subclass inherits its parent's status.
 """
@@ -39,16 +44,21 @@ from protocols.errors import MeteringError
 __all__ = [
     "AuthError",
     "BrokerError",
+    "BrokerRefusedError",
     "ConfigError",
     "ConflictError",
+    "ConnectionLostError",
     "FieldProblem",
     "ForbiddenError",
     "GatewayError",
+    "KeepaliveTimeoutError",
     "KeyStoreError",
     "ListenError",
     "MigrationError",
+    "MqttProtocolError",
     "NotFoundError",
     "PayloadTooLargeError",
+    "PublishRefusedError",
     "RateLimitedError",
     "ServiceStartError",
     "ServiceUnavailableError",
@@ -97,6 +107,40 @@ class BrokerError(GatewayError):
 
 class ListenError(GatewayError):
     """The HTTP server cannot listen on its configured address."""
+
+
+class BrokerRefusedError(BrokerError):
+    """The broker answered CONNECT with a failure reason code."""
+
+    def __init__(
+        self, reason: str, code: int, *, permanent: bool, detail: str | None = None
+    ) -> None:
+        super().__init__(
+            f"broker refused the connection: {reason}" + (f" ({detail[:200]})" if detail else "")
+        )
+        self.code = code
+        self.permanent = permanent
+        """Retrying with the same settings cannot succeed (credentials, client id, protocol)."""
+
+
+class MqttProtocolError(BrokerError):
+    """The broker sent bytes or packets that break MQTT 5; the connection must be closed."""
+
+
+class KeepaliveTimeoutError(BrokerError):
+    """The broker did not answer a PINGREQ within the keepalive interval."""
+
+
+class ConnectionLostError(BrokerError):
+    """The connection to the broker, or the client, ended before the operation completed."""
+
+
+class PublishRefusedError(BrokerError):
+    """The broker answered a publish with a failure reason code (PUBACK/PUBREC ≥ 0x80)."""
+
+    def __init__(self, topic: str, code: int, reason: str) -> None:
+        super().__init__(f"broker refused a publish to {topic[:200]}: {reason} ({code:#x})")
+        self.code = code
 
 
 class ServiceStartError(GatewayError):

@@ -1,9 +1,11 @@
 """The gateway service: builds its resources, runs its loops, shuts down cleanly.
 
-:func:`run_gateway` is the lifespan. It opens the database pool, connects the MQTT intake, starts
-the ingest flush loop and the HTTP server in one ``TaskGroup`` (each task named), and on the
-``stop`` event drains pending batches, disconnects and closes the pool, in that order, so that
-every message whose data was committed also gets its acknowledgement when possible.
+:func:`run_gateway` is the lifespan. It opens the database pool, checks the key store, and runs
+the MQTT client, the intake, the ingest flush loop, the meter-zone listener, the detection loop,
+the optional Modbus poller and the HTTP server in one ``TaskGroup`` (each task named). On the
+``stop`` event it stops the intake (no new message is taken), drains the pipeline so that every
+message taken is committed and acknowledged within the grace period, leaves the broker and
+closes the pool, in that order.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,20 +23,21 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.detection.model import Rules
 from gateway.detection.service import DetectionOptions, Detector
+from gateway.errors import GatewayError
 from gateway.http.app import create_app
 from gateway.http.custody import Custody
 from gateway.http.deps import Services
 from gateway.http.security import access_from_settings
 from gateway.ingest.consumer import MessageDecoder
+from gateway.ingest.intake import MessageIntake
 from gateway.ingest.pipeline import IngestPipeline, PipelineLimits
-from gateway.ingest.work import AckToken
 from gateway.ingest.writer import STAGING_DDL, BatchStore
 from gateway.ingest.zones import MeterZones
 from gateway.keystore import SoftwareKeyStore
 from gateway.keystore.startup import open_keystore, verify_keystore
 from gateway.metrics import Metrics
 from gateway.modbus.allowlist import HostAllowList
-from gateway.mqtt import MqttIntake, MqttOptions, Sink
+from gateway.mqtt import MqttClient, MqttOptions
 from gateway.runtime import listen
 from gateway.settings import Settings
 from gateway.vending import build_vending
@@ -112,61 +114,9 @@ async def _configure(conn: AsyncConnection[tuple[object, ...]]) -> None:
     await conn.commit()
 
 
-class _DeadLetterLog:
-    """Logs a device's bad messages once per reason and quiet period, not once per message.
-
-    Every dead letter is stored and counted regardless; this only keeps a broken or hostile
-    device from flooding the log.
-    """
-
-    QUIET_S = 300.0
-    MAX_KEYS = 10_000
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-
-    def __call__(self, topic: str, reason: str, detail: str) -> None:
-        now = time.monotonic()
-        key = (topic, reason)
-        if now - self._last.get(key, -self.QUIET_S) < self.QUIET_S:
-            return
-        if len(self._last) >= self.MAX_KEYS:
-            self._last.clear()
-        self._last[key] = now
-        log.warning(
-            "dead-lettered message: %s (further %r from this topic quiet for %.0f s)",
-            detail,
-            reason,
-            self.QUIET_S,
-            extra={"topic": topic[:200], "reason": reason},
-        )
-
-
-def _make_sink(
-    topics: Topics, pipeline: IngestPipeline, metrics: Metrics, zones: MeterZones
-) -> Sink:
-    """Per message: decode, keep any dead letter's reason, queue with its ack token."""
-    log_dead = _DeadLetterLog()
-    decode = MessageDecoder(
-        topics,
-        zone_of=zones,
-        on_internal_error=lambda kind: metrics.decode_internal_errors.labels(exception=kind).inc(),
-    )
-
-    def sink(topic: str, payload: bytes, ack: AckToken | None) -> None:
-        work = decode(topic, payload)
-        work.ack = ack
-        if work.dead is not None:
-            metrics.dead_letters.labels(reason=work.dead.reason).inc()
-            log_dead(topic, work.dead.reason, work.dead.detail)
-        pipeline.offer(work)
-
-    return sink
-
-
-def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
+def _build_client(settings: Settings, topics: Topics) -> MqttClient:
     creds = settings.mqtt_credentials
-    return MqttIntake(
+    return MqttClient(
         MqttOptions(
             host=settings.mqtt_host,
             port=settings.mqtt_port,
@@ -177,13 +127,16 @@ def _build_intake(settings: Settings, topics: Topics, sink: Sink) -> MqttIntake:
             password=creds[1] if creds else None,
             session_expiry_s=settings.mqtt_session_expiry_s,
             receive_maximum=settings.mqtt_receive_maximum,
-        ),
-        sink,
+        )
     )
 
 
 def _build_services(settings: Settings, zones: MeterZones) -> Services:
-    """Pool (not yet open), pipeline and MQTT intake, wired together; nothing connects here."""
+    """Pool (not yet open), MQTT client, pipeline and intake, wired at construction.
+
+    Nothing connects here. The client is the pipeline's acknowledger and the intake's source;
+    the intake feeds the pipeline.
+    """
     metrics = Metrics()
     topics = Topics(settings.mqtt_topic_prefix)
     pool = AsyncConnectionPool(
@@ -195,7 +148,10 @@ def _build_services(settings: Settings, zones: MeterZones) -> Services:
         name="gateway",
     )
 
+    client = _build_client(settings, topics)
     pipeline = IngestPipeline(
+        # Fail fast on a busy pool, so that the pipeline's retry loop, with its back-off and
+        # health flag, is what waits for the database.
         BatchStore(pool, connect_timeout_s=5.0),
         PipelineLimits(
             max_rows=settings.batch_max_rows,
@@ -203,14 +159,16 @@ def _build_services(settings: Settings, zones: MeterZones) -> Services:
             max_pending=settings.ingest_max_pending_rows,
         ),
         metrics,
+        acknowledger=client,
     )
-    intake = _build_intake(settings, topics, _make_sink(topics, pipeline, metrics, zones))
-    pipeline.committed = lambda batch: intake.acknowledge(w.ack for w in batch if w.ack)
-    pipeline.over_limit = intake.pause
-    pipeline.under_limit = intake.resume
-    intake.resume_paused = lambda: pipeline.over
-    metrics.mqtt_connected.set_function(lambda: float(intake.connected.is_set()))
-    return Services(pool=pool, intake=intake, pipeline=pipeline, metrics=metrics)
+    decode = MessageDecoder(
+        topics,
+        zone_of=zones,
+        on_internal_error=lambda kind: metrics.decode_internal_errors.labels(exception=kind).inc(),
+    )
+    intake = MessageIntake(client, topics, pipeline, metrics, decode=decode)
+    metrics.mqtt_connected.set_function(lambda: float(client.connected.is_set()))
+    return Services(pool=pool, mqtt=client, intake=intake, pipeline=pipeline, metrics=metrics)
 
 
 def _http_config(
@@ -240,7 +198,12 @@ def _http_config(
 
 
 async def _drain(settings: Settings, services: Services, flush_task: asyncio.Task[None]) -> None:
-    """Commit what is pending (within the grace period), then leave the broker."""
+    """Commit and acknowledge what intake took (within the grace period), then leave the broker.
+
+    Intake has stopped before this: the set of work to drain is fixed, and at most what our
+    Receive Maximum let the broker send. What could not be committed in time stays
+    un-acknowledged, and the broker sends it again to the next session.
+    """
     pipeline = services.pipeline
     log.info("stopping: draining %d pending rows", pipeline.pending_rows)
     await pipeline.close()
@@ -253,7 +216,74 @@ async def _drain(settings: Settings, services: Services, flush_task: asyncio.Tas
             settings.shutdown_grace_s,
         )
         flush_task.cancel()
-    await services.intake.disconnect()
+    await services.mqtt.close()
+
+
+async def _run_tasks(
+    settings: Settings,
+    services: Services,
+    stop: asyncio.Event,
+    *,
+    started: asyncio.Future[GatewayHandle] | None,
+    server: _Server | None,
+    sock: socket.socket | None,
+    zones: MeterZones,
+) -> None:
+    """The service's loops in one TaskGroup; on ``stop``: intake, modbus, drain, HTTP, in order."""
+    try:
+        async with asyncio.TaskGroup() as tg:
+            flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
+            if settings.detection_enabled:
+                tg.create_task(_detector(settings, services).run(stop), name="detection")
+            if server is not None and sock is not None:
+                tg.create_task(server.serve(sockets=[sock]), name="http")
+            modbus_task = (
+                tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
+                if settings.modbus_enabled
+                else None
+            )
+            stop_task = tg.create_task(stop.wait(), name="stop-signal")
+            tg.create_task(
+                zones.run(settings.database_url.get_secret_value(), stop), name="meter-zones"
+            )
+            # Meter zones first: a message decoded before they are loaded would read a local
+            # time as UTC.
+            zones_ready = tg.create_task(zones.listening.wait(), name="meter-zones-ready")
+            await asyncio.wait({zones_ready, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+            zones_ready.cancel()
+            mqtt_task = tg.create_task(services.mqtt.run(), name="mqtt")
+            intake_task = tg.create_task(services.intake.run(), name="mqtt-intake")
+            subscribed = tg.create_task(services.mqtt.subscribed.wait(), name="mqtt-subscribed")
+            await asyncio.wait(
+                {subscribed, stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if subscribed.done():
+                port = sock.getsockname()[1] if sock is not None else None
+                log.info(
+                    "gateway running",
+                    extra={"settings": settings.describe(), "http_port": port},
+                )
+                if started is not None and not started.done():
+                    started.set_result(GatewayHandle(services, port))
+            else:
+                subscribed.cancel()
+            await asyncio.wait({stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED)
+            # Stop taking messages first, so that the drain has a fixed set of work to commit.
+            services.intake.stop()
+            await intake_task
+            if modbus_task is not None:
+                await modbus_task  # its last polls go into the pipeline before it drains
+            await _drain(settings, services, flush_task)
+            stop_task.cancel()
+            if server is not None:
+                server.should_exit = True
+    except BaseExceptionGroup as group:
+        # A task failed for good (the broker refused our credentials …): report that error
+        # itself, as the CLI reports any GatewayError, rather than the group around it.
+        failed = [e for e in group.exceptions if isinstance(e, GatewayError)]
+        if failed:
+            raise failed[0] from group
+        raise
 
 
 async def run_gateway(
@@ -277,45 +307,11 @@ async def run_gateway(
             # for) by the time ``started`` resolves.
             sock = listen(settings.http_host, settings.http_port)
             server = _Server(_http_config(settings, services, keystore))
-        async with asyncio.TaskGroup() as tg:
-            flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
-            if settings.detection_enabled:
-                tg.create_task(_detector(settings, services).run(stop), name="detection")
-            if server is not None and sock is not None:
-                tg.create_task(server.serve(sockets=[sock]), name="http")
-            modbus_task = (
-                tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
-                if settings.modbus_enabled
-                else None
-            )
-            stop_task = tg.create_task(stop.wait(), name="stop-signal")
-            tg.create_task(
-                zones.run(settings.database_url.get_secret_value(), stop), name="meter-zones"
-            )
-            # Meter zones first: a message decoded before they are loaded would read a local
-            # time as UTC.
-            zones_ready = tg.create_task(zones.listening.wait(), name="meter-zones-ready")
-            await asyncio.wait({zones_ready, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            zones_ready.cancel()
-            connect_task = tg.create_task(services.intake.connect(), name="mqtt-connect")
-            await asyncio.wait({connect_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
-            if connect_task.done():
-                port = sock.getsockname()[1] if sock is not None else None
-                log.info(
-                    "gateway running", extra={"settings": settings.describe(), "http_port": port}
-                )
-                if started is not None and not started.done():
-                    started.set_result(GatewayHandle(services, port))
-            else:
-                connect_task.cancel()
-            await stop_task
-            if modbus_task is not None:
-                await modbus_task  # its last polls go into the pipeline before it drains
-            await _drain(settings, services, flush_task)
-            if server is not None:
-                server.should_exit = True
+        await _run_tasks(
+            settings, services, stop, started=started, server=server, sock=sock, zones=zones
+        )
     finally:
-        await services.intake.disconnect()
+        await services.mqtt.close()
         await services.pool.close()
         if sock is not None:
             sock.close()

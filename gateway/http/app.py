@@ -98,9 +98,9 @@ def create_app(
         problems = []
         if (db := await _database_ok(svc.pool)) is not None:
             problems.append(db)
-        if not svc.intake.connected.is_set():
+        if not svc.mqtt.connected.is_set():
             problems.append("mqtt: not connected")
-        elif not svc.intake.subscribed.is_set():
+        elif not svc.mqtt.subscribed.is_set():
             problems.append("mqtt: subscriptions not granted")
         if not svc.pipeline.healthy:
             problems.append("ingest: last batch write failed")

@@ -8,9 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.ingest.intake import MessageIntake
 from gateway.ingest.pipeline import IngestPipeline
 from gateway.metrics import Metrics
-from gateway.mqtt import MqttIntake
+from gateway.mqtt import MqttClient
 
 __all__ = ["Services", "ServicesDep", "get_services"]
 
@@ -18,7 +19,10 @@ __all__ = ["Services", "ServicesDep", "get_services"]
 @dataclass(frozen=True, slots=True)
 class Services:
     pool: AsyncConnectionPool
-    intake: MqttIntake
+    mqtt: MqttClient
+    """The broker session: ``connected``/``subscribed`` for readiness, ``publish`` (QoS 1,
+    returns once the broker acknowledged) for commands and keypad tokens."""
+    intake: MessageIntake
     pipeline: IngestPipeline
     metrics: Metrics
 

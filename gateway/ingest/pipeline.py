@@ -1,15 +1,16 @@
 """Batching between the intakes (MQTT, Modbus) and the database, with backpressure.
 
-The MQTT intake hands each message over with :meth:`IngestPipeline.offer` (it must not block);
-other producers use :meth:`IngestPipeline.submit` and may await the returned future. A single
-flush loop takes what is pending when the batch is full (``max_rows``) or old enough
-(``max_age``), writes it in one transaction, then reports the committed batch to ``committed``
-(the MQTT intake acknowledges its messages there) and resolves the futures.
+The MQTT intake hands each message over with :meth:`IngestPipeline.offer` (it must not block)
+and waits with :meth:`IngestPipeline.wait_for_room` before taking more; other producers use
+:meth:`IngestPipeline.submit` and may await the returned future. A single flush loop takes what
+is pending when the batch is full (``max_rows``) or old enough (``max_age``), writes it in one
+transaction, then hands the acknowledgement tokens of the committed batch to the
+``acknowledger`` given at construction (the MQTT client) and resolves the futures.
 
-While the database is slow or down, the batch retries with exponential backoff and new work
-piles up to ``max_pending`` rows; past that ``over_limit`` is called (the MQTT intake stops
-reading its socket, so the broker holds the rest) and ``submit`` waits; ``under_limit`` is called
-once a flush has made room again.
+While the database is slow or down, the batch retries with exponential back-off and jitter
+(``stamina``), and new work piles up to ``max_pending`` rows; past that the intake stops taking
+messages (the broker holds the rest: our Receive Maximum bounds what it sends before we
+acknowledge) and ``submit`` waits, until a flush has made room again.
 """
 
 from __future__ import annotations
@@ -19,19 +20,28 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
+
+import stamina
 
 from gateway.errors import StorageRejectedError, StorageUnavailableError
-from gateway.ingest.work import DeadLetter, Work
+from gateway.ingest.work import AckToken, DeadLetter, Work
 from gateway.ingest.writer import BatchResult
 from gateway.metrics import Metrics
 
-__all__ = ["IngestPipeline", "PipelineLimits"]
+__all__ = ["Acknowledger", "IngestPipeline", "PipelineLimits"]
 
 log = logging.getLogger(__name__)
 
 BatchWriter = Callable[[Sequence[Work]], Awaitable[BatchResult]]
+
+
+class Acknowledger(Protocol):
+    """Whoever acknowledges committed messages to their source (the MQTT client)."""
+
+    def acknowledge(self, tokens: Iterable[AckToken]) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +51,7 @@ class PipelineLimits:
     max_pending: int = 400_000
     retry_initial_s: float = 0.2
     retry_max_s: float = 10.0
+    retry_jitter_s: float = 0.5
 
 
 class IngestPipeline:
@@ -50,14 +61,10 @@ class IngestPipeline:
         limits: PipelineLimits,
         metrics: Metrics,
         *,
-        committed: Callable[[Sequence[Work]], object] | None = None,
-        over_limit: Callable[[], None] | None = None,
-        under_limit: Callable[[], None] | None = None,
+        acknowledger: Acknowledger | None = None,
     ) -> None:
         self._write = write
-        self.committed = committed
-        self.over_limit = over_limit
-        self.under_limit = under_limit
+        self._acknowledger = acknowledger
         self._over = False
         self._limits = limits
         self._metrics = metrics
@@ -82,16 +89,21 @@ class IngestPipeline:
 
     @property
     def over(self) -> bool:
-        """True from the moment intake was told to stop until a flush made room again."""
+        """True from the moment pending rows passed ``max_pending`` until a flush made room."""
         return self._over
 
     def offer(self, work: Work) -> None:
-        """Queue ``work`` without waiting (the MQTT intake); ``committed`` reports it later."""
+        """Queue ``work`` without waiting (the MQTT intake); acknowledged after commit."""
         self._append(work)
-        if self.pending_rows > self._limits.max_pending and not self._over:
+        if self.pending_rows > self._limits.max_pending:
             self._over = True
-            if self.over_limit is not None:
-                self.over_limit()
+
+    async def wait_for_room(self) -> None:
+        """Return once pending rows are within ``max_pending`` (at once if they are)."""
+        if not self._over:
+            return
+        async with self._room:
+            await self._room.wait_for(lambda: not self._over)
 
     def _append(self, work: Work) -> None:
         self._pending.append(work)
@@ -150,52 +162,76 @@ class IngestPipeline:
         return batch
 
     async def _flush(self, batch: list[Work]) -> None:
-        delay = self._limits.retry_initial_s
+        limits = self._limits
         started = time.perf_counter()
-        while True:
-            try:
+        async for attempt in stamina.retry_context(
+            on=StorageUnavailableError,
+            attempts=None,
+            timeout=None,
+            wait_initial=limits.retry_initial_s,
+            wait_max=limits.retry_max_s,
+            wait_jitter=limits.retry_jitter_s,
+        ):
+            with attempt:
                 try:
-                    result = await self._write(batch)
-                except StorageRejectedError as exc:
-                    # The data itself was refused (a constraint not checked up front): isolate
-                    # the offending messages so that one bad message cannot block the stream.
-                    log.error("batch refused by the database (%s); writing message by message", exc)
-                    result = await self._write_one_by_one(batch)
-            except StorageUnavailableError as exc:
-                self.healthy = False
-                self._metrics.flush_errors.inc()
-                log.warning("database unavailable, batch of %d messages kept: %s", len(batch), exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._limits.retry_max_s)
-                continue
-            break
+                    result = await self._write_isolating(batch)
+                except StorageUnavailableError as exc:
+                    self.healthy = False
+                    self._metrics.flush_errors.inc()
+                    if attempt.num == 1:
+                        log.warning(
+                            "database unavailable, batch of %d messages kept: %s", len(batch), exc
+                        )
+                    raise
         self.healthy = True
         self._metrics.record_batch(
             result, kinds=Counter(w.kind for w in batch), seconds=time.perf_counter() - started
         )
-        if self.committed is not None:
-            self.committed(batch)
+        if self._acknowledger is not None:
+            self._acknowledger.acknowledge(w.ack for w in batch if w.ack is not None)
         for work in batch:
             if work.done is not None and not work.done.done():
                 work.done.set_result(None)
         self._inflight_rows = 0
-        if self._over and self.pending_rows <= self._limits.max_pending:
+        if self._over and self.pending_rows <= limits.max_pending:
             self._over = False
-            if self.under_limit is not None:
-                self.under_limit()
         async with self._room:
             self._room.notify_all()
+
+    async def _write_isolating(self, batch: list[Work]) -> BatchResult:
+        try:
+            return await self._write(batch)
+        except StorageUnavailableError:
+            raise
+        except StorageRejectedError as exc:
+            # The data itself was refused (a constraint not checked up front): isolate the
+            # offending messages so that one bad message cannot block the stream.
+            log.error("batch refused by the database (%s); writing message by message", exc)
+            return await self._write_one_by_one(batch)
+        except Exception:
+            # A defect in the writer fails this batch only, never the flush loop: its messages
+            # are written one by one, and any that still fail are kept as dead letters.
+            log.exception("batch write failed unexpectedly; writing message by message")
+            return await self._write_one_by_one(batch)
 
     async def _write_one_by_one(self, batch: list[Work]) -> BatchResult:
         total = BatchResult()
         for work in batch:
             try:
                 result = await self._write([work])
-            except StorageRejectedError as exc:  # this message alone is refused: keep it, with why
+            except StorageUnavailableError:
+                raise
+            except Exception as exc:  # this message alone is refused: keep it, with why
+                reason = (
+                    "storage_rejected"
+                    if isinstance(exc, StorageRejectedError)
+                    else "internal_error"
+                )
+                detail = str(exc) if reason == "storage_rejected" else type(exc).__name__
                 refused = Work(
                     topic=work.topic,
                     payload=work.payload,
-                    dead=DeadLetter(work.topic, work.payload, "storage_rejected", str(exc)[:500]),
+                    dead=DeadLetter(work.topic, work.payload, reason, detail[:500]),
                 )
                 result = await self._write([refused])
             total = total + result

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from gateway.dev.services import MosquittoProcess, free_port
+from gateway.service import GatewayHandle
 from tests.plugins.gateway import (
     MqttTestClient,
     db_scalar,
@@ -105,6 +106,8 @@ async def start_gateway_process(env: dict[str, str], log: Path) -> subprocess.Po
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.1)
+    proc.kill()  # never leave it running behind a failed test
+    proc.wait(10)
     raise AssertionError("gateway did not become ready")
 
 
@@ -114,26 +117,80 @@ async def test_kill_9_mid_stream_then_restart_stores_every_reading_once(
     env = gateway_env(database_url, private_broker.url, topic_prefix, free_port())
     log = tmp_path / "gateway.log"
     proc = await start_gateway_process(env, log)
+    count = 2000
     try:
         async with MqttTestClient(private_broker.url) as client:
-            await client.publish_all(numbered_messages(topic_prefix, 0, 200))
-            # Kill while the gateway is working through the stream: some stored, some not.
+            publisher = asyncio.create_task(
+                client.publish_all(numbered_messages(topic_prefix, 0, count), window=100)
+            )
             await wait_for_value(
                 lambda: db_scalar(database_url, "SELECT count(*) > 0 FROM readings"), True
             )
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
             stored_at_kill = db_scalar(database_url, "SELECT count(*) FROM readings")
-            # The stream goes on while the gateway is down; the broker holds it.
-            await client.publish_all(numbered_messages(topic_prefix, 200, 200))
-        assert stored_at_kill < 400 * PER_MESSAGE
+            await publisher  # the stream goes on while the gateway is down; the broker holds it
+        # Mid-stream: some of the stream was stored and some was not when the process died.
+        assert 0 < stored_at_kill < count * PER_MESSAGE
+        assert "stopping" not in log.read_text()  # no drain ran: it was a kill, not a stop
         proc = await start_gateway_process(env, log)
-        await wait_stored(database_url, 400)
+        await wait_stored(database_url, count, timeout=120)
         await asyncio.sleep(0.5)  # let any redelivered duplicates arrive, to be ignored
-        assert_exactly(database_url, 400)
+        assert_exactly(database_url, count)
     finally:
         proc.kill()
         proc.wait(10)
+
+
+async def test_repeated_stops_under_load_acknowledge_everything_each_run_took(
+    database_url: str, private_broker: MosquittoProcess, topic_prefix: str
+) -> None:
+    """A persistent session stopped and started while the stream runs.
+
+    Each stop commits and acknowledges every message its intake took, within the grace
+    period; so across all runs each message is taken exactly once (one taken twice would mean
+    its acknowledgement was lost, one never taken would be missing) and nothing is a duplicate.
+    """
+    settings = make_settings(
+        database_url,
+        private_broker.url,
+        topic_prefix,
+        mqtt_client_id=f"gw-restarts-{topic_prefix[5:-1]}",
+        batch_max_rows=2000,
+        mqtt_receive_maximum=200,
+    )
+    count = 1500
+
+    async def paced_stream(client: MqttTestClient) -> None:
+        for first in range(0, count, 25):
+            await client.publish_all(numbered_messages(topic_prefix, first, 25))
+            await asyncio.sleep(0.02)
+
+    taken: list[int] = []
+    duplicates: list[float] = []
+
+    def record(gw: GatewayHandle) -> None:
+        assert gw.services.pipeline.pending_rows == 0  # everything taken was committed
+        taken.append(gw.services.intake.taken)
+        duplicates.append(gw.services.metrics.readings_duplicate._value.get())
+
+    async with MqttTestClient(private_broker.url) as client:
+        publisher: asyncio.Task[None] | None = None
+        while publisher is None or not publisher.done():
+            async with gateway_running(settings) as gw:
+                if publisher is None:  # the session exists now: the broker keeps the stream
+                    publisher = asyncio.create_task(paced_stream(client))
+                await wait_for_value(lambda: gw.services.intake.taken > 50, True)
+                await asyncio.sleep(0.3)
+            record(gw)
+        await publisher
+    async with gateway_running(settings) as gw:
+        await wait_stored(database_url, count)
+        await asyncio.sleep(0.5)
+    record(gw)
+    assert len(taken) >= 3  # the stream really spanned several stops
+    assert sum(taken) == count and sum(duplicates) == 0
+    assert_exactly(database_url, count)
 
 
 async def test_broker_restart_mid_stream_loses_nothing(
@@ -205,6 +262,35 @@ async def test_database_cut_holds_messages_at_the_broker_and_recovers(
         await asyncio.sleep(0.5)
         assert_exactly(database_url, 440)
         assert gw.services.pipeline.healthy
+
+
+async def test_database_outage_longer_than_the_keepalive_is_ridden_out_on_one_connection(
+    database_url: str,
+    db_proxy: tuple[TcpProxy, str],
+    private_broker: MosquittoProcess,
+    topic_prefix: str,
+) -> None:
+    """130 s without a database, more than four MQTT keepalive intervals (30 s)."""
+    proxy, proxied = db_proxy
+    settings = make_settings(
+        proxied, private_broker.url, topic_prefix, batch_max_rows=1000, mqtt_receive_maximum=100
+    )
+    async with gateway_running(settings) as gw:
+        mqtt = gw.services.mqtt
+        async with MqttTestClient(private_broker.url) as client:
+            await client.publish_all(numbered_messages(topic_prefix, 0, 20))
+            await wait_stored(database_url, 20)
+            proxy.cut()
+            await client.publish_all(numbered_messages(topic_prefix, 20, 300))
+            await asyncio.sleep(130)
+            assert db_scalar(database_url, "SELECT count(*) FROM readings") == 20 * PER_MESSAGE
+            assert mqtt.connected.is_set() and mqtt.connections == 1  # no reconnect churn
+            proxy.restore()
+            await wait_stored(database_url, 320, timeout=120)
+        await asyncio.sleep(0.5)
+        assert_exactly(database_url, 320)
+        assert mqtt.connections == 1
+        assert gw.services.metrics.readings_duplicate._value.get() == 0
 
 
 async def test_two_gateways_sharing_a_subscription_store_the_same_as_one(
@@ -307,7 +393,7 @@ async def test_gateway_resubscribes_when_the_broker_lost_its_session(
         async with MqttTestClient(private_broker.url) as client:
             await client.publish_all(numbered_messages(topic_prefix, 0, 10))
         await wait_stored(database_url, 10)
-        intake = gw.services.intake
+        intake = gw.services.mqtt
         private_broker.stop()
         (private_broker.directory / "mosquitto.db").unlink()  # the broker forgets every session
         assert await wait_for_value(intake.subscribed.is_set, False) is False

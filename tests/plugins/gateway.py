@@ -1,18 +1,18 @@
-"""A gateway running in the test's event loop, and an MQTT test client."""
+"""A gateway running in the test's event loop, and an MQTT test client (the gateway's own)."""
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlsplit
 
-import gmqtt
 import psycopg
 import pytest
 
+from gateway.mqtt import MqttClient, MqttOptions
 from gateway.service import GatewayHandle, run_gateway
 from gateway.settings import Settings
 
@@ -65,43 +65,66 @@ async def gateway(gateway_settings: Settings) -> AsyncIterator[GatewayHandle]:
 
 
 class MqttTestClient:
-    """A gmqtt client for tests: publish with QoS 1 and wait for the PUBACKs."""
+    """The gateway's own MQTT client used as a publisher: QoS 1, waiting for every PUBACK.
 
-    def __init__(self, url: str, client_id: str | None = None) -> None:
+    ``subscribe`` filters (optional) make it a listener too: ``received`` collects what arrives
+    (acknowledged at once).
+    """
+
+    def __init__(
+        self, url: str, client_id: str | None = None, subscribe: Sequence[str] = ()
+    ) -> None:
         parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 1883
-        self.client = gmqtt.Client(client_id or f"test-pub-{uuid.uuid4().hex[:10]}")
+        self.client = MqttClient(
+            MqttOptions(
+                host=parts.hostname or "127.0.0.1",
+                port=parts.port or 1883,
+                client_id=client_id or f"test-pub-{uuid.uuid4().hex[:10]}",
+                filters=tuple(subscribe),
+                session_expiry_s=0,
+                reconnect_initial_s=0.1,
+                reconnect_jitter_s=0.1,
+            )
+        )
         self.received: list[tuple[str, bytes]] = []
-        self.client.on_message = self._on_message
+        self._tasks: list[asyncio.Task[None]] = []
 
-    def _on_message(self, client: Any, topic: str, payload: bytes, qos: int, props: Any) -> int:
-        self.received.append((topic, payload))
-        return 0
+    async def _listen(self) -> None:
+        while True:
+            for message in await self.client.receive():
+                self.received.append((message.topic, message.payload))
+                if message.ack is not None:
+                    self.client.acknowledge([message.ack])
 
     async def __aenter__(self) -> MqttTestClient:
-        await self.client.connect(self.host, self.port)
+        self._tasks.append(asyncio.create_task(self.client.run(), name="test-mqtt"))
+        self._tasks.append(asyncio.create_task(self._listen(), name="test-mqtt-listen"))
+        await asyncio.wait_for(self.client.connected.wait(), 30)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.client.disconnect()
+        await self.client.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def publish_all(
-        self, messages: Iterable[tuple[str, bytes]], *, retain: bool = False
+        self, messages: Iterable[tuple[str, bytes]], *, retain: bool = False, window: int = 1000
     ) -> int:
         """Publish QoS 1 and wait until the broker acknowledged every message.
 
-        Publishes in windows no larger than the broker's Receive Maximum (Mosquitto's default
-        ``max_inflight_messages`` is 20), waiting for the PUBACKs of each window.
+        At most ``window`` publishes are awaited at once; the client itself keeps within the
+        broker's Receive Maximum (Mosquitto's default ``max_inflight_messages`` is 20).
         """
-        storage = self.client._persistent_storage  # gmqtt keeps un-PUBACKed messages here
-        window = max(1, min(1000, self.client._package_handler.id_generator._max - 1))
         count = 0
+        pending: list[Awaitable[None]] = []
         for topic, payload in messages:
-            self.client.publish(topic, payload, qos=1, retain=retain)
+            pending.append(self.client.publish(topic, payload, qos=1, retain=retain))
             count += 1
-            if count % window == 0:
-                await asyncio.wait_for(storage.wait_empty(), 60)
-        await asyncio.wait_for(storage.wait_empty(), 60)
+            if len(pending) >= window:
+                await asyncio.wait_for(asyncio.gather(*pending), 60)
+                pending.clear()
+        await asyncio.wait_for(asyncio.gather(*pending), 60)
         return count
 
 

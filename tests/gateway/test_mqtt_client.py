@@ -1,0 +1,171 @@
+"""The gateway's MQTT client against a real Mosquitto: publishing, outages, TLS, credentials."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import pwd
+import ssl
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.dev.services import MosquittoProcess, free_port, port_answers
+from gateway.errors import BrokerRefusedError
+from gateway.mqtt import MqttClient, MqttOptions
+from tests.plugins.gateway import MqttTestClient
+
+
+@contextlib.asynccontextmanager
+async def running(options: MqttOptions) -> AsyncIterator[MqttClient]:
+    client = MqttClient(options)
+    task = asyncio.create_task(client.run(), name="mqtt-under-test")
+    try:
+        yield client
+    finally:
+        await client.close()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 10)
+
+
+def options(port: int, **extra: Any) -> MqttOptions:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "client_id": f"client-test-{uuid.uuid4().hex[:8]}",
+        "filters": (),
+        "reconnect_initial_s": 0.1,
+        "reconnect_max_s": 0.5,
+        "reconnect_jitter_s": 0.1,
+    }
+    values.update(extra)
+    return MqttOptions(**values)
+
+
+async def test_publish_returns_once_the_broker_acknowledged_and_the_subscriber_gets_it(
+    mqtt_url: str, topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}meters/M1/commands"
+    port = int(mqtt_url.rsplit(":", 1)[1])
+    async with MqttTestClient(mqtt_url, subscribe=[topic]) as listener:
+        await asyncio.wait_for(listener.client.subscribed.wait(), 10)
+        async with running(options(port)) as client:
+            await asyncio.wait_for(client.connected.wait(), 10)
+            await asyncio.wait_for(client.publish(topic, b'{"id":"c1"}'), 10)
+            await asyncio.wait_for(client.publish(topic, b'{"id":"c2"}', qos=2), 10)
+            for _ in range(100):
+                if len(listener.received) == 2:
+                    break
+                await asyncio.sleep(0.05)
+    assert listener.received == [(topic, b'{"id":"c1"}'), (topic, b'{"id":"c2"}')]
+
+
+async def test_a_publish_made_while_the_broker_is_down_is_delivered_once_it_is_back(
+    private_broker: MosquittoProcess, topic_prefix: str
+) -> None:
+    topic = f"{topic_prefix}meters/M1/keypad"
+    listener_id = f"listener-{uuid.uuid4().hex[:8]}"
+    listener_opts = options(private_broker.port, client_id=listener_id, filters=(topic,))
+    async with running(listener_opts) as listener:  # creates the listener's session
+        await asyncio.wait_for(listener.subscribed.wait(), 10)
+    async with running(options(private_broker.port)) as client:
+        await asyncio.wait_for(client.connected.wait(), 10)
+        private_broker.stop()
+        publishing = asyncio.create_task(client.publish(topic, b"12345678901234567890"))
+        await asyncio.sleep(0.5)
+        assert not publishing.done()  # waits in the session, not failed, not dropped
+        private_broker.start()
+        await asyncio.wait_for(publishing, 30)
+        assert client.connections == 2
+    async with running(listener_opts) as listener:
+        messages = await asyncio.wait_for(listener.receive(), 10)
+        assert [(m.topic, m.payload) for m in messages] == [(topic, b"12345678901234567890")]
+        listener.acknowledge(m.ack for m in messages if m.ack is not None)
+
+
+@dataclass
+class SecureBroker:
+    port: int
+    ca: Path
+    process: subprocess.Popen[bytes]
+
+
+@pytest.fixture
+def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
+    """Mosquitto with TLS only and a password file (user ``gateway``, password ``p@ss:w0rd``)."""
+    cert, key, passwords = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "passwd"
+    try:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-keyout", str(key), "-out", str(cert), "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["mosquitto_passwd", "-b", "-c", str(passwords), "gateway", "p@ss:w0rd"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"openssl/mosquitto_passwd unavailable: {exc}")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(
+        f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
+        f"listener {port} 127.0.0.1\n"
+        f"certfile {cert}\nkeyfile {key}\n"
+        f"allow_anonymous false\npassword_file {passwords}\n"
+    )
+    process = subprocess.Popen(
+        ["mosquitto", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 10
+    while not port_answers("127.0.0.1", port, timeout=0.2):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.skip("mosquitto with TLS did not start")
+        time.sleep(0.05)
+    yield SecureBroker(port, cert, process)
+    process.terminate()
+    process.wait(10)
+
+
+async def test_tls_with_username_and_password(secure_broker: SecureBroker) -> None:
+    context = ssl.create_default_context(cafile=str(secure_broker.ca))
+    opts = options(
+        secure_broker.port, tls=True, ssl_context=context, username="gateway", password="p@ss:w0rd"
+    )
+    async with running(opts) as client:
+        await asyncio.wait_for(client.connected.wait(), 10)
+        await asyncio.wait_for(client.publish("meters/M1/commands", b"x"), 10)
+
+
+async def test_a_wrong_password_stops_the_client_with_the_reason_and_no_secret(
+    secure_broker: SecureBroker, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = ssl.create_default_context(cafile=str(secure_broker.ca))
+    opts = options(
+        secure_broker.port, tls=True, ssl_context=context, username="gateway", password="wr0ng!"
+    )
+    client = MqttClient(opts)
+    with pytest.raises(BrokerRefusedError) as refused:
+        await asyncio.wait_for(client.run(), 20)
+    assert refused.value.permanent
+    assert "wr0ng!" not in str(refused.value) and "wr0ng!" not in caplog.text
+
+
+async def test_plain_tcp_to_a_tls_listener_is_retried_not_fatal(
+    secure_broker: SecureBroker,
+) -> None:
+    client = MqttClient(options(secure_broker.port))
+    task = asyncio.create_task(client.run())
+    await asyncio.sleep(1.0)
+    assert not task.done() and not client.connected.is_set()  # still retrying with back-off
+    await client.close()
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.wait_for(task, 10)
