@@ -153,8 +153,15 @@ async def test_busy_database_pool_is_a_503_with_retry_after(
     mqtt_url: str,
     topic_prefix: str
 ) -> None:
+    # One pooled connection, and no detection loop to share it: the test holds it itself.
     settings = make_settings(
-        database_url, mqtt_url, topic_prefix, db_pool_min=1, db_pool_max=1, http_db_wait_ms=200
+        database_url,
+        mqtt_url,
+        topic_prefix,
+        db_pool_min=1,
+        db_pool_max=1,
+        http_db_wait_ms=200,
+        detection_enabled=False,
     )
     async with (
         gateway_running(settings) as handle,

@@ -403,7 +403,7 @@ async def test_registered_meter_gets_a_command_key_that_the_simulated_meter_veri
     try:
         settings = Settings(database_url=database_url)
         app = create_app(
-            Services(pool=pool, intake=None, pipeline=None, metrics=Metrics()),  # type: ignore[arg-type]
+            Services(pool=pool, mqtt=None, intake=None, pipeline=None, metrics=Metrics()),  # type: ignore[arg-type]
             build_access(settings, pool),
             Custody(keystore=keystore, provisioning_dir=provisioning),
         )
