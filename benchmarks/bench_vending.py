@@ -44,7 +44,8 @@ from psycopg_pool import AsyncConnectionPool
 from gateway.db.migrate import apply_migrations
 from gateway.dev.services import LOCAL_PG_ADMIN, create_database, free_port, with_database
 from gateway.http.security import Principal, Role
-from gateway.http.vending import install_vending, require_vendor
+from gateway.http.vending import require_vendor
+from gateway.http.vending_admin import install_vending
 from gateway.settings import TimescaleMode
 from gateway.vending import tariffs, vendors
 from gateway.vending.keys import KeyStoreDecoderKeys

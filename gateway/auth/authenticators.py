@@ -18,9 +18,8 @@ from typing import Any, Final, Protocol
 
 from psycopg import AsyncConnection
 
-from gateway.auth import store
 from gateway.auth.model import Principal, csrf_token_for
-from gateway.auth.store import LoginPolicy
+from gateway.auth.store import LoginPolicy, principal_for_api_key, principal_for_session
 from gateway.errors import AuthError, ForbiddenError
 
 __all__ = [
@@ -76,7 +75,7 @@ class ApiKeyAuthenticator:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer":
             return None
-        principal = await store.principal_for_api_key(conn, value.strip())
+        principal = await principal_for_api_key(conn, value.strip())
         if principal is None:
             raise AuthError("invalid or revoked API key")
         return principal
@@ -96,7 +95,7 @@ class SessionAuthenticator:
         token = credentials.session_cookie
         if not token:
             return None
-        principal = await store.principal_for_session(conn, token, policy=self._policy)
+        principal = await principal_for_session(conn, token, policy=self._policy)
         if principal is None:
             raise AuthError("session expired or unknown; log in again")
         if credentials.method not in SAFE_METHODS:

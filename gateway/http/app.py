@@ -29,7 +29,7 @@ from gateway.http.errors import install_error_handlers
 from gateway.http.limits import BodyLimit
 from gateway.http.meters import router as meters_router
 from gateway.http.security import AccessControl, Role, install_audit, require
-from gateway.http.vending import install_vending
+from gateway.http.vending_admin import install_vending
 from gateway.vending.keys import NoDecoderKeys
 from gateway.vending.service import VendingService
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.http.security import Principal, Role, require
-from gateway.vending.errors import VendingError, VendingUnavailableError
+from gateway.vending.errors import VendingUnavailableError
 from gateway.vending.service import VendingService
 
-__all__ = ["install_vending", "require_vendor", "router"]
+__all__ = ["require_vendor", "router"]
 
 require_vendor = require(Role.VENDOR)
 """The vending API's authentication dependency (one object, so tests may override it)."""
@@ -308,24 +307,3 @@ class VendorFloatOut(BaseModel):
 async def vendor_float(vendor: VendorDep, vending: VendingDep) -> dict[str, str]:
     """This vendor's name as the gateway knows it and its float balance."""
     return {"vendor": vendor.name, "float_balance": await vending.float_balance(vendor.name)}
-
-
-async def _vending_error(request: Request, exc: Exception) -> JSONResponse:
-    del request
-    assert isinstance(exc, VendingError)
-    return JSONResponse(
-        status_code=exc.status, content={"error": {"code": exc.code, "message": exc.message}}
-    )
-
-
-def install_vending(app: FastAPI, service: VendingService | None) -> None:
-    """Mount the vending and vending-administration routes and map vending errors.
-
-    With ``service`` None the routes answer ``vending_unavailable``.
-    """
-    from gateway.http.vending_admin import router as admin_router  # noqa: PLC0415
-
-    app.state.vending = service
-    app.add_exception_handler(VendingError, _vending_error)
-    app.include_router(router)
-    app.include_router(admin_router)

@@ -8,19 +8,22 @@ from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import audit
 from gateway.http.security import Principal, Role, require
 from gateway.http.vending import Amount, VendingDep
+from gateway.http.vending import router as vendor_router
 from gateway.vending import tariffs as tariff_files
 from gateway.vending import vendors
 from gateway.vending.errors import InvalidInputError, UnknownMeterError, VendingError
 from gateway.vending.receipt import money
+from gateway.vending.service import VendingService
 from gateway.vending.store import TARIFF_COLUMNS, tariff_from_row
 
-__all__ = ["router"]
+__all__ = ["install_vending", "router"]
 
 OperatorDep = Annotated[Principal, Depends(require(Role.OPERATOR))]
 StaffDep = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
@@ -357,3 +360,22 @@ async def block_meter(
             detail={"reason": body.reason},
         )
     return {"meter": meter_id, "blocked_reason": body.reason}
+
+
+async def _vending_error(request: Request, exc: Exception) -> JSONResponse:
+    del request
+    assert isinstance(exc, VendingError)
+    return JSONResponse(
+        status_code=exc.status, content={"error": {"code": exc.code, "message": exc.message}}
+    )
+
+
+def install_vending(app: FastAPI, service: VendingService | None) -> None:
+    """Mount the vending and vending-administration routes and map vending errors.
+
+    With ``service`` None the routes answer ``vending_unavailable``.
+    """
+    app.state.vending = service
+    app.add_exception_handler(VendingError, _vending_error)
+    app.include_router(vendor_router)
+    app.include_router(router)

@@ -18,7 +18,7 @@ from gateway.http.custody import Custody
 from gateway.http.errors import install_error_handlers
 from gateway.http.meters import router as meters_router
 from gateway.http.security import Role, access_from_settings
-from gateway.http.vending import install_vending
+from gateway.http.vending_admin import install_vending
 from gateway.settings import Settings
 from gateway.vending.keys import KeyStoreDecoderKeys
 from gateway.vending.service import VendingConfig, VendingService
