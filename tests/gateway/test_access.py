@@ -97,7 +97,13 @@ async def make_env(database_url: str) -> AsyncIterator[Callable[..., Any]]:
             access.policy = policy
             access.authenticators = ()
             access.__post_init__()
-        services = Services(pool=pool, intake=None, pipeline=None, metrics=Metrics())  # type: ignore[arg-type]
+        services = Services(
+            pool=pool,
+            mqtt=None,  # type: ignore[arg-type]
+            intake=None,  # type: ignore[arg-type]
+            pipeline=None,  # type: ignore[arg-type]
+            metrics=Metrics(),
+        )
         app = create_app(services, access)
         client = httpx.AsyncClient(
             transport=httpx.ASGITransport(app=app), base_url="http://testserver"
