@@ -45,6 +45,7 @@
     if (flushing) return Promise.resolve();
     var q = load();
     if (!q.length) { showState(); return Promise.resolve(); }
+    if (!navigator.onLine) { lastError = "network"; showState(); return Promise.resolve(); }
     flushing = true;
     var entry = q[0];
     return fetch(entry.url, {
