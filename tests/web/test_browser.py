@@ -10,6 +10,7 @@ checked for tap-target sizes, labelled controls and console errors.
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import Any
 
 import psycopg
@@ -20,6 +21,13 @@ from tests.plugins.gateway import wait_for_value
 from tests.web.conftest import Field
 
 PHONE = {"width": 360, "height": 740}
+SHOTS = os.environ.get("FIELD_SCREENSHOT_DIR")
+"""Set to a directory (``docs``) to keep phone-width screenshots of the pages visited."""
+
+
+async def shot(page: Page, name: str) -> None:
+    if SHOTS:
+        await page.screenshot(path=os.path.join(SHOTS, name), full_page=True)
 
 _AUDIT_JS = """() => {
   const small = [], unlabelled = [];
@@ -94,6 +102,7 @@ async def test_a_technician_works_a_leak_from_the_work_list(field: Field, browse
     await expect(card).to_contain_text("12 Jacaranda Street, Hatfield")
     maps = card.get_by_role("link", name="Open in maps")
     assert (await maps.get_attribute("href") or "").startswith("geo:-25.747900,28.229300")
+    await shot(page, "field-worklist.png")
     await page.get_by_label("Area").select_option("Hatfield")
     await page.get_by_role("button", name="Filter").click()
     await expect(page.get_by_role("link", name="Meter W7")).to_be_visible()
@@ -116,6 +125,7 @@ async def test_a_technician_works_a_leak_from_the_work_list(field: Field, browse
     latest = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="24.2.1"))
     await expect(latest).to_contain_text("m3")
     await expect(page.get_by_text("Commands to the meter")).to_be_visible()
+    await shot(page, "field-meter-card.png")
 
     # Acknowledge the leak with a note: sent to the JSON API, shown after the page refreshes.
     await page.get_by_label("Note for alert").fill("valve checked, customer informed")
