@@ -162,9 +162,12 @@ async def readings_of(
 ) -> dict[str, Any]:
     meter = await registry.get_meter(conn, meter_id)
     until = until or datetime.now(UTC)
-    since = since or until - (timedelta(days=1) if interval == "hour" else timedelta(days=30))
-    if since.tzinfo is None or until.tzinfo is None:
+    if until.tzinfo is None or (since is not None and since.tzinfo is None):
         raise ValidationError("since and until need a UTC offset")
+    try:
+        since = since or until - (timedelta(days=1) if interval == "hour" else timedelta(days=30))
+    except OverflowError as exc:
+        raise ValidationError("until is too early") from exc
     if since >= until:
         raise ValidationError("since must be before until")
     if until - since > MAX_SPAN[interval]:
