@@ -29,6 +29,7 @@ async def shot(page: Page, name: str) -> None:
     if SHOTS:
         await page.screenshot(path=os.path.join(SHOTS, name), full_page=True)
 
+
 _AUDIT_JS = """() => {
   const small = [], unlabelled = [];
   const controls = 'a[href], button, input:not([type=hidden]), select, textarea, summary';
@@ -202,7 +203,7 @@ async def test_roles_decide_the_controls_and_the_server_refuses_them(
     await context.close()
 
 
-async def test_search_finds_a_meter_by_number_without_its_check_digit(
+async def test_search_by_number_without_its_check_digit_then_log_out(
     field: Field, browser: Browser
 ) -> None:
     await field.put_meter("04040404040", utility="electricity", address="7 Acacia Avenue")
@@ -217,4 +218,11 @@ async def test_search_finds_a_meter_by_number_without_its_check_digit(
     await w.page.get_by_role("button", name="Search").click()
     await expect(w.page.get_by_role("link", name="Meter 04040404040")).to_be_visible()
     await w.check()
+    await w.page.get_by_role("button", name=f"Log out {name}").click()
+    await expect(w.page.get_by_role("heading", name="Log in")).to_be_visible()
+    await w.page.goto(f"{field.base}/field/search")
+    await expect(w.page.get_by_role("heading", name="Log in")).to_be_visible()
+    sessions = "SELECT count(*) FROM sessions s JOIN principals p ON p.id = s.principal_id"
+    assert await db_count(field.url, sessions + " WHERE p.name = %s", name) == 0
+    assert w.errors == [], w.errors
     await context.close()
