@@ -160,13 +160,15 @@ async def list_meters(
     verified: bool | None = None,
     transport: str | None = None,
     utility: str | None = None,
+    area: str | None = None,
     limit: int = 100,
     after: str | None = None,
 ) -> list[dict[str, Any]]:
     """Meters ordered by id, keyset-paginated with ``after`` (the last id of the previous page)."""
     conditions = ["true"]
     params: list[Any] = []
-    for column, value in (("verified", verified), ("transport", transport), ("utility", utility)):
+    filters = (("verified", verified), ("transport", transport), ("utility", utility))
+    for column, value in (*filters, ("area", area)):
         if value is not None:
             conditions.append(f"m.{column} = %s")
             params.append(value)

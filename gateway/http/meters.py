@@ -149,14 +149,20 @@ async def list_meters(
 ) -> list[dict[str, Any]]:
     """Meters by id; pass the last id of a page as ``after`` for the next page.
 
-    With ``q``: a search by meter number (with or without its check digit), account or address
-    (exact matches first; ``area`` narrows it; no paging)."""
+    ``area`` keeps the meters of one suburb or area. With ``q``: a search by meter number (with
+    or without its check digit), account or address (exact matches first; no paging)."""
     if q is not None:
         if text_problem(q) is not None:
             raise ValidationError("q must be storable text")
         return await registry.search_meters(conn, q, area=area, limit=limit)
     return await registry.list_meters(
-        conn, verified=verified, transport=transport, utility=utility, limit=limit, after=after
+        conn,
+        verified=verified,
+        transport=transport,
+        utility=utility,
+        area=area,
+        limit=limit,
+        after=after,
     )
 
 

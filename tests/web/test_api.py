@@ -51,6 +51,9 @@ async def test_search_by_number_with_or_without_check_digit_account_and_address(
         assert [m["meter_id"] for m in found.json()] == [number], query
     none = await field.http.get("/meters", params={"q": "nowhere"}, headers=field.technician)
     assert none.json() == []
+    await field.put_meter("IN-AREA", utility="water", area="Sunnyside")
+    listed = await field.http.get("/meters", params={"area": "Sunnyside"}, headers=field.technician)
+    assert [m["meter_id"] for m in listed.json()] == ["IN-AREA"]
 
 
 async def test_card_readings_events_and_tokens(field: Field) -> None:
