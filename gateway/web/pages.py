@@ -123,7 +123,8 @@ async def login_page(request: Request, next: str | None = None) -> HTMLResponse:
 async def login_submit(request: Request) -> Response:
     form = await request.form()
     sent, expected = form.get("csrf_token"), request.cookies.get(LOGIN_CSRF_COOKIE)
-    target = _safe_next(form.get("next") if isinstance(form.get("next"), str) else None)  # type: ignore[arg-type]
+    given = form.get("next")
+    target = _safe_next(given if isinstance(given, str) else None)
     if not isinstance(sent, str) or not expected or not secrets.compare_digest(sent, expected):
         return _html(
             "login.html",
