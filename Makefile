@@ -39,6 +39,13 @@ $(STAMP): pyproject.toml $(LOCK)
 	     (apt-get update -q >/dev/null && apt-get install -y -q mosquitto >/dev/null)) \
 	    || echo "could not install mosquitto; a broker must answer on 127.0.0.1:1883"; \
 	fi
+	@# The field-page tests drive Debian's chromium (never a browser downloaded by playwright).
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium"; \
+	    (apt-get install -y -q chromium >/dev/null 2>&1 || \
+	     (apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null)) \
+	    || echo "could not install chromium; the browser tests need /usr/bin/chromium"; \
+	fi
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -15,14 +15,23 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from gateway.errors import NotFoundError
+from tokens.meter_number import luhn_check_digit, luhn_valid
 
-__all__ = ["MeterSpec", "get_meter", "list_meters", "upsert_meter", "verify_meter"]
+__all__ = [
+    "MeterSpec",
+    "get_meter",
+    "list_meters",
+    "meter_number_candidates",
+    "search_meters",
+    "upsert_meter",
+    "verify_meter",
+]
 
 _COLUMNS: Final = (
     "m.meter_id, m.utility, m.payment, m.transport, m.verified, m.reporting_interval_s,"
     " m.time_zone, m.modbus_host, m.modbus_port, m.modbus_unit, m.modbus_word_order,"
     " m.register_map, m.export_allowed, m.register_max, m.created_at, m.last_seen,"
-    " m.last_reading_ts, m.online, m.status,"
+    " m.last_reading_ts, m.online, m.status, m.address, m.area, m.latitude, m.longitude,"
     " c.comms_state, v.account_id AS account,"
     " CASE WHEN v.sgc IS NULL THEN NULL ELSE jsonb_build_object('sgc', v.sgc, 'krn', v.krn,"
     " 'ti', v.ti, 'key_type', v.key_type, 'base_date', v.base_date, 'ea', v.ea, 'dkga', v.dkga)"
@@ -57,6 +66,12 @@ class MeterSpec:
     """STS key data for vending (sgc, krn, ti, key_type, base_date, ea, dkga); None: unchanged."""
     account: str | None = None
     """The customer account the meter bills to; None: unchanged."""
+    address: str | None = None
+    """Street address, for the field visit."""
+    area: str | None = None
+    """Suburb or area, for grouping visits."""
+    latitude: float | None = None
+    longitude: float | None = None
 
 
 async def _upsert_vending(conn: AsyncConnection[Any], spec: MeterSpec) -> None:
@@ -86,8 +101,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
         await conn.execute(
             "INSERT INTO meters (meter_id, utility, payment, transport, reporting_interval_s,"
             " time_zone, verified, modbus_host, modbus_port, modbus_unit, modbus_word_order,"
-            " register_map, export_allowed, register_max)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " register_map, export_allowed, register_max, address, area, latitude, longitude)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (meter_id) DO UPDATE SET utility = excluded.utility,"
             " payment = excluded.payment, transport = excluded.transport,"
             " reporting_interval_s = excluded.reporting_interval_s,"
@@ -95,7 +110,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
             " modbus_host = excluded.modbus_host, modbus_port = excluded.modbus_port,"
             " modbus_unit = excluded.modbus_unit, modbus_word_order = excluded.modbus_word_order,"
             " register_map = excluded.register_map, export_allowed = excluded.export_allowed,"
-            " register_max = excluded.register_max",
+            " register_max = excluded.register_max, address = excluded.address,"
+            " area = excluded.area, latitude = excluded.latitude, longitude = excluded.longitude",
             (
                 spec.meter_id,
                 spec.utility,
@@ -111,6 +127,10 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
                 Jsonb(dict(spec.register_map)) if spec.register_map is not None else None,
                 spec.export_allowed,
                 spec.register_max,
+                spec.address,
+                spec.area,
+                spec.latitude,
+                spec.longitude,
             ),
         )
         if spec.sts is not None or spec.account is not None:
@@ -140,13 +160,15 @@ async def list_meters(
     verified: bool | None = None,
     transport: str | None = None,
     utility: str | None = None,
+    area: str | None = None,
     limit: int = 100,
     after: str | None = None,
 ) -> list[dict[str, Any]]:
     """Meters ordered by id, keyset-paginated with ``after`` (the last id of the previous page)."""
     conditions = ["true"]
     params: list[Any] = []
-    for column, value in (("verified", verified), ("transport", transport), ("utility", utility)):
+    filters = (("verified", verified), ("transport", transport), ("utility", utility))
+    for column, value in (*filters, ("area", area)):
         if value is not None:
             conditions.append(f"m.{column} = %s")
             params.append(value)
@@ -158,6 +180,42 @@ async def list_meters(
         await cur.execute(
             f"SELECT {_COLUMNS}{_FROM} WHERE {' AND '.join(conditions)}"
             " ORDER BY m.meter_id LIMIT %s",
+            params,
+        )
+        return await cur.fetchall()
+
+
+def meter_number_candidates(text: str) -> list[str]:
+    """Meter ids ``text`` may denote: as typed, without its check digit when the last digit is a
+    valid Luhn check digit, and with the check digit added (people type either form)."""
+    text = text.strip()
+    candidates = [text]
+    if text.isdigit() and text.isascii() and len(text) >= 2:
+        if luhn_valid(text):
+            candidates.append(text[:-1])
+        candidates.append(text + str(luhn_check_digit(text)))
+    return candidates
+
+
+async def search_meters(
+    conn: AsyncConnection[Any], text: str, *, area: str | None = None, limit: int = 50
+) -> list[dict[str, Any]]:
+    """Meters found by meter number (with or without its check digit), account or address;
+    exact number and account matches first, then addresses containing ``text``."""
+    pattern = "%" + text.strip().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    conditions = [
+        "(m.meter_id = ANY(%s) OR v.account_id = %s OR m.address ILIKE %s OR m.meter_id LIKE %s)"
+    ]
+    params: list[Any] = [meter_number_candidates(text), text.strip(), pattern, pattern]
+    if area is not None:
+        conditions.append("m.area = %s")
+        params.append(area)
+    params.extend([meter_number_candidates(text), text.strip(), limit])
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {_COLUMNS}{_FROM} WHERE {' AND '.join(conditions)}"
+            " ORDER BY (m.meter_id = ANY(%s) OR v.account_id IS NOT DISTINCT FROM %s) DESC,"
+            " m.meter_id LIMIT %s",
             params,
         )
         return await cur.fetchall()

@@ -32,6 +32,7 @@ from gateway.http.security import AccessControl, Role, install_audit, require
 from gateway.http.vending_admin import install_vending
 from gateway.vending.keys import NoDecoderKeys
 from gateway.vending.service import VendingService
+from gateway.web import install_web
 
 __all__ = [
     "DEFAULT_DB_WAIT_S",
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(alerts_router)
     app.include_router(billing_router)
     app.state.billing_policy = load_policy()
+    install_web(app)
 
     @app.get("/healthz", tags=["operations"])
     async def healthz() -> dict[str, str]:

@@ -15,7 +15,7 @@ from gateway import registry
 from gateway.errors import ValidationError
 from gateway.http.custody import CustodyDep
 from gateway.http.db import DbConn
-from gateway.http.models import ApiModel
+from gateway.http.models import ApiModel, text_problem
 from gateway.http.security import AccessControl, Role, require
 from gateway.keystore.provisioning import write_provisioning_file
 from protocols.errors import UsageError
@@ -52,6 +52,12 @@ class _MeterFields(BaseModel):
     """Registered embedded generation: export on this meter is not reverse flow."""
     register_max: float | None = Field(None, gt=0, le=1e12)
     """Main register capacity (rollover point); unset: the next power of ten."""
+    address: str | None = Field(None, max_length=300, examples=["12 Jacaranda Street"])
+    """Street address, for the field visit."""
+    area: str | None = Field(None, max_length=100, examples=["Hatfield"])
+    """Suburb or area: the work list filters by it."""
+    latitude: float | None = Field(None, ge=-90, le=90)
+    longitude: float | None = Field(None, ge=-180, le=180)
 
 
 class StsIn(ApiModel):
@@ -99,6 +105,12 @@ class MeterIn(ApiModel, _MeterFields):
         return value
 
     @model_validator(mode="after")
+    def _coordinates(self) -> MeterIn:
+        if (self.latitude is None) != (self.longitude is None):
+            raise ValueError("latitude and longitude go together")
+        return self
+
+    @model_validator(mode="after")
     def _modbus_fields(self) -> MeterIn:
         if self.transport == "modbus" and None in (
             self.modbus_host,
@@ -132,10 +144,25 @@ async def list_meters(
     utility: Literal["electricity", "water", "unknown"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
+    q: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    area: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
 ) -> list[dict[str, Any]]:
-    """Meters by id; pass the last id of a page as ``after`` for the next page."""
+    """Meters by id; pass the last id of a page as ``after`` for the next page.
+
+    ``area`` keeps the meters of one suburb or area. With ``q``: a search by meter number (with
+    or without its check digit), account or address (exact matches first; no paging)."""
+    if q is not None:
+        if text_problem(q) is not None:
+            raise ValidationError("q must be storable text")
+        return await registry.search_meters(conn, q, area=area, limit=limit)
     return await registry.list_meters(
-        conn, verified=verified, transport=transport, utility=utility, limit=limit, after=after
+        conn,
+        verified=verified,
+        transport=transport,
+        utility=utility,
+        area=area,
+        limit=limit,
+        after=after,
     )
 
 
