@@ -142,9 +142,7 @@ def _enforcement(meter: MeterFacts) -> tuple[Step, str]:
     return Step.REVIEW, f"no rule for a {meter.payment} {meter.utility} meter: review"
 
 
-def decide(
-    account: AccountFacts, meter: MeterFacts, policy: Policy, today: date
-) -> Decision:
+def decide(account: AccountFacts, meter: MeterFacts, policy: Policy, today: date) -> Decision:
     """The next credit-control step for ``meter`` of ``account`` on ``today``."""
     checks: list[Check] = []
     disputed = account.dispute_amount if account.dispute_open else Decimal(0)
