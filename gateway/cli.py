@@ -24,6 +24,7 @@ from pathlib import Path
 
 from gateway.auth.cli import add_subcommands as add_access_subcommands
 from gateway.billing.cli import add_commands as add_billing_commands
+from gateway.control.cli import add_control_commands
 from gateway.control.cli import add_import_commands as add_control_imports
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
@@ -162,6 +163,7 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
     add_vending_commands(sub)
     imports = add_billing_commands(sub, run_async)
     add_control_imports(imports, run_async)
+    add_control_commands(sub, run_async)
     return parser
 
 

@@ -6,14 +6,14 @@ account's whole credit-control history.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import Field
 
-from gateway.control import accounts
+from gateway.control import accounts, runs
 from gateway.control.policy import DEFAULT_POLICY, policy_to_json
 from gateway.control.records import parse_account, parse_arrears, parse_payment
 from gateway.control.store import current_policy, save_policy
@@ -211,3 +211,69 @@ async def put_arrangement(
         reason=body.reason,
     )
     return dict(_plain(row))
+
+
+class RunIn(ApiModel):
+    as_of: date | None = Field(default=None, description="decision date (default: today, local)")
+    accounts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]] | None = Field(
+        default=None, max_length=10000, description="only these accounts (default: all)"
+    )
+    fleet_share_limit: Annotated[str, Field(pattern=r"^[0-9]{1,3}(\.[0-9]{1,2})?$")] | None = Field(
+        default=None, description="raise the policy's fleet-share limit for this run"
+    )
+
+
+class HaltIn(ApiModel):
+    halted: bool
+    reason: str = Field(default="", max_length=500)
+
+
+RunId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def _today() -> date:
+    return datetime.now(UTC).astimezone(DEFAULT_POLICY.zone).date()
+
+
+@router.post("/runs", status_code=201)
+async def post_run(body: RunIn, operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """Plan a credit-control run: what it would do per account and meter, with the reasons
+    and the legal checks. Nothing is sent until the run is approved."""
+    run = await runs.plan_run(
+        conn,
+        actor=operator.name,
+        as_of=body.as_of or _today(),
+        now=datetime.now(UTC),
+        account_ids=body.accounts,
+        fleet_share_limit=None
+        if body.fleet_share_limit is None
+        else Decimal(body.fleet_share_limit),
+    )
+    return dict(_plain(run))
+
+
+@router.get("/runs/{run_id}")
+async def get_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """A run, its items and what became of each."""
+    del operator
+    return dict(_plain(await runs.get_run(conn, run_id)))
+
+
+@router.post("/runs/{run_id}/approve")
+async def approve_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """Approve a planned run and execute it; exclusions are checked again for every item."""
+    return dict(_plain(await runs.approve_run(conn, run_id, actor=operator.name, today=_today())))
+
+
+@router.get("/halt")
+async def get_halt(operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """Whether credit-control execution is halted."""
+    del operator
+    return dict(_plain(await runs.halt_state(conn)))
+
+
+@router.put("/halt")
+async def put_halt(body: HaltIn, operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """Halt (or resume) all credit-control execution at once."""
+    state = await runs.set_halt(conn, halted=body.halted, actor=operator.name, reason=body.reason)
+    return dict(_plain(state))

@@ -112,3 +112,31 @@ async def test_policy_accounts_payments_over_http(
             "control.arrangement",
         ]
         assert (await http.get("/control/v1/accounts/A9", headers=operator)).status_code == 404
+
+        # runs: plan, see, approve once, halt
+        await http.put(
+            "/control/v1/accounts/A1/arrangement", json={"state": "none"}, headers=operator
+        )
+        await http.put(
+            "/control/v1/accounts/A1/dispute",
+            json={"amount": "0", "state": "none"},
+            headers=operator,
+        )
+        planned = await http.post(
+            "/control/v1/runs", json={"as_of": "2026-11-30", "accounts": ["A1"]}, headers=operator
+        )
+        assert planned.status_code == 201, planned.text
+        run = planned.json()
+        assert [(i["account_id"], i["step"]) for i in run["items"]] == [("A1", "notice")]
+        assert (await http.post("/control/v1/runs", json={}, headers=tech)).status_code == 403
+        halted = await http.put("/control/v1/halt", json={"halted": True}, headers=operator)
+        assert halted.json()["halted"] is True
+        blocked = await http.post(f"/control/v1/runs/{run['run_id']}/approve", headers=operator)
+        assert blocked.status_code == 409
+        await http.put("/control/v1/halt", json={"halted": False}, headers=operator)
+        approved = await http.post(f"/control/v1/runs/{run['run_id']}/approve", headers=operator)
+        assert approved.status_code == 200, approved.text
+        assert approved.json()["items"][0]["state"] == "done"
+        twice = await http.post(f"/control/v1/runs/{run['run_id']}/approve", headers=operator)
+        assert twice.status_code == 409
+        assert (await http.get("/control/v1/runs/999", headers=operator)).status_code == 404

@@ -54,3 +54,86 @@ CREATE TABLE control_policies (
 
 -- An account's (and a meter's) history is read from the audit log by object.
 CREATE INDEX audit_log_object ON audit_log (object, id);
+
+-- Where each account stands in the credit-control process. `debt_at_action` is the arrears
+-- when the current action (block, disconnection, restriction) began; payments since
+-- `action_started_at` count towards the policy's share for release.
+CREATE TABLE control_accounts (
+    account_id             text COLLATE "C" PRIMARY KEY REFERENCES accounts (account_id),
+    notice_served_on       date,
+    final_notice_served_on date,
+    action_started_at      timestamptz,
+    debt_at_action         numeric(14, 2) NOT NULL DEFAULT 0,
+    share_before_block     numeric(5, 2),
+    updated_at             timestamptz NOT NULL DEFAULT now()
+);
+
+-- What credit control has done to each meter.
+CREATE TABLE control_meters (
+    meter_id   text COLLATE "C" PRIMARY KEY REFERENCES meters (meter_id),
+    account_id text COLLATE "C" NOT NULL REFERENCES accounts (account_id),
+    state      text NOT NULL DEFAULT 'normal'
+               CHECK (state IN ('normal', 'disconnected', 'blocked', 'restricted')),
+    since      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Credit-control runs: planned, then approved by an operator (or halted).
+CREATE TABLE control_runs (
+    run_id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    state             text NOT NULL DEFAULT 'planned'
+                      CHECK (state IN ('planned', 'approved', 'halted')),
+    policy_version    integer NOT NULL,
+    as_of             date NOT NULL,
+    fleet_share_limit numeric(5, 2) NOT NULL,
+    fleet_meters      integer NOT NULL,
+    planned_by        text NOT NULL,
+    planned_at        timestamptz NOT NULL DEFAULT now(),
+    approved_by       text,
+    approved_at       timestamptz
+);
+
+-- One planned step per account (notices) or per meter (orders, review, release).
+CREATE TABLE control_run_items (
+    run_id      bigint NOT NULL REFERENCES control_runs (run_id),
+    item_no     integer NOT NULL,
+    account_id  text COLLATE "C" NOT NULL,
+    meter_id    text COLLATE "C",
+    step        text NOT NULL,
+    reasons     text[] NOT NULL,
+    checks      jsonb NOT NULL,
+    ground      numeric(14, 2) NOT NULL,
+    state       text NOT NULL DEFAULT 'planned'
+                CHECK (state IN ('planned', 'done', 'skipped', 'not_executed')),
+    outcome     text NOT NULL DEFAULT '',
+    executed_at timestamptz,
+    PRIMARY KEY (run_id, item_no)
+);
+
+-- The operator's stop switch: while halted, nothing of any run executes.
+CREATE TABLE control_halt (
+    singleton  boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    halted     boolean NOT NULL,
+    changed_by text NOT NULL,
+    reason     text NOT NULL DEFAULT '',
+    changed_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Customer notices. Each is written with its notification outbox row in one transaction;
+-- `served_on` is set when the notifier has delivered it (the day it reached the customer).
+CREATE TABLE control_notices (
+    notice_id  bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    account_id text COLLATE "C" NOT NULL REFERENCES accounts (account_id),
+    kind       text NOT NULL CHECK (kind IN ('notice', 'final_notice', 'disconnection',
+                                             'restriction', 'reconnection')),
+    amount     numeric(14, 2) NOT NULL,
+    run_id     bigint REFERENCES control_runs (run_id),
+    created_at timestamptz NOT NULL DEFAULT now(),
+    served_on  date
+);
+CREATE INDEX control_notices_account ON control_notices (account_id, notice_id);
+
+-- The notification outbox is shared with the alerts: a row is an alert's or a notice's.
+ALTER TABLE alert_outbox ALTER COLUMN alert_id DROP NOT NULL;
+ALTER TABLE alert_outbox ADD COLUMN notice_id bigint REFERENCES control_notices (notice_id);
+ALTER TABLE alert_outbox ADD CONSTRAINT alert_outbox_one_subject
+    CHECK ((alert_id IS NULL) <> (notice_id IS NULL));
