@@ -24,6 +24,7 @@ from gateway.control.records import (
     RecordError,
     row_key,
 )
+from gateway.control.runs import release_after_change
 from gateway.errors import NotFoundError, StorageRejectedError, ValidationError
 
 __all__ = [
@@ -241,6 +242,9 @@ async def record_payment(
                 "arrears_after": str(left),
             },
         )
+        await release_after_change(
+            conn, record.account_id, actor=actor, cause=f"payment {record.reference}"
+        )
     return "stored", left
 
 
@@ -265,6 +269,7 @@ async def set_dispute(
             outcome=state,
             detail={"amount": str(amount), "reason": reason},
         )
+        await release_after_change(conn, account_id, actor=actor, cause=f"dispute {state}")
         return await _require_account(conn, account_id)
 
 
@@ -302,6 +307,7 @@ async def set_arrangement(
                 "reason": reason,
             },
         )
+        await release_after_change(conn, account_id, actor=actor, cause=f"arrangement {state}")
         return await _require_account(conn, account_id)
 
 

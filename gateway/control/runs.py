@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -28,6 +28,7 @@ from gateway.control.notices import enqueue_notice
 from gateway.control.policy import Policy
 from gateway.control.rules import (
     ORDERS,
+    RELEASES,
     AccountFacts,
     Decision,
     MeterFacts,
@@ -39,7 +40,14 @@ from gateway.control.store import current_policy
 from gateway.control.window import next_window_start
 from gateway.errors import ConflictError, NotFoundError, ValidationError
 
-__all__ = ["approve_run", "get_run", "halt_state", "plan_run", "set_halt"]
+__all__ = [
+    "approve_run",
+    "get_run",
+    "halt_state",
+    "plan_run",
+    "release_after_change",
+    "set_halt",
+]
 
 Conn = psycopg.AsyncConnection[Any]
 
@@ -338,15 +346,52 @@ async def _execute(
             f"vending blocked: {policy.prepaid_recovery_share}% of each purchase to arrears",
         )
     # Step.UNBLOCK_VENDING
+    await _unblock(conn, meter.meter_id, account_id)
+    return "done", "vending unblocked"
+
+
+async def _unblock(conn: Conn, meter_id: str, account_id: str) -> None:
     await conn.execute(
         "UPDATE accounts a SET debt_recovery_share = coalesce(c.share_before_block, 0),"
         " updated_at = now() FROM control_accounts c"
         " WHERE a.account_id = c.account_id AND a.account_id = %s",
         (account_id,),
     )
-    await _meter_state(conn, meter.meter_id, account_id, MeterState.NORMAL)
+    await _meter_state(conn, meter_id, account_id, MeterState.NORMAL)
     await _close_action_if_released(conn, account_id)
-    return "done", "vending unblocked"
+
+
+async def release_after_change(conn: Conn, account_id: str, *, actor: str, cause: str) -> None:
+    """Release what a payment or a new arrangement allows, at once and outside the execution
+    window: prepaid vending is unblocked in this transaction; a release that needs a meter
+    command is recorded as not executed (this build sends no meter commands)."""
+    _, policy = await current_policy(conn)
+    today = datetime.now(UTC).astimezone(policy.zone).date()
+    for account in await _load(conn, [account_id]):
+        for meter in account.meters:
+            if meter.state is MeterState.NORMAL:
+                continue
+            decision = decide(account.facts, meter, policy, today)
+            if decision.step is Step.UNBLOCK_VENDING:
+                await _unblock(conn, meter.meter_id, account_id)
+                outcome, reason = "done", "vending unblocked"
+            elif decision.step in RELEASES:
+                outcome, reason = "not_executed", "meter commands are not available in this build"
+            else:
+                continue
+            await audit.record(
+                conn,
+                actor=actor,
+                action=f"control.order.{decision.step.value}",
+                object=f"account:{account_id}",
+                outcome=outcome,
+                detail={
+                    "meter_id": meter.meter_id,
+                    "cause": cause,
+                    "reason": reason,
+                    "why": list(decision.reasons),
+                },
+            )
 
 
 async def _meter_state(conn: Conn, meter_id: str, account_id: str, state: MeterState) -> None:

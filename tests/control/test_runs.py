@@ -13,7 +13,9 @@ import httpx
 import psycopg
 import pytest
 
+from gateway.control.accounts import record_payment
 from gateway.control.notifier import DeliveryError, LogChannel, WebhookChannel, drain_once
+from gateway.control.records import PaymentRecord
 from gateway.control.runs import approve_run, plan_run, set_halt
 from gateway.errors import ConflictError
 
@@ -63,6 +65,10 @@ def db(database_url: str) -> str:
 
 async def connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+
+def payment(reference: str, amount: str) -> PaymentRecord:
+    return PaymentRecord(reference, "PRE", Decimal(amount), NOW)
 
 
 def steps(run: dict[str, Any]) -> dict[tuple[str, str | None], str]:
@@ -147,15 +153,13 @@ async def test_prepaid_block_and_release_on_payment(db: str) -> None:
             )
         ).fetchone()
         assert row == (Decimal("60.00"), Decimal("1000.00"), "blocked")
-        # 30% of R 1 000 paid: the next run releases the block
-        await conn.execute(
-            "INSERT INTO account_payments (reference, account_id, amount, applied, paid_at,"
-            " source) VALUES ('P1', 'PRE', 300, 300, now(), 'test')"
-        )
-        await conn.execute("UPDATE accounts SET arrears = 700 WHERE account_id = 'PRE'")
-        release = await plan_run(conn, actor="op", as_of=TODAY, now=NOW, account_ids=["PRE"])
-        assert steps(release) == {("PRE", "E-PRE"): "unblock_vending"}
-        await approve_run(conn, release["run_id"], actor="op", today=TODAY)
+        # 29.99% of R 1 000 paid: still blocked; 30%: released at once by the payment
+        await record_payment(conn, payment("P1", "299.99"), actor="billing", source="test")
+        still = await (
+            await conn.execute("SELECT state FROM control_meters WHERE meter_id = 'E-PRE'")
+        ).fetchone()
+        assert still == ("blocked",)
+        await record_payment(conn, payment("P2", "0.01"), actor="billing", source="test")
         row = await (
             await conn.execute(
                 "SELECT a.debt_recovery_share, m.state FROM accounts a"
