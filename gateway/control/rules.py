@@ -27,6 +27,8 @@ from enum import StrEnum
 from gateway.control.policy import Policy
 
 __all__ = [
+    "ORDERS",
+    "RELEASES",
     "AccountFacts",
     "Check",
     "Decision",

@@ -46,6 +46,7 @@ __all__ = [
     "halt_state",
     "plan_run",
     "release_after_change",
+    "review_list",
     "set_halt",
 ]
 
@@ -251,6 +252,20 @@ async def get_run(conn: Conn, run_id: int) -> dict[str, Any]:
     )
     run["items"] = await cur.fetchall()
     return run
+
+
+async def review_list(conn: Conn) -> list[dict[str, Any]]:
+    """Meters of essential (or unclassifiable) accounts that a run would have ordered: the
+    latest approved review item per meter, for a person to decide."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT DISTINCT ON (i.meter_id) i.meter_id, i.account_id, i.run_id, i.reasons,"
+        " i.ground, i.executed_at, a.essential_reason FROM control_run_items i"
+        " JOIN accounts a USING (account_id)"
+        " WHERE i.step = 'review' AND i.state = 'done'"
+        " ORDER BY i.meter_id, i.executed_at DESC"
+    )
+    return await cur.fetchall()
 
 
 async def halt_state(conn: Conn) -> dict[str, Any]:

@@ -265,6 +265,13 @@ async def approve_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[s
     return dict(_plain(await runs.approve_run(conn, run_id, actor=operator.name, today=_today())))
 
 
+@router.get("/review")
+async def get_review(operator: Operator, conn: DbConn) -> dict[str, Any]:
+    """The review list: meters of essential accounts a run would have acted on."""
+    del operator
+    return {"items": _plain(await runs.review_list(conn))}
+
+
 @router.get("/halt")
 async def get_halt(operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Whether credit-control execution is halted."""

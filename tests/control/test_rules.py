@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.control.policy import DEFAULT_POLICY, policy_from_json, policy_to_json
-from gateway.control.rules import AccountFacts, MeterFacts, MeterState, Step, decide
+from gateway.control.rules import (
+    ORDERS,
+    RELEASES,
+    AccountFacts,
+    MeterFacts,
+    MeterState,
+    Step,
+    decide,
+)
 from gateway.control.window import in_window, is_public_holiday, next_window_start
 from gateway.errors import ValidationError
 
@@ -144,3 +154,54 @@ def test_execution_window_days_hours_and_holidays() -> None:
     assert next_window_start(at("2026-12-14T16:00"), policy) == at("2026-12-17T08:00")
     inside = at("2026-11-30T09:30")
     assert next_window_start(inside, policy) == inside
+
+
+amounts = st.decimals(min_value=0, max_value=100_000, places=2)
+days = st.dates(min_value=date(2025, 1, 1), max_value=date(2027, 12, 31))
+
+
+@st.composite
+def accounts(draw: st.DrawFn) -> AccountFacts:
+    return AccountFacts(
+        account_id="A",
+        arrears=draw(amounts),
+        arrears_since=draw(st.none() | days),
+        dispute_amount=draw(amounts),
+        dispute_open=draw(st.booleans()),
+        arrangement_kept=draw(st.booleans()),
+        indigent_from=draw(st.none() | days),
+        indigent_to=draw(st.none() | days),
+        essential=draw(st.booleans()),
+        pays_above_free_allocation=draw(st.booleans()),
+        notice_served_on=draw(st.none() | days),
+        final_notice_served_on=draw(st.none() | days),
+        debt_at_action=draw(amounts),
+        paid_since_action=draw(amounts),
+    )
+
+
+meters = st.builds(
+    MeterFacts,
+    st.just("M"),
+    st.sampled_from(["electricity", "water", "unknown"]),
+    st.sampled_from(["prepaid", "postpaid", "unknown"]),
+    st.sampled_from(list(MeterState)),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(accounts(), meters, days)
+def test_rule_invariants(account: AccountFacts, meter: MeterFacts, today: date) -> None:
+    decision = decide(account, meter, DEFAULT_POLICY, today)
+    if decision.step in ORDERS:
+        assert not account.essential
+        assert not account.arrangement_kept
+        assert meter.state is MeterState.NORMAL
+        disputed = account.dispute_amount if account.dispute_open else Decimal(0)
+        assert account.arrears - disputed >= DEFAULT_POLICY.notice_threshold
+        assert account.final_notice_served_on is not None
+        assert today >= account.final_notice_served_on + timedelta(days=14)
+    if meter.utility == "water":
+        assert decision.step not in {Step.DISCONNECT, Step.BLOCK_VENDING}
+    if decision.step in RELEASES:
+        assert meter.state is not MeterState.NORMAL

@@ -16,7 +16,7 @@ import pytest
 from gateway.control.accounts import record_payment
 from gateway.control.notifier import DeliveryError, LogChannel, WebhookChannel, drain_once
 from gateway.control.records import PaymentRecord
-from gateway.control.runs import approve_run, plan_run, set_halt
+from gateway.control.runs import approve_run, plan_run, review_list, set_halt
 from gateway.errors import ConflictError
 
 ZA = ZoneInfo("Africa/Johannesburg")
@@ -132,6 +132,9 @@ async def test_approval_rechecks_exclusions_and_executes(db: str) -> None:
     assert ("control.halt", "halted") in audit
     assert "control.run.approve" in actions
     assert ("control.order.review", "done") in audit
+    async with await connect(db) as conn:
+        review = await review_list(conn)
+    assert [(r["meter_id"], r["account_id"]) for r in review] == [("E-ESS", "ESS")]
 
 
 async def test_prepaid_block_and_release_on_payment(db: str) -> None:
