@@ -32,6 +32,7 @@ from gateway import audit
 from gateway.errors import GatewayError
 
 __all__ = [
+    "MAX_ATTEMPTS",
     "Channel",
     "DeliveryError",
     "LogChannel",
@@ -41,6 +42,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+#: failed rounds after which an outbox row is given up (left unsent for an operator)
+MAX_ATTEMPTS = 20
 
 
 class DeliveryError(GatewayError):
@@ -116,13 +120,18 @@ class WebhookChannel:
 async def drain_once(
     conn: psycopg.AsyncConnection[Any], channel: Channel, *, zone: ZoneInfo, limit: int = 100
 ) -> int:
-    """Send up to ``limit`` unsent rows; returns how many were sent."""
+    """Send up to ``limit`` unsent rows; returns how many were sent. A row that fails is
+    left for a later round (and passed over in this one); after ``MAX_ATTEMPTS`` failed
+    rounds it is given up, with one error in the log, and stays unsent for an operator."""
     sent = 0
+    failed: list[int] = []
     for _ in range(limit):
         async with conn.transaction():
             cur = await conn.execute(
                 "SELECT id, notice_id, payload FROM alert_outbox WHERE sent_at IS NULL"
-                " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+                " AND attempts < %s AND id <> ALL(%s)"
+                " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                (MAX_ATTEMPTS, failed),
             )
             row = await cur.fetchone()
             if row is None:
@@ -132,11 +141,18 @@ async def drain_once(
             try:
                 await channel.send(key, payload)
             except DeliveryError as exc:
-                await conn.execute(
-                    "UPDATE alert_outbox SET attempts = attempts + 1 WHERE id = %s", (outbox_id,)
+                cur = await conn.execute(
+                    "UPDATE alert_outbox SET attempts = attempts + 1 WHERE id = %s"
+                    " RETURNING attempts",
+                    (outbox_id,),
                 )
-                log.warning("notification %s not delivered: %s", key, exc)
-                return sent
+                got = await cur.fetchone()
+                if got is not None and got[0] >= MAX_ATTEMPTS:
+                    log.error("notification %s given up after %d attempts: %s", key, got[0], exc)
+                else:
+                    log.warning("notification %s not delivered: %s", key, exc)
+                failed.append(int(outbox_id))
+                continue
             await conn.execute(
                 "UPDATE alert_outbox SET sent_at = now(), attempts = attempts + 1 WHERE id = %s",
                 (outbox_id,),

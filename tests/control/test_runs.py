@@ -215,15 +215,20 @@ async def test_webhook_refusal_keeps_the_row_for_later(db: str) -> None:
         channel = WebhookChannel("http://sms.invalid/send", client=client)
         with pytest.raises(DeliveryError):
             await channel.send("k", {"kind": "notice"})
+        # a row that fails does not hold up the rows behind it
+        await conn.execute(
+            "INSERT INTO alert_outbox (notice_id, event, payload)"
+            " SELECT notice_id, 'notice', payload FROM alert_outbox"
+        )
         assert await drain_once(conn, channel, zone=ZA) == 0
         await channel.aclose()
-        row = await (
+        rows = await (
             await conn.execute(
-                "SELECT sent_at, attempts FROM alert_outbox WHERE notice_id IS NOT NULL"
+                "SELECT sent_at, attempts FROM alert_outbox WHERE notice_id IS NOT NULL ORDER BY id"
             )
-        ).fetchone()
-        assert row == (None, 1)
-        assert await drain_once(conn, LogChannel(), zone=ZA) == 1
+        ).fetchall()
+        assert rows == [(None, 1), (None, 1)]
+        assert await drain_once(conn, LogChannel(), zone=ZA) == 2
 
 
 def test_cli_plan_prints_the_stored_run(db: str) -> None:
