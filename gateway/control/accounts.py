@@ -25,7 +25,7 @@ from gateway.control.records import (
     row_key,
 )
 from gateway.control.runs import release_after_change
-from gateway.errors import NotFoundError, StorageRejectedError, ValidationError
+from gateway.errors import ConflictError, NotFoundError, StorageRejectedError, ValidationError
 
 __all__ = [
     "ACCOUNT_VIEW",
@@ -200,7 +200,7 @@ async def record_payment(
         existing = await cur.fetchone()
         if existing is not None:
             if (existing[0], existing[1]) != (record.account_id, record.amount):
-                raise ValidationError(
+                raise ConflictError(
                     f"payment {record.reference} is already recorded with other details"
                 )
             return "unchanged", Decimal(account["arrears"])

@@ -75,6 +75,10 @@ async def test_policy_accounts_payments_over_http(
         again = await http.post("/control/v1/payments", json=payment, headers=operator)
         assert (first.json()["outcome"], first.json()["arrears"]) == ("stored", "600.00")
         assert (again.json()["outcome"], again.json()["arrears"]) == ("unchanged", "600.00")
+        conflicting = await http.post(
+            "/control/v1/payments", json={**payment, "amount": "1.00"}, headers=operator
+        )
+        assert conflicting.status_code == 409
         missing = await http.post(
             "/control/v1/payments",
             json={**payment, "reference": "X", "account_id": "A9"},
