@@ -256,7 +256,10 @@ def _start_credit_control(
     url = settings.notify_webhook_url
     channel: Channel = WebhookChannel(url.get_secret_value()) if url else LogChannel()
     tg.create_task(
-        run_notifier(services.pool, channel, stop, zone=DEFAULT_POLICY.zone), name="notifier"
+        run_notifier(
+            settings.database_url.get_secret_value(), channel, stop, zone=DEFAULT_POLICY.zone
+        ),
+        name="notifier",
     )
 
 

@@ -26,7 +26,6 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 import stamina
-from psycopg_pool import AsyncConnectionPool
 
 from gateway import audit
 from gateway.errors import GatewayError
@@ -195,21 +194,34 @@ async def _served(
 
 
 async def run_notifier(
-    pool: AsyncConnectionPool[Any],
+    conninfo: str,
     channel: Channel,
     stop: asyncio.Event,
     *,
     zone: ZoneInfo,
     interval_s: float = 2.0,
 ) -> None:
-    """Drain the outbox until ``stop`` is set, waiting ``interval_s`` when it is empty."""
-    while not stop.is_set():
-        try:
-            async with pool.connection() as conn:
-                sent = await drain_once(conn, channel, zone=zone)
-        except psycopg.OperationalError as exc:
-            log.warning("notifier: database unavailable (%s)", type(exc).__name__)
+    """Drain the outbox until ``stop`` is set, waiting ``interval_s`` when it is empty.
+
+    The notifier keeps one connection of its own (reopened after a failure) rather than
+    taking one from the service's pool, so it never competes with HTTP requests or ingest.
+    """
+    conn: psycopg.AsyncConnection[Any] | None = None
+    try:
+        while not stop.is_set():
             sent = 0
-        if sent == 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(conninfo, autocommit=True)
+                sent = await drain_once(conn, channel, zone=zone)
+            except psycopg.OperationalError as exc:
+                log.warning("notifier: database unavailable (%s)", type(exc).__name__)
+                if conn is not None:
+                    await conn.close()
+                conn = None
+            if sent == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval_s)
+    finally:
+        if conn is not None:
+            await conn.close()
