@@ -24,6 +24,8 @@ from pathlib import Path
 
 from gateway.auth.cli import add_subcommands as add_access_subcommands
 from gateway.billing.cli import add_commands as add_billing_commands
+from gateway.control.cli import add_control_commands
+from gateway.control.cli import add_import_commands as add_control_imports
 from gateway.db.migrate import apply_migrations
 from gateway.errors import GatewayError
 from gateway.logs import configure_logging
@@ -159,7 +161,9 @@ def build_parser(commands: Sequence[Command] = COMMANDS) -> argparse.ArgumentPar
         child.set_defaults(func=command.run)
     add_access_subcommands(sub)
     add_vending_commands(sub)
-    add_billing_commands(sub, run_async)
+    imports = add_billing_commands(sub, run_async)
+    add_control_imports(imports, run_async)
+    add_control_commands(sub, run_async)
     return parser
 
 

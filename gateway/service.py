@@ -197,6 +197,30 @@ def _http_config(
     )
 
 
+def _start_credit_control(
+    tg: asyncio.TaskGroup, settings: Settings, services: Services, stop: asyncio.Event
+) -> None:
+    """Credit control's loops: the notifier draining the notification outbox."""
+    from gateway.control.notifier import (  # noqa: PLC0415 - httpx only when it runs
+        Channel,
+        LogChannel,
+        WebhookChannel,
+        run_notifier,
+    )
+    from gateway.control.policy import DEFAULT_POLICY  # noqa: PLC0415
+
+    if not settings.notify_enabled:
+        return
+    url = settings.notify_webhook_url
+    channel: Channel = WebhookChannel(url.get_secret_value()) if url else LogChannel()
+    tg.create_task(
+        run_notifier(
+            settings.database_url.get_secret_value(), channel, stop, zone=DEFAULT_POLICY.zone
+        ),
+        name="notifier",
+    )
+
+
 async def _drain(settings: Settings, services: Services, flush_task: asyncio.Task[None]) -> None:
     """Commit and acknowledge what intake took (within the grace period), then leave the broker.
 
@@ -235,6 +259,7 @@ async def _run_tasks(
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
             if settings.detection_enabled:
                 tg.create_task(_detector(settings, services).run(stop), name="detection")
+            _start_credit_control(tg, settings, services, stop)
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
             modbus_task = (

@@ -213,6 +213,12 @@ class Settings(BaseSettings):
     detection_rules: dict[str, float] = Field(default_factory=dict)
     """Rule thresholds overriding the defaults, as a JSON object (docs/detection.md)."""
 
+    notify_enabled: bool = True
+    """Run the notifier that delivers the notification outbox (alerts and credit-control
+    notices); enable on one gateway, or on several (they never send a row twice)."""
+    notify_webhook_url: SecretStr | None = None
+    """POST each notification as JSON here (an SMS aggregator); unset: write them to the log."""
+
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
     log_format: LogFormat = LogFormat.JSON
 

@@ -155,8 +155,9 @@ def _cmd_import_reads(settings: Settings, args: argparse.Namespace, run: Runner)
         return run(_import_reads(settings, path, handle))
 
 
-def add_commands(sub: Any, run: Runner) -> None:
-    """Add ``export`` and ``import`` to the ``gateway`` command's subparsers."""
+def add_commands(sub: Any, run: Runner) -> Any:
+    """Add ``export`` and ``import`` to the ``gateway`` command's subparsers; returns the
+    ``import`` subparsers, where other parts add their file kinds."""
 
     def runs(
         func: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]],
@@ -190,3 +191,4 @@ def add_commands(sub: Any, run: Runner) -> None:
     reads = imports.add_parser("reads", help="a meter readers' bulk read file (CSV)")
     reads.add_argument("file", help="CSV file (columns in docs/billing.md)")
     reads.set_defaults(func=lambda settings, args: _cmd_import_reads(settings, args, run))
+    return imports

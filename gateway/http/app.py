@@ -23,6 +23,7 @@ from gateway.http.admin import router as admin_router
 from gateway.http.alerts import router as alerts_router
 from gateway.http.auth_routes import router as auth_router
 from gateway.http.billing import router as billing_router
+from gateway.http.control import router as control_router
 from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.errors import install_error_handlers
@@ -86,6 +87,7 @@ def create_app(
     install_vending(app, vending or VendingService(services.pool, NoDecoderKeys()))
     app.include_router(alerts_router)
     app.include_router(billing_router)
+    app.include_router(control_router)
     app.state.billing_policy = load_policy()
     install_web(app)
 

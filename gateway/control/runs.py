@@ -1,0 +1,481 @@
+"""Credit-control runs: plan (what would be done, per account and meter, with reasons and the
+legal checks), approve (execute, re-checking every exclusion at execution time), halt.
+
+Planning stores the run and its items; nothing happens until an operator approves it. A plan
+that would order more than the policy's share of the fleet is refused unless the operator
+raises the limit for that run. While execution is halted nothing of any run executes.
+
+At approval, notices and final notices are queued for the notifier; prepaid blocks and their
+release change the account's vending recovery share at once; essential accounts go on the
+review list. Steps that need a command to the meter (disconnect, restrict, reconnect, restore)
+are recorded as ``not_executed``: this build does not send meter commands yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from gateway import audit
+from gateway.control.notices import enqueue_notice
+from gateway.control.policy import Policy
+from gateway.control.rules import (
+    ORDERS,
+    RELEASES,
+    AccountFacts,
+    Decision,
+    MeterFacts,
+    MeterState,
+    Step,
+    decide,
+)
+from gateway.control.store import current_policy
+from gateway.control.window import next_window_start
+from gateway.errors import ConflictError, NotFoundError, ValidationError
+
+__all__ = [
+    "approve_run",
+    "get_run",
+    "halt_state",
+    "plan_run",
+    "release_after_change",
+    "review_list",
+    "set_halt",
+]
+
+Conn = psycopg.AsyncConnection[Any]
+
+_NOTICES = frozenset({Step.NOTICE, Step.FINAL_NOTICE})
+_COMMAND_STEPS = frozenset({Step.DISCONNECT, Step.RESTRICT, Step.RECONNECT, Step.RESTORE})
+_NO_METER = MeterFacts("", "unknown", "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class _Account:
+    facts: AccountFacts
+    meters: tuple[MeterFacts, ...]
+    notice_pending: bool
+
+
+_FACTS_SQL = """
+SELECT a.account_id, a.arrears, a.arrears_since, a.dispute_amount, a.dispute_state = 'open',
+       a.arrangement_state = 'active', a.indigent_from, a.indigent_to, a.essential,
+       a.pays_above_free_allocation, c.notice_served_on, c.final_notice_served_on,
+       coalesce(c.debt_at_action, 0),
+       coalesce((SELECT sum(p.applied) FROM account_payments p
+                 WHERE p.account_id = a.account_id AND c.action_started_at IS NOT NULL
+                   AND p.recorded_at >= c.action_started_at), 0),
+       EXISTS (SELECT 1 FROM control_notices n WHERE n.account_id = a.account_id
+                 AND n.kind IN ('notice', 'final_notice') AND n.served_on IS NULL)
+FROM accounts a LEFT JOIN control_accounts c USING (account_id)
+WHERE (a.arrears > 0 OR EXISTS (SELECT 1 FROM control_meters m
+                                WHERE m.account_id = a.account_id AND m.state <> 'normal'))
+  AND (%(ids)s::text[] IS NULL OR a.account_id = ANY(%(ids)s::text[]))
+ORDER BY a.account_id
+"""
+
+_METERS_SQL = """
+SELECT v.account_id, m.meter_id, m.utility, m.payment, coalesce(cm.state, 'normal')
+FROM meter_vending v JOIN meters m USING (meter_id)
+LEFT JOIN control_meters cm USING (meter_id)
+WHERE v.account_id = ANY(%s::text[])
+ORDER BY v.account_id, m.meter_id
+"""
+
+
+async def _load(conn: Conn, account_ids: Sequence[str] | None) -> list[_Account]:
+    cur = await conn.execute(
+        _FACTS_SQL, {"ids": None if account_ids is None else list(account_ids)}
+    )
+    rows = await cur.fetchall()
+    facts = {
+        r[0]: (
+            AccountFacts(
+                account_id=r[0],
+                arrears=Decimal(r[1]),
+                arrears_since=r[2],
+                dispute_amount=Decimal(r[3]),
+                dispute_open=bool(r[4]),
+                arrangement_kept=bool(r[5]),
+                indigent_from=r[6],
+                indigent_to=r[7],
+                essential=bool(r[8]),
+                pays_above_free_allocation=bool(r[9]),
+                notice_served_on=r[10],
+                final_notice_served_on=r[11],
+                debt_at_action=Decimal(r[12]),
+                paid_since_action=Decimal(r[13]),
+            ),
+            bool(r[14]),
+        )
+        for r in rows
+    }
+    meters: dict[str, list[MeterFacts]] = {k: [] for k in facts}
+    cur = await conn.execute(_METERS_SQL, (list(facts),))
+    for account_id, meter_id, utility, payment, state in await cur.fetchall():
+        meters[account_id].append(MeterFacts(meter_id, utility, payment, MeterState(state)))
+    return [_Account(f, tuple(meters[k]), pending) for k, (f, pending) in facts.items()]
+
+
+def _plan(accounts: Sequence[_Account], policy: Policy, today: date) -> list[Decision]:
+    """Account-level notices first, then one item per meter that gets an order, a release or
+    a place on the review list."""
+    out: list[Decision] = []
+    for account in accounts:
+        decisions = [decide(account.facts, m, policy, today) for m in account.meters] or [
+            decide(account.facts, _NO_METER, policy, today)
+        ]
+        notice = next((d for d in decisions if d.step in _NOTICES), None)
+        if notice is not None and not account.notice_pending:
+            out.append(
+                Decision(
+                    account.facts.account_id,
+                    "",
+                    notice.step,
+                    notice.reasons,
+                    notice.checks,
+                    notice.ground,
+                )
+            )
+        out.extend(
+            d
+            for d in decisions
+            if d.meter_id and d.step not in _NOTICES and d.step is not Step.NONE
+        )
+    return out
+
+
+def _checks_json(decision: Decision) -> list[dict[str, Any]]:
+    return [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in decision.checks]
+
+
+async def _halted(conn: Conn) -> bool:
+    cur = await conn.execute("SELECT halted FROM control_halt")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+async def plan_run(
+    conn: Conn,
+    *,
+    actor: str,
+    as_of: date,
+    now: datetime,
+    account_ids: Sequence[str] | None = None,
+    fleet_share_limit: Decimal | None = None,
+) -> dict[str, Any]:
+    """Plan and store a run; refuse it when it orders more than the allowed fleet share."""
+    async with conn.transaction():
+        version, policy = await current_policy(conn)
+        limit = policy.fleet_share_limit if fleet_share_limit is None else fleet_share_limit
+        if not Decimal(0) <= limit <= Decimal(100):
+            raise ValidationError("fleet_share_limit is a percentage 0-100")
+        decisions = _plan(await _load(conn, account_ids), policy, as_of)
+        cur = await conn.execute(
+            "SELECT count(*) FROM meters WHERE utility IN ('electricity', 'water')"
+        )
+        got = await cur.fetchone()
+        fleet = int(got[0]) if got else 0
+        orders = sum(1 for d in decisions if d.step in ORDERS)
+        if orders and orders * 100 > limit * fleet:
+            share = Decimal(orders * 100) / max(fleet, 1)
+            raise ConflictError(
+                f"the run would order {orders} of {fleet} meters ({share:.1f}%), above the"
+                f" limit of {limit}%; raise fleet_share_limit for this run to go ahead"
+            )
+        cur = await conn.execute(
+            "INSERT INTO control_runs (policy_version, as_of, fleet_share_limit, fleet_meters,"
+            " planned_by) VALUES (%s, %s, %s, %s, %s) RETURNING run_id",
+            (version, as_of, limit, fleet, actor),
+        )
+        got = await cur.fetchone()
+        assert got is not None
+        run_id = int(got[0])
+        opens = next_window_start(now, policy)
+        async with conn.cursor() as copy_cur:
+            await copy_cur.executemany(
+                "INSERT INTO control_run_items (run_id, item_no, account_id, meter_id, step,"
+                " reasons, checks, ground) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    (
+                        run_id,
+                        n,
+                        d.account_id,
+                        d.meter_id or None,
+                        d.step.value,
+                        [*d.reasons]
+                        + (
+                            [f"executes in the window from {opens.isoformat()}"]
+                            if d.step in _COMMAND_STEPS - {Step.RECONNECT, Step.RESTORE}
+                            else []
+                        ),
+                        Jsonb(_checks_json(d)),
+                        d.ground,
+                    )
+                    for n, d in enumerate(decisions, start=1)
+                ],
+            )
+        await audit.record(
+            conn,
+            actor=actor,
+            action="control.run.plan",
+            object=f"control_run:{run_id}",
+            outcome="planned",
+            detail={
+                "items": len(decisions),
+                "orders": orders,
+                "fleet": fleet,
+                "policy_version": version,
+                "as_of": str(as_of),
+            },
+        )
+    return await get_run(conn, run_id)
+
+
+async def get_run(conn: Conn, run_id: int) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT * FROM control_runs WHERE run_id = %s", (run_id,))
+    run = await cur.fetchone()
+    if run is None:
+        raise NotFoundError(f"run {run_id} is not known")
+    await cur.execute(
+        "SELECT item_no, account_id, meter_id, step, reasons, checks, ground, state, outcome,"
+        " executed_at FROM control_run_items WHERE run_id = %s ORDER BY item_no",
+        (run_id,),
+    )
+    run["items"] = await cur.fetchall()
+    return run
+
+
+async def review_list(conn: Conn) -> list[dict[str, Any]]:
+    """Meters of essential (or unclassifiable) accounts that a run would have ordered: the
+    latest approved review item per meter, for a person to decide."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT DISTINCT ON (i.meter_id) i.meter_id, i.account_id, i.run_id, i.reasons,"
+        " i.ground, i.executed_at, a.essential_reason FROM control_run_items i"
+        " JOIN accounts a USING (account_id)"
+        " WHERE i.step = 'review' AND i.state = 'done'"
+        " ORDER BY i.meter_id, i.executed_at DESC"
+    )
+    return await cur.fetchall()
+
+
+async def halt_state(conn: Conn) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT halted, changed_by, reason, changed_at FROM control_halt")
+    row = await cur.fetchone()
+    return row or {"halted": False, "changed_by": None, "reason": "", "changed_at": None}
+
+
+async def set_halt(conn: Conn, *, halted: bool, actor: str, reason: str) -> dict[str, Any]:
+    """Halt (or resume) all credit-control execution at once."""
+    async with conn.transaction():
+        await conn.execute(
+            "INSERT INTO control_halt (halted, changed_by, reason) VALUES (%s, %s, %s)"
+            " ON CONFLICT (singleton) DO UPDATE SET halted = excluded.halted,"
+            " changed_by = excluded.changed_by, reason = excluded.reason, changed_at = now()",
+            (halted, actor, reason),
+        )
+        await audit.record(
+            conn,
+            actor=actor,
+            action="control.halt",
+            object="control:execution",
+            outcome="halted" if halted else "resumed",
+            detail={"reason": reason},
+        )
+    return await halt_state(conn)
+
+
+async def _execute(
+    conn: Conn, run_id: int, item: dict[str, Any], *, policy: Policy, today: date, actor: str
+) -> tuple[str, str]:
+    """Re-decide one item on fresh facts and carry it out; returns (state, outcome)."""
+    planned = Step(item["step"])
+    loaded = await _load(conn, [item["account_id"]])
+    if not loaded:
+        return "skipped", "at execution: nothing to act on any more"
+    account = loaded[0]
+    if item["meter_id"] is None:
+        meters = account.meters or (_NO_METER,)
+        steps = {decide(account.facts, m, policy, today).step for m in meters}
+        if planned not in steps:
+            return "skipped", f"at execution: {', '.join(sorted(s.value for s in steps))}"
+        kind = "notice" if planned is Step.NOTICE else "final_notice"
+        await enqueue_notice(
+            conn,
+            account_id=account.facts.account_id,
+            kind=kind,
+            amount=max(
+                account.facts.arrears
+                - (account.facts.dispute_amount if account.facts.dispute_open else 0),
+                Decimal(0),
+            ),
+            run_id=run_id,
+            actor=actor,
+            days=policy.final_notice_days,
+        )
+        return "done", f"{kind} queued"
+    meter = next((m for m in account.meters if m.meter_id == item["meter_id"]), None)
+    if meter is None:
+        return "skipped", "at execution: the meter no longer belongs to the account"
+    now_decision = decide(account.facts, meter, policy, today)
+    if now_decision.step is not planned:
+        return (
+            "skipped",
+            f"at execution: {now_decision.step.value} ({'; '.join(now_decision.reasons)})",
+        )
+    if planned is Step.REVIEW:
+        return "done", "on the review list"
+    if planned in _COMMAND_STEPS:
+        return "not_executed", "meter commands are not available in this build"
+    account_id = account.facts.account_id
+    if planned is Step.BLOCK_VENDING:
+        await conn.execute(
+            "INSERT INTO control_accounts (account_id, action_started_at, debt_at_action,"
+            " share_before_block) SELECT account_id, now(), arrears, debt_recovery_share"
+            " FROM accounts WHERE account_id = %s ON CONFLICT (account_id) DO UPDATE SET"
+            " action_started_at = coalesce(control_accounts.action_started_at, now()),"
+            " debt_at_action = CASE WHEN control_accounts.action_started_at IS NULL"
+            "   THEN excluded.debt_at_action ELSE control_accounts.debt_at_action END,"
+            " share_before_block = coalesce(control_accounts.share_before_block,"
+            "   excluded.share_before_block), updated_at = now()",
+            (account_id,),
+        )
+        await conn.execute(
+            "UPDATE accounts SET debt_recovery_share = %s, updated_at = now()"
+            " WHERE account_id = %s",
+            (policy.prepaid_recovery_share, account_id),
+        )
+        await _meter_state(conn, meter.meter_id, account_id, MeterState.BLOCKED)
+        return (
+            "done",
+            f"vending blocked: {policy.prepaid_recovery_share}% of each purchase to arrears",
+        )
+    # Step.UNBLOCK_VENDING
+    await _unblock(conn, meter.meter_id, account_id)
+    return "done", "vending unblocked"
+
+
+async def _unblock(conn: Conn, meter_id: str, account_id: str) -> None:
+    await conn.execute(
+        "UPDATE accounts a SET debt_recovery_share = coalesce(c.share_before_block, 0),"
+        " updated_at = now() FROM control_accounts c"
+        " WHERE a.account_id = c.account_id AND a.account_id = %s",
+        (account_id,),
+    )
+    await _meter_state(conn, meter_id, account_id, MeterState.NORMAL)
+    await _close_action_if_released(conn, account_id)
+
+
+async def release_after_change(conn: Conn, account_id: str, *, actor: str, cause: str) -> None:
+    """Release what a payment or a new arrangement allows, at once and outside the execution
+    window: prepaid vending is unblocked in this transaction; a release that needs a meter
+    command is recorded as not executed (this build sends no meter commands)."""
+    _, policy = await current_policy(conn)
+    today = datetime.now(UTC).astimezone(policy.zone).date()
+    for account in await _load(conn, [account_id]):
+        for meter in account.meters:
+            if meter.state is MeterState.NORMAL:
+                continue
+            decision = decide(account.facts, meter, policy, today)
+            if decision.step is Step.UNBLOCK_VENDING:
+                await _unblock(conn, meter.meter_id, account_id)
+                outcome, reason = "done", "vending unblocked"
+            elif decision.step in RELEASES:
+                outcome, reason = "not_executed", "meter commands are not available in this build"
+            else:
+                continue
+            await audit.record(
+                conn,
+                actor=actor,
+                action=f"control.order.{decision.step.value}",
+                object=f"account:{account_id}",
+                outcome=outcome,
+                detail={
+                    "meter_id": meter.meter_id,
+                    "cause": cause,
+                    "reason": reason,
+                    "why": list(decision.reasons),
+                },
+            )
+
+
+async def _meter_state(conn: Conn, meter_id: str, account_id: str, state: MeterState) -> None:
+    await conn.execute(
+        "INSERT INTO control_meters (meter_id, account_id, state) VALUES (%s, %s, %s)"
+        " ON CONFLICT (meter_id) DO UPDATE SET account_id = excluded.account_id,"
+        " state = excluded.state, since = now()",
+        (meter_id, account_id, state.value),
+    )
+
+
+async def _close_action_if_released(conn: Conn, account_id: str) -> None:
+    """With no meter of the account under an action any more, the process starts afresh."""
+    await conn.execute(
+        "UPDATE control_accounts SET action_started_at = NULL, debt_at_action = 0,"
+        " share_before_block = NULL, notice_served_on = NULL, final_notice_served_on = NULL,"
+        " updated_at = now() WHERE account_id = %s AND NOT EXISTS (SELECT 1 FROM control_meters"
+        " WHERE account_id = %s AND state <> 'normal')",
+        (account_id, account_id),
+    )
+
+
+async def approve_run(conn: Conn, run_id: int, *, actor: str, today: date) -> dict[str, Any]:
+    """Approve a planned run and execute its items, each re-checked on fresh facts."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT state FROM control_runs WHERE run_id = %s FOR UPDATE", (run_id,)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise NotFoundError(f"run {run_id} is not known")
+        if row[0] != "planned":
+            raise ConflictError(f"run {run_id} is {row[0]}, not planned")
+        if await _halted(conn):
+            raise ConflictError("credit-control execution is halted")
+        _, policy = await current_policy(conn)
+        await conn.execute(
+            "UPDATE control_runs SET state = 'approved', approved_by = %s, approved_at = now()"
+            " WHERE run_id = %s",
+            (actor, run_id),
+        )
+        await audit.record(
+            conn,
+            actor=actor,
+            action="control.run.approve",
+            object=f"control_run:{run_id}",
+            outcome="approved",
+        )
+        items = (await get_run(conn, run_id))["items"]
+        for item in items:
+            state, outcome = await _execute(
+                conn, run_id, item, policy=policy, today=today, actor=actor
+            )
+            await conn.execute(
+                "UPDATE control_run_items SET state = %s, outcome = %s, executed_at = now()"
+                " WHERE run_id = %s AND item_no = %s",
+                (state, outcome, run_id, item["item_no"]),
+            )
+            await audit.record(
+                conn,
+                actor=actor,
+                action=f"control.order.{item['step']}",
+                object=f"account:{item['account_id']}",
+                outcome=state,
+                detail={
+                    "run_id": run_id,
+                    "item": item["item_no"],
+                    "meter_id": item["meter_id"],
+                    "reason": outcome,
+                },
+            )
+    return await get_run(conn, run_id)
