@@ -81,7 +81,7 @@ async def test_gateway_logs_in_with_a_password_holding_url_delimiters(
 ) -> None:
     settings = make_settings(database_url, f"mqtt://{ENCODED}@{password_broker}", topic_prefix)
     async with gateway_running(settings) as handle:  # starts only once subscribed
-        assert handle.services.intake.connected.is_set()
+        assert handle.services.mqtt.connected.is_set()
 
 
 def test_demo_hands_the_fleet_its_broker_password_through_the_environment(
