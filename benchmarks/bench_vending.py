@@ -69,7 +69,10 @@ TARIFF = {
 
 
 class DevKeys:
-    async def vending_key(self, *, sgc: str, krn: int, dkga: str) -> VendingKey | None:
+    async def vending_key(
+        self, *, conn: psycopg.AsyncConnection[Any], sgc: str, krn: int, dkga: str
+    ) -> VendingKey | None:
+        del conn
         return DEV_KEY if (sgc, krn, dkga) == (SGC, 1, "02") else None
 
 
