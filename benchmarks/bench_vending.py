@@ -41,6 +41,7 @@ import uvicorn
 from fastapi import FastAPI, Request
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.auth import store as access
 from gateway.db.migrate import apply_migrations
 from gateway.dev.services import LOCAL_PG_ADMIN, create_database, free_port, with_database
 from gateway.http.security import Principal, Role
@@ -69,7 +70,10 @@ TARIFF = {
 
 
 class DevKeys:
-    async def vending_key(self, *, sgc: str, krn: int, dkga: str) -> VendingKey | None:
+    async def vending_key(
+        self, *, conn: psycopg.AsyncConnection[Any], sgc: str, krn: int, dkga: str
+    ) -> VendingKey | None:
+        del conn
         return DEV_KEY if (sgc, krn, dkga) == (SGC, 1, "02") else None
 
 
@@ -96,6 +100,7 @@ async def prepare(database_url: str, meters: list[str], vendor_count: int) -> No
                 [(m, SGC) for m in meters],
             )
         for n in range(vendor_count):
+            await access.create_principal(conn, name=f"v{n}", role=Role.VENDOR, kind="machine")
             await vendors.top_up(conn, f"v{n}", Decimal("100000000.00"), actor="bench")
 
 

@@ -184,7 +184,7 @@ def _http_config(
             vending=build_vending(
                 services.pool,
                 settings,
-                GatewayKeyStoreKeys(keystore, services.pool) if keystore is not None else None,
+                GatewayKeyStoreKeys(keystore) if keystore is not None else None,
             ),
         ),
         log_config=None,

@@ -60,7 +60,7 @@ async def _top_up(settings: Settings, name: str, amount: str, note: str) -> int:
 
 
 def _statement(settings: Settings, name: str, day: date | None, output: Path | None) -> int:
-    zone = VendingConfig().zone
+    zone = VendingConfig.from_settings(settings).zone
     when = day or datetime.now(UTC).astimezone(zone).date()
 
     async def fetch() -> str:

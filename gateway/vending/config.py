@@ -25,6 +25,9 @@ class VendingConfig:
     reversal_window: timedelta = timedelta(minutes=10)
     retry_wait: timedelta = timedelta(seconds=5)
     """How long a retry waits for the same request still in flight before ``in_progress``."""
+    lock_wait: timedelta = timedelta(seconds=30)
+    """How long a request, once its idempotency record is in, waits for a row another
+    transaction holds (a meter, a vendor's float) before it gives up as unavailable."""
     key_expiry: int = 255
     """KEN written into key changes (255: no expiry)."""
     zone: ZoneInfo = field(init=False, repr=False, compare=False)

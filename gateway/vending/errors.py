@@ -23,6 +23,7 @@
         ├── KeyUnavailableError           key_unavailable          409  (no vending key for it)
         ├── KeyChangeUnavailableError     key_change_unavailable   409
         ├── InvalidInputError             invalid_input            422
+        ├── UnknownVendorError            unknown_vendor           404  (no enabled vendor)
         └── VendingUnavailableError       vending_unavailable      503
 
 Messages are meant for the vendor (and the customer at the till); they never carry key
@@ -55,6 +56,7 @@ __all__ = [
     "ReversalWindowClosedError",
     "UnknownMeterError",
     "UnknownReceiptError",
+    "UnknownVendorError",
     "VendingError",
     "VendingUnavailableError",
 ]
@@ -164,6 +166,11 @@ class KeyChangeUnavailableError(VendingError):
 class InvalidInputError(VendingError):
     code = "invalid_input"
     status = 422
+
+
+class UnknownVendorError(VendingError):
+    code = "unknown_vendor"
+    status = 404
 
 
 class VendingUnavailableError(VendingError):

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool
+from psycopg import AsyncConnection
 
 from gateway.errors import KeyStoreError
 from gateway.keystore.base import KeyStore
@@ -34,19 +34,33 @@ __all__ = [
 
 
 class DecoderKeySource(Protocol):
-    """Derives a meter's decoder key from its supply group's vending key."""
+    """Derives a meter's decoder key from its supply group's vending key.
+
+    ``conn`` is the sale's own connection, inside its open transaction: a key source reads
+    through it and never takes a second connection from the pool while the sale holds one.
+    """
 
     async def decoder_key(
-        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+        self,
+        *,
+        conn: AsyncConnection[Any],
+        sgc: str,
+        krn: int,
+        dkga: str,
+        params: KeyParameters,
+        ea: str,
     ) -> DecoderKey:
         """The decoder key for ``params``; :class:`KeyUnavailableError` when no vending key fits."""
         ...
 
 
 class VendingKeyStore(Protocol):
-    """Looks up a vending key by supply group, key revision and DKGA (None: not stored)."""
+    """Looks up a vending key by supply group, key revision and DKGA (None: not stored),
+    reading through the caller's connection ``conn``."""
 
-    async def vending_key(self, *, sgc: str, krn: int, dkga: str) -> VendingKey | None: ...
+    async def vending_key(
+        self, *, conn: AsyncConnection[Any], sgc: str, krn: int, dkga: str
+    ) -> VendingKey | None: ...
 
 
 class KeyStoreDecoderKeys:
@@ -59,9 +73,16 @@ class KeyStoreDecoderKeys:
         return "KeyStoreDecoderKeys(<vending keys hidden>)"
 
     async def decoder_key(
-        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+        self,
+        *,
+        conn: AsyncConnection[Any],
+        sgc: str,
+        krn: int,
+        dkga: str,
+        params: KeyParameters,
+        ea: str,
     ) -> DecoderKey:
-        vending_key = await self._store.vending_key(sgc=sgc, krn=krn, dkga=dkga)
+        vending_key = await self._store.vending_key(conn=conn, sgc=sgc, krn=krn, dkga=dkga)
         if vending_key is None:
             raise KeyUnavailableError(
                 f"no vending key for supply group {sgc} revision {krn} (DKGA{dkga})"
@@ -79,23 +100,29 @@ class KeyStoreDecoderKeys:
 
 
 class GatewayKeyStoreKeys:
-    """A :class:`DecoderKeySource` over the gateway's key store: the store derives the key."""
+    """A :class:`DecoderKeySource` over the gateway's key store: the store derives the key,
+    reading the vending key through the sale's connection."""
 
-    def __init__(self, keystore: KeyStore, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, keystore: KeyStore) -> None:
         self._keystore = keystore
-        self._pool = pool
 
     def __repr__(self) -> str:
         return "GatewayKeyStoreKeys(<vending keys hidden>)"
 
     async def decoder_key(
-        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+        self,
+        *,
+        conn: AsyncConnection[Any],
+        sgc: str,
+        krn: int,
+        dkga: str,
+        params: KeyParameters,
+        ea: str,
     ) -> DecoderKey:
         if params.ea.value != ea:
             raise KeyUnavailableError(f"the meter's algorithm EA{ea} does not fit its key data")
         try:
-            async with self._pool.connection() as conn:
-                return await self._keystore.derive_decoder_key(conn, params, Dkga.parse(dkga))
+            return await self._keystore.derive_decoder_key(conn, params, Dkga.parse(dkga))
         except KeyStoreError:
             raise KeyUnavailableError(
                 f"no usable vending key for supply group {sgc} revision {krn} (DKGA{dkga})"
@@ -112,7 +139,14 @@ class NoDecoderKeys:
     """The key source of a gateway without a key store: every sale is refused, clearly."""
 
     async def decoder_key(
-        self, *, sgc: str, krn: int, dkga: str, params: KeyParameters, ea: str
+        self,
+        *,
+        conn: AsyncConnection[Any],
+        sgc: str,
+        krn: int,
+        dkga: str,
+        params: KeyParameters,
+        ea: str,
     ) -> DecoderKey:
-        del sgc, krn, dkga, params, ea
+        del conn, sgc, krn, dkga, params, ea
         raise VendingUnavailableError("no vending key store is configured on this gateway")

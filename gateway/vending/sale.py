@@ -119,7 +119,9 @@ class Sales:
         )
         return SalePlan(meter, tariff_id, month, quote, free_due, target)
 
-    async def decoder_key(self, meter: MeterNumber, sts: StsData) -> DecoderKey:
+    async def decoder_key(
+        self, conn: AsyncConnection[Any], meter: MeterNumber, sts: StsData
+    ) -> DecoderKey:
         try:
             params = sts.params(meter)
         except TokenError as exc:
@@ -127,7 +129,7 @@ class Sales:
                 f"the meter's key data are invalid: {exc.message}"
             ) from None
         return await self._keys.decoder_key(
-            sgc=sts.sgc, krn=sts.krn, dkga=sts.dkga, params=params, ea=sts.ea
+            conn=conn, sgc=sts.sgc, krn=sts.krn, dkga=sts.dkga, params=params, ea=sts.ea
         )
 
     async def issue(
@@ -260,13 +262,13 @@ class Sales:
             raise MeterNotConfiguredError(
                 f"meter id {meter_id} is not an STS meter number: {exc.message}"
             ) from None
-        key = await self.decoder_key(number, meter.sts)
+        key = await self.decoder_key(conn, number, meter.sts)
         issued: list[IssuedToken] = []
         new_key_json: dict[str, Any] | None = None
         base = BaseDate(meter.sts.base_date)
         if plan.target is not None:
             target = plan.target
-            new_key = await self.decoder_key(number, target)
+            new_key = await self.decoder_key(conn, number, target)
             if new_key.key == key.key:
                 raise KeyChangeUnavailableError(
                     f"meter {meter_id} needs a key change but supply group {target.sgc} has no "

@@ -7,6 +7,8 @@ the arrears and the stored response bytes commit together. So:
 * a retry of a completed request finds the record and gets the stored bytes back;
 * a retry of a request still in flight waits on the record's unique key until the first
   transaction ends (then gets its bytes), or gives up after ``retry_wait`` with ``in_progress``;
+* once its record is in, a request waits for the meter and float rows up to ``lock_wait``
+  (a sale of the same meter or vendor ahead of it), never answering ``in_progress`` for that;
 * a crash before the commit leaves nothing, one after it leaves the whole sale and its reply;
 * a refusal rolls everything back (nothing is stored: a retry is judged afresh).
 
@@ -41,6 +43,7 @@ from gateway.vending.errors import (
     ReversalWindowClosedError,
     UnknownReceiptError,
     VendingError,
+    VendingUnavailableError,
 )
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import CENT
@@ -119,8 +122,14 @@ class VendingService:
         work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
     ) -> bytes:
         wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
+        lock_wait_ms = max(1, int(self.config.lock_wait.total_seconds() * 1000))
+        recorded = False
         try:
             async with self.pool.connection() as conn, conn.transaction():
+                # Only the wait for the idempotency record (the same request still in flight)
+                # is bounded by retry_wait; once the record is in, the request is this one's
+                # and waits for the meter and float rows as long as lock_wait allows. All
+                # three statements go out in one round trip.
                 async with conn.pipeline():
                     await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
                     cur = await conn.execute(
@@ -129,6 +138,8 @@ class VendingService:
                         " ON CONFLICT DO NOTHING",
                         (vendor, request_id, operation, fingerprint),
                     )
+                    await conn.execute(f"SET LOCAL lock_timeout = {lock_wait_ms}")
+                recorded = True
                 if cur.rowcount == 0:
                     cur = await conn.execute(
                         "SELECT body_hash, response FROM vend_requests"
@@ -150,6 +161,10 @@ class VendingService:
                 )
                 return body
         except psycopg.errors.LockNotAvailable as exc:
+            if recorded:
+                raise VendingUnavailableError(
+                    "the vending database is busy right now; retry the request shortly"
+                ) from exc
             raise InProgressError(
                 f"request {request_id!r} is still being processed; retry it shortly"
             ) from exc

@@ -18,6 +18,7 @@ from gateway.vending.errors import (
     NoTariffError,
     NotPrepaidError,
     UnknownMeterError,
+    UnknownVendorError,
 )
 from gateway.vending.pricing import Block, MonthToDate, Tariff
 from gateway.vending.rules import StsData, SupplyGroup
@@ -212,6 +213,14 @@ TARIFF_COLUMNS = (
 
 
 async def ensure_vendor(conn: AsyncConnection[Any], vendor: str) -> None:
+    """Make sure the vendor has a float row; :class:`UnknownVendorError` unless ``vendor`` is
+    an enabled principal with the vendor role (a float is never opened for a mistyped name)."""
+    cur = await conn.execute(
+        "SELECT 1 FROM principals WHERE name = %s AND role = 'vendor' AND disabled_at IS NULL",
+        (vendor,),
+    )
+    if await cur.fetchone() is None:
+        raise UnknownVendorError(f"no enabled vendor named {vendor!r}")
     await conn.execute(
         "INSERT INTO vendors (vendor) VALUES (%s) ON CONFLICT (vendor) DO NOTHING", (vendor,)
     )

@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+import psycopg
 import yaml
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
@@ -43,6 +45,10 @@ from gateway.vending.store import TARIFF_COLUMNS, tariff_from_row
 __all__ = ["LoadResult", "parse_tariff_file", "store_tariffs", "tariff_json", "tariffs_from_data"]
 
 DEFAULT_VAT = Decimal("0.15")
+VAT_PLACES = 4  # the stored VAT rate: numeric(6, 4)
+MONEY_PLACES = 2  # the stored fixed monthly charge: numeric(12, 2)
+MAX_FIXED_MONTHLY = Decimal("9999999999.99")
+_CUSTOMER_CLASS = re.compile(r"[a-z0-9_-]{1,32}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,31 @@ def _decimal(value: object, what: str) -> Decimal:
     return number
 
 
+def _places(number: Decimal, places: int, what: str) -> Decimal:
+    """``number`` unchanged if it has at most ``places`` decimal places (trailing zeros aside)."""
+    exponent = number.normalize().as_tuple().exponent
+    assert isinstance(exponent, int)  # finite numbers only reach here
+    if -exponent > places:
+        raise InvalidInputError(f"{what} {number} has more than {places} decimal places")
+    return number
+
+
+def _vat_rate(value: object) -> Decimal:
+    rate = _decimal(DEFAULT_VAT if value is None else value, "vat_rate")
+    if not 0 <= rate < 1:
+        raise InvalidInputError(f"vat_rate {rate} must be a fraction in [0, 1), e.g. 0.15")
+    return _places(rate, VAT_PLACES, "vat_rate")
+
+
+def _fixed_monthly(value: object) -> Decimal:
+    fixed = _decimal(0 if value is None else value, "fixed_monthly")
+    if not 0 <= fixed <= MAX_FIXED_MONTHLY:
+        raise InvalidInputError(
+            f"fixed_monthly {fixed} must be between 0 and {MAX_FIXED_MONTHLY} rand"
+        )
+    return _places(fixed, MONEY_PLACES, "fixed_monthly")
+
+
 def _date(value: object) -> date:
     if isinstance(value, date):
         return value
@@ -77,14 +108,18 @@ def _tariff(item: Mapping[str, Any], blocks: Iterable[Mapping[str, Any]]) -> Tar
     if utility not in ("electricity", "water"):
         raise InvalidInputError(f"utility must be electricity or water, got {utility!r}")
     customer_class = str(item.get("customer_class") or "domestic")
+    if not _CUSTOMER_CLASS.fullmatch(customer_class):
+        raise InvalidInputError(
+            f"customer_class {customer_class!r} must be 1-32 of a-z, 0-9, '_' and '-'"
+        )
     try:
         return Tariff(
             tariff_id=0,
             utility=utility,
             customer_class=customer_class,
             effective_from=_date(item.get("effective_from")),
-            vat_rate=_decimal(item.get("vat_rate") or DEFAULT_VAT, "vat_rate"),
-            fixed_monthly=_decimal(item.get("fixed_monthly") or 0, "fixed_monthly"),
+            vat_rate=_vat_rate(item.get("vat_rate")),
+            fixed_monthly=_fixed_monthly(item.get("fixed_monthly")),
             blocks=tuple(
                 Block(
                     _decimal(block.get("from"), "block from"),
@@ -164,43 +199,50 @@ def tariff_json(tariff: Tariff, name: str = "") -> dict[str, Any]:
 async def store_tariffs(
     conn: AsyncConnection[Any], tariffs: Iterable[tuple[Tariff, str]]
 ) -> LoadResult:
-    """Insert new versions; identical ones are skipped, conflicting ones refused (atomic)."""
+    """Insert new versions; identical ones are skipped, conflicting ones refused (atomic).
+
+    A value the database refuses (out of range, a broken constraint) is reported as
+    :class:`InvalidInputError`, like every other invalid tariff."""
     added = unchanged = 0
-    async with conn.transaction():
-        for tariff, name in tariffs:
-            cur = await conn.execute(
-                f"SELECT {TARIFF_COLUMNS} FROM tariffs WHERE utility = %s AND customer_class = %s"
-                " AND effective_from = %s",
-                (tariff.utility, tariff.customer_class, tariff.effective_from),
-            )
-            row = await cur.fetchone()
-            if row is not None:
-                existing = tariff_from_row(row)
-                same = (
-                    existing.vat_rate == tariff.vat_rate
-                    and existing.fixed_monthly == tariff.fixed_monthly
-                    and existing.blocks == tariff.blocks
+    try:
+        async with conn.transaction():
+            for tariff, name in tariffs:
+                cur = await conn.execute(
+                    f"SELECT {TARIFF_COLUMNS} FROM tariffs WHERE utility = %s"
+                    " AND customer_class = %s AND effective_from = %s",
+                    (tariff.utility, tariff.customer_class, tariff.effective_from),
                 )
-                if not same:
-                    raise InvalidInputError(
-                        f"a different {tariff.utility} tariff for {tariff.customer_class!r} "
-                        f"from {tariff.effective_from} is already loaded; tariff versions are "
-                        "never changed: give the new one its own effective date"
+                row = await cur.fetchone()
+                if row is not None:
+                    existing = tariff_from_row(row)
+                    same = (
+                        existing.vat_rate == tariff.vat_rate
+                        and existing.fixed_monthly == tariff.fixed_monthly
+                        and existing.blocks == tariff.blocks
                     )
-                unchanged += 1
-                continue
-            await conn.execute(
-                "INSERT INTO tariffs (utility, customer_class, effective_from, name, vat_rate,"
-                " fixed_monthly, blocks) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    tariff.utility,
-                    tariff.customer_class,
-                    tariff.effective_from,
-                    name,
-                    tariff.vat_rate,
-                    tariff.fixed_monthly,
-                    Jsonb(_blocks_json(tariff)),
-                ),
-            )
-            added += 1
+                    if not same:
+                        raise InvalidInputError(
+                            f"a different {tariff.utility} tariff for {tariff.customer_class!r} "
+                            f"from {tariff.effective_from} is already loaded; tariff versions are "
+                            "never changed: give the new one its own effective date"
+                        )
+                    unchanged += 1
+                    continue
+                await conn.execute(
+                    "INSERT INTO tariffs (utility, customer_class, effective_from, name, vat_rate,"
+                    " fixed_monthly, blocks) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        tariff.utility,
+                        tariff.customer_class,
+                        tariff.effective_from,
+                        name,
+                        tariff.vat_rate,
+                        tariff.fixed_monthly,
+                        Jsonb(_blocks_json(tariff)),
+                    ),
+                )
+                added += 1
+    except (psycopg.errors.DataError, psycopg.errors.IntegrityError) as exc:
+        detail = exc.diag.message_primary or type(exc).__name__
+        raise InvalidInputError(f"the tariffs cannot be stored: {detail}") from None
     return LoadResult(added, unchanged)

@@ -30,7 +30,9 @@ MAX_TOP_UP = Decimal("100000000.00")
 async def top_up(
     conn: AsyncConnection[Any], vendor: str, amount: Decimal, *, actor: str | None, note: str = ""
 ) -> Decimal:
-    """Credit ``amount`` to the vendor's float (creating the vendor); returns the balance."""
+    """Credit ``amount`` to the vendor's float; returns the balance. The vendor must be an
+    enabled principal with the vendor role (:class:`UnknownVendorError` otherwise); its float
+    is opened on the first top-up."""
     if not amount.is_finite() or amount <= 0 or amount != amount.quantize(CENT):
         raise InvalidAmountError("a top-up is a positive amount of whole cents")
     if amount > MAX_TOP_UP:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from gateway.http.custody import Custody
@@ -70,7 +71,10 @@ class MemoryKeyStore:
     def add(self, sgc: str, krn: int, dkga: str, hex_key: str) -> None:
         self.keys[(sgc, krn, dkga)] = VendingKey.from_hex(dkga, hex_key)
 
-    async def vending_key(self, *, sgc: str, krn: int, dkga: str) -> VendingKey | None:
+    async def vending_key(
+        self, *, conn: AsyncConnection[Any], sgc: str, krn: int, dkga: str
+    ) -> VendingKey | None:
+        del conn
         return self.keys.get((sgc, krn, dkga))
 
 

@@ -34,10 +34,13 @@ water,business,2025-07-01,Water business,0.15,0,6,,27.00
 """
 
 
-def gateway(database_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+def gateway(
+    database_url: str, *args: str, settings: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env["GATEWAY_DATABASE_URL"] = database_url
     env["GATEWAY_LOG_FORMAT"] = "text"
+    env.update(settings or {})
     return subprocess.run(
         [str(BIN / "gateway"), *args],
         env=env,
@@ -111,3 +114,25 @@ async def test_top_up_and_daily_statement_reconcile(vend: Vend, tmp_path: Path) 
         "claim": Decimal("0.00"),
     }
     assert movements[1]["receipt_no"] == sale["receipt_no"]
+
+
+async def test_statement_days_follow_the_configured_vending_time_zone(vend: Vend) -> None:
+    def opening(zone: str | None) -> str:
+        settings = None if zone is None else {"GATEWAY_VENDING_TIME_ZONE": zone}
+        result = gateway(
+            vend.database_url,
+            "vendors",
+            "statement",
+            "any-vendor",
+            "--date",
+            "2025-01-02",
+            settings=settings,
+        )
+        assert result.returncode == 0, result.stderr
+        first = next(csv.DictReader(io.StringIO(result.stdout)))
+        assert first["line"] == "opening"
+        return first["time"]
+
+    assert opening(None).startswith("2025-01-01T22:00:00")  # Africa/Johannesburg, UTC+2
+    assert opening("Pacific/Kiritimati").startswith("2025-01-01T10:00:00")  # UTC+14
+    assert opening("UTC").startswith("2025-01-02T00:00:00")

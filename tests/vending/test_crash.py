@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import httpx
 
+from gateway.auth import store as access
 from gateway.dev.services import free_port
 from gateway.vending import vendors
 from tests.vending.conftest import Vend
@@ -36,6 +37,7 @@ def start_server(database_url: str, port: int, *extra: str) -> subprocess.Popen[
 async def test_kill_between_commit_and_reply_then_retry(vend: Vend) -> None:
     meter = await vend.meter()
     async with vend.pool.connection() as conn:
+        await access.create_principal(conn, name=VENDOR.name, role=VENDOR.role, kind="machine")
         await vendors.top_up(conn, VENDOR.name, Decimal("100.00"), actor="test")
     body = {"request_id": "crash-1", "meter": meter, "amount": "23.00"}
     port = free_port()

@@ -11,7 +11,7 @@ from decimal import Decimal
 import psycopg
 import pytest
 
-from gateway.vending.errors import InProgressError
+from gateway.vending.errors import InProgressError, VendingUnavailableError
 from gateway.vending.service import VendingConfig, VendingService
 from tests.vending.conftest import Vend, decoder_key
 from tokens.decoder import Accepted, MeterDecoder
@@ -263,3 +263,48 @@ async def test_meter_on_a_base_date_still_in_the_future_is_refused(vend: Vend) -
     assert response.status_code == 409
     assert response.json()["error"]["code"] == "meter_not_configured"
     assert "2035" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "lock",
+    [
+        "SELECT 1 FROM meter_vending WHERE meter_id = %(meter)s FOR UPDATE",
+        "SELECT 1 FROM vendors WHERE vendor = %(vendor)s FOR UPDATE",
+    ],
+)
+async def test_a_new_request_waits_for_a_busy_meter_or_float_past_retry_wait(
+    vend: Vend, lock: str
+) -> None:
+    vendor = await vend.vendor("100.00")
+    name = await vend.vendor_name(vendor)
+    meter = await vend.meter()
+    service = VendingService(
+        vend.pool, vend.service._keys, VendingConfig(retry_wait=timedelta(milliseconds=200))
+    )
+    async with await psycopg.AsyncConnection.connect(vend.database_url) as holder:
+        # another sale of the same meter (or vendor) holds its row for a while
+        await holder.execute(lock, {"meter": meter, "vendor": name})
+        sale = asyncio.create_task(service.credit(name, "busy-1", meter, Decimal("20.00")))
+        await asyncio.sleep(1.0)
+        assert not sale.done()
+        await holder.rollback()
+    body = await asyncio.wait_for(sale, timeout=10)
+    assert b'"amount":"20.00"' in body
+
+
+async def test_a_row_held_past_lock_wait_is_unavailable_not_in_progress(vend: Vend) -> None:
+    vendor = await vend.vendor("100.00")
+    name = await vend.vendor_name(vendor)
+    meter = await vend.meter()
+    config = VendingConfig(
+        retry_wait=timedelta(milliseconds=200), lock_wait=timedelta(milliseconds=500)
+    )
+    service = VendingService(vend.pool, vend.service._keys, config)
+    async with await psycopg.AsyncConnection.connect(vend.database_url) as holder:
+        await holder.execute("SELECT 1 FROM meter_vending WHERE meter_id = %s FOR UPDATE", (meter,))
+        with pytest.raises(VendingUnavailableError):
+            await service.credit(name, "stuck-1", meter, Decimal("20.00"))
+        await holder.rollback()
+    # nothing was kept: the retry does the sale
+    body = await service.credit(name, "stuck-1", meter, Decimal("20.00"))
+    assert b'"amount":"20.00"' in body
