@@ -35,8 +35,15 @@ async def hash_password(password: str) -> str:
 
 
 def _verify(stored: str | None, password: str) -> bool:
+    encodable = True
     try:
-        return _HASHER.verify(stored or _DUMMY_HASH, password) and stored is not None
+        password.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no stored password can match it
+        encodable = False
+        password = password.encode("utf-8", "replace").decode("utf-8")  # same work, then False
+    try:
+        matched = _HASHER.verify(stored or _DUMMY_HASH, password)
+        return matched and encodable and stored is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return False
 

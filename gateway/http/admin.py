@@ -18,6 +18,7 @@ from gateway.auth import store
 from gateway.auth.model import NAME_PATTERN, Principal, Role
 from gateway.auth.passwords import check_password_policy, hash_password
 from gateway.errors import ValidationError
+from gateway.http.models import ApiModel, StorableText
 from gateway.http.security import AccessControl, request_id_of, require, source_of
 
 __all__ = ["router"]
@@ -28,7 +29,7 @@ Admin = Annotated[Principal, Depends(require(Role.ADMIN))]
 PrincipalName = Annotated[str, Path(pattern=NAME_PATTERN)]
 
 
-class PrincipalIn(BaseModel):
+class PrincipalIn(ApiModel):
     name: str = Field(pattern=NAME_PATTERN)
     role: Role
     kind: Literal["person", "machine"]
@@ -62,7 +63,7 @@ class PrincipalOut(BaseModel):
     active_keys: int
 
 
-class KeyIn(BaseModel):
+class KeyIn(ApiModel):
     label: str = Field("", max_length=200)
 
 
@@ -184,9 +185,9 @@ async def audit_log(
     *,
     request: Request,
     admin: Admin,
-    actor: Annotated[str | None, Query(max_length=200)] = None,
-    action: Annotated[str | None, Query(max_length=200)] = None,
-    outcome: Annotated[str | None, Query(max_length=200)] = None,
+    actor: Annotated[StorableText | None, Query(max_length=200)] = None,
+    action: Annotated[StorableText | None, Query(max_length=200)] = None,
+    outcome: Annotated[StorableText | None, Query(max_length=200)] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     before_id: Annotated[int | None, Query(ge=1, le=2**62)] = None,

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 from gateway.detection import queries
 from gateway.detection.model import AlertKind
 from gateway.http.deps import ServicesDep
+from gateway.http.models import ApiModel, StorableText
 from gateway.http.security import Principal, Role, require
 
 __all__ = ["router"]
@@ -45,7 +46,7 @@ class AlertPage(BaseModel):
     next_cursor: str | None
 
 
-class NoteIn(BaseModel):
+class NoteIn(ApiModel):
     note: str = Field(max_length=2000)
 
 
@@ -74,7 +75,7 @@ async def _page(
 
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Cursor = Annotated[str | None, Query(max_length=200)]
+Cursor = Annotated[StorableText | None, Query(max_length=200)]
 State = Literal["open", "closed", "all"]
 
 

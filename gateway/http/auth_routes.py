@@ -27,6 +27,7 @@ from gateway.auth.model import Principal, Role, csrf_token_for
 from gateway.auth.passwords import MAX_PASSWORD_LENGTH, verify_password
 from gateway.auth.ratelimit import RateLimit
 from gateway.errors import AuthError, RateLimitedError, ValidationError
+from gateway.http.models import ApiModel
 from gateway.http.security import AccessControl, request_id_of, require, source_of
 
 __all__ = ["router"]
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/auth", tags=["authentication"])
 
 
-class LoginIn(BaseModel):
+class LoginIn(ApiModel):
     name: str = Field(min_length=1, max_length=64)
     password: str = Field(min_length=1, max_length=MAX_PASSWORD_LENGTH)
 
@@ -64,7 +65,7 @@ async def _login_body(request: Request) -> LoginIn:
             return LoginIn.model_validate(json.loads(await request.body()))
         form = await request.form()
         return LoginIn.model_validate({k: v for k, v in form.items() if isinstance(v, str)})
-    except (SchemaError, ValueError, UnicodeDecodeError) as exc:
+    except (SchemaError, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationError("login needs a name and a password") from exc
 
 

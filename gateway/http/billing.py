@@ -22,6 +22,7 @@ from gateway.billing.formats import MEDIA_TYPES
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.http.deps import ServicesDep
+from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
 
 __all__ = ["router"]
@@ -45,7 +46,7 @@ def get_policy(request: Request) -> BillingPolicy:
 PolicyDep = Annotated[BillingPolicy, Depends(get_policy)]
 
 
-class ReadIn(BaseModel):
+class ReadIn(ApiModel):
     """A register read taken by a person."""
 
     value: float = Field(ge=0, le=1e9, description="register value, in the register's unit")
@@ -165,7 +166,7 @@ async def get_reviews(
         return [_out(r) for r in await review_list(conn, limit=limit, after=after)]
 
 
-class ReviewIn(BaseModel):
+class ReviewIn(ApiModel):
     decision: Literal["accept", "reject"]
 
 

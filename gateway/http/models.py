@@ -9,11 +9,11 @@ nested objects included, with a 422 naming the field. (Unknown fields are ignore
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, field_validator
+from pydantic import AfterValidator, BaseModel, field_validator
 
-__all__ = ["ApiModel", "text_problem"]
+__all__ = ["ApiModel", "StorableText", "text_problem"]
 
 _MAX_DEPTH: Final = 64
 
@@ -27,6 +27,16 @@ def text_problem(value: str) -> str | None:
     except UnicodeEncodeError:
         return "must be valid Unicode (no lone surrogates)"
     return None
+
+
+def _storable(value: str) -> str:
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+StorableText = Annotated[str, AfterValidator(_storable)]
+"""Free text from a query string or path that reaches the database: NUL or lone surrogates → 422."""
 
 
 def _check(value: Any, where: str, depth: int) -> None:

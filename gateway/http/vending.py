@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
 from gateway.vending.errors import VendingUnavailableError
 from gateway.vending.service import VendingService
@@ -46,7 +47,7 @@ def get_vending(request: Request) -> VendingService:
 VendingDep = Annotated[VendingService, Depends(get_vending)]
 
 
-class _Body(BaseModel):
+class _Body(ApiModel):
     model_config = ConfigDict(extra="forbid")
 
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import audit
+from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
 from gateway.http.vending import Amount, VendingDep
 from gateway.http.vending import router as vendor_router
@@ -39,7 +40,7 @@ class NotFoundAccountError(VendingError):
     status = 404
 
 
-class AccountIn(BaseModel):
+class AccountIn(ApiModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -155,14 +156,14 @@ async def get_account(
     return _account(row)
 
 
-class BlockIn(BaseModel):
+class BlockIn(ApiModel):
     model_config = ConfigDict(populate_by_name=True, extra="forbid")
     from_: str = Field(alias="from")
     to: str | None
     rate: str
 
 
-class TariffIn(BaseModel):
+class TariffIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
     utility: str
     customer_class: str = "domestic"
@@ -173,7 +174,7 @@ class TariffIn(BaseModel):
     blocks: list[BlockIn]
 
 
-class TariffsIn(BaseModel):
+class TariffsIn(ApiModel):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
@@ -245,7 +246,7 @@ async def list_tariffs(
     return [tariff_files.tariff_json(tariff_from_row(row[:-1]), row[-1]) for row in rows]
 
 
-class TopUpIn(BaseModel):
+class TopUpIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
     amount: Amount
     note: str = Field("", max_length=200)
@@ -285,7 +286,7 @@ async def statement(
     return Response(text, media_type="text/csv")
 
 
-class SupplyGroupIn(BaseModel):
+class SupplyGroupIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
     krn: int = Field(ge=1, le=9)
     base_date: int = Field(2014)
@@ -324,7 +325,7 @@ async def put_supply_group(
     return body
 
 
-class BlockMeterIn(BaseModel):
+class BlockMeterIn(ApiModel):
     model_config = ConfigDict(extra="forbid")
     reason: str | None = Field(
         max_length=200, description="Told to the customer at the till; null unblocks."

@@ -35,7 +35,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from gateway.http.security import Role
 from gateway.settings import Settings
+from tests.plugins.auth import make_api_key
 from tests.plugins.gateway import gateway_running, make_settings
 
 HeadersProvider = Callable[[str], Awaitable[dict[str, str]]]
@@ -46,21 +48,34 @@ async def _anonymous(database_url: str) -> dict[str, str]:
     return {}
 
 
-IDENTITIES: dict[str, HeadersProvider] = {"anonymous": _anonymous}
+def _with_role(role: Role) -> HeadersProvider:
+    async def provider(database_url: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {await make_api_key(database_url, role)}"}
+
+    return provider
+
+
+IDENTITIES: dict[str, HeadersProvider] = {
+    "anonymous": _anonymous,
+    "admin": _with_role(Role.ADMIN),  # admin nests operator and technician
+    "vendor": _with_role(Role.VENDOR),
+}
 """Who fuzzes the API: name → async provider of request headers for a database URL."""
 
-EXAMPLES_PER_OPERATION = 60
+EXAMPLES_PER_OPERATION: dict[str, int] = {"anonymous": 60, "admin": 40, "vendor": 25}
+"""Cases per operation for each identity (anonymous requests mostly stop at 401)."""
 
 
 @dataclass(frozen=True, slots=True)
 class RunningApi:
     base_url: str
     headers: dict[str, str]
+    identity: str = "anonymous"
 
 
 @contextmanager
 def gateway_in_thread(
-    settings_: Settings, provider: HeadersProvider, database_url: str
+    settings_: Settings, provider: HeadersProvider, database_url: str, identity: str = "anonymous"
 ) -> Iterator[RunningApi]:
     """A real gateway in a thread of its own; yields its base URL and the identity's headers."""
     ready: dict[str, Any] = {}
@@ -71,7 +86,7 @@ def gateway_in_thread(
         try:
             async with gateway_running(settings_) as handle:
                 ready["api"] = RunningApi(
-                    f"http://127.0.0.1:{handle.http_port}", await provider(database_url)
+                    f"http://127.0.0.1:{handle.http_port}", await provider(database_url), identity
                 )
                 ready["stop"] = (asyncio.get_running_loop(), stop)
                 started.set()
@@ -101,7 +116,8 @@ def fuzzed_api(
     request: pytest.FixtureRequest, database_url: str, mqtt_url: str, topic_prefix: str
 ) -> Iterator[RunningApi]:
     settings_ = make_settings(database_url, mqtt_url, topic_prefix, http_max_body_bytes=65536)
-    with gateway_in_thread(settings_, IDENTITIES[request.param], database_url) as api:
+    identity = request.param
+    with gateway_in_thread(settings_, IDENTITIES[identity], database_url, identity) as api:
         yield api
 
 
@@ -139,7 +155,7 @@ def test_no_request_gets_a_server_error(fuzzed_api: RunningApi) -> None:
 
         @given(case=strategy)
         @settings(
-            max_examples=EXAMPLES_PER_OPERATION,
+            max_examples=EXAMPLES_PER_OPERATION[fuzzed_api.identity],
             deadline=None,
             suppress_health_check=list(HealthCheck),
             derandomize=True,
