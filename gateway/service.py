@@ -41,6 +41,7 @@ from gateway.mqtt import MqttClient, MqttOptions
 from gateway.runtime import listen
 from gateway.settings import Settings
 from gateway.vending import build_vending
+from gateway.vending.delivery import run_delivery
 from gateway.vending.keys import GatewayKeyStoreKeys
 from protocols.topics import TopicKind, Topics
 
@@ -260,6 +261,15 @@ async def _run_tasks(
             if settings.detection_enabled:
                 tg.create_task(_detector(settings, services).run(stop), name="detection")
             _start_credit_control(tg, settings, services, stop)
+            tg.create_task(
+                run_delivery(
+                    services.pool,
+                    services.mqtt.publish,
+                    Topics(settings.mqtt_topic_prefix),
+                    stop,
+                ),
+                name="keypad-delivery",
+            )
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
             modbus_task = (

@@ -9,7 +9,9 @@ that id, which the database matches back to the token (migration 0008's trigger)
 A crash between publishing and marking publishes again at the next pass; the meter refuses the
 repeat (its TID is remembered) after it accepted the first, and a result for a token already
 accepted or rejected is ignored. Reversed sales and sales older than ``max_age`` are not
-delivered. Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several gateways can drain.
+delivered. Rows are claimed with ``FOR UPDATE SKIP LOCKED``, so several gateways can drain;
+each publish is bounded by ``publish_timeout_s`` so that a broker outage never holds the claim
+(and its row locks) for long: what was not confirmed goes out again at a later pass.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ async def deliver_pending(
     *,
     limit: int = 200,
     max_age: timedelta = timedelta(hours=1),
+    publish_timeout_s: float = 10.0,
 ) -> int:
     """One pass: publish up to ``limit`` undelivered tokens; returns how many went out."""
     async with pool.connection() as conn, conn.transaction():
@@ -60,7 +63,8 @@ async def deliver_pending(
         for token_id, sale_id, meter_id, receipt_no, seq, token in rows:
             body = orjson.dumps({"id": f"{receipt_no}-{seq}", "token": token})
             try:
-                await publish(topics.keypad(meter_id), body)
+                async with asyncio.timeout(publish_timeout_s):
+                    await publish(topics.keypad(meter_id), body)
             except Exception as exc:  # re-raised once what went out is recorded
                 failure = exc
                 break
