@@ -122,7 +122,12 @@ def _build_client(settings: Settings, topics: Topics) -> MqttClient:
             host=settings.mqtt_host,
             port=settings.mqtt_port,
             client_id=settings.mqtt_client_id,
-            filters=subscription_filters(topics, settings.mqtt_shared_group),
+            # A process without the ingest part only publishes (commands, keypad tokens).
+            filters=(
+                subscription_filters(topics, settings.mqtt_shared_group)
+                if settings.runs("ingest")
+                else []
+            ),
             tls=settings.mqtt_tls,
             username=creds[0] if creds else None,
             password=creds[1] if creds else None,
@@ -169,7 +174,14 @@ def _build_services(settings: Settings, zones: MeterZones) -> Services:
     )
     intake = MessageIntake(client, topics, pipeline, metrics, decode=decode)
     metrics.mqtt_connected.set_function(lambda: float(client.connected.is_set()))
-    return Services(pool=pool, mqtt=client, intake=intake, pipeline=pipeline, metrics=metrics)
+    return Services(
+        pool=pool,
+        mqtt=client,
+        intake=intake,
+        pipeline=pipeline,
+        metrics=metrics,
+        ingesting=settings.runs("ingest"),
+    )
 
 
 def _http_config(
@@ -257,24 +269,27 @@ async def _run_tasks(
     """The service's loops in one TaskGroup; on ``stop``: intake, modbus, drain, HTTP, in order."""
     try:
         async with asyncio.TaskGroup() as tg:
+            ingest = settings.runs("ingest")
             flush_task = tg.create_task(services.pipeline.run(), name="ingest-flush")
-            if settings.detection_enabled:
+            if settings.detection_enabled and settings.runs("detection"):
                 tg.create_task(_detector(settings, services).run(stop), name="detection")
-            _start_credit_control(tg, settings, services, stop)
-            tg.create_task(
-                run_delivery(
-                    services.pool,
-                    services.mqtt.publish,
-                    Topics(settings.mqtt_topic_prefix),
-                    stop,
-                ),
-                name="keypad-delivery",
-            )
+            if settings.runs("control"):
+                _start_credit_control(tg, settings, services, stop)
+            if settings.runs("http"):
+                tg.create_task(
+                    run_delivery(
+                        services.pool,
+                        services.mqtt.publish,
+                        Topics(settings.mqtt_topic_prefix),
+                        stop,
+                    ),
+                    name="keypad-delivery",
+                )
             if server is not None and sock is not None:
                 tg.create_task(server.serve(sockets=[sock]), name="http")
             modbus_task = (
                 tg.create_task(_run_modbus(settings, services, stop), name="modbus-poller")
-                if settings.modbus_enabled
+                if settings.modbus_enabled and ingest
                 else None
             )
             stop_task = tg.create_task(stop.wait(), name="stop-signal")
@@ -287,8 +302,12 @@ async def _run_tasks(
             await asyncio.wait({zones_ready, stop_task}, return_when=asyncio.FIRST_COMPLETED)
             zones_ready.cancel()
             mqtt_task = tg.create_task(services.mqtt.run(), name="mqtt")
-            intake_task = tg.create_task(services.intake.run(), name="mqtt-intake")
-            subscribed = tg.create_task(services.mqtt.subscribed.wait(), name="mqtt-subscribed")
+            intake_task = (
+                tg.create_task(services.intake.run(), name="mqtt-intake") if ingest else None
+            )
+            # Running once subscribed; a process that only publishes, once connected.
+            ready = services.mqtt.subscribed if ingest else services.mqtt.connected
+            subscribed = tg.create_task(ready.wait(), name="mqtt-ready")
             await asyncio.wait(
                 {subscribed, stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED
             )
@@ -305,7 +324,8 @@ async def _run_tasks(
             await asyncio.wait({stop_task, mqtt_task}, return_when=asyncio.FIRST_COMPLETED)
             # Stop taking messages first, so that the drain has a fixed set of work to commit.
             services.intake.stop()
-            await intake_task
+            if intake_task is not None:
+                await intake_task
             if modbus_task is not None:
                 await modbus_task  # its last polls go into the pipeline before it drains
             await _drain(settings, services, flush_task)
@@ -328,7 +348,8 @@ async def run_gateway(
     started: asyncio.Future[GatewayHandle] | None = None,
     serve_http: bool = True,
 ) -> None:
-    """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed."""
+    """Run until ``stop`` is set. ``started`` resolves once the intake is subscribed (without
+    the ingest part: once the broker session is up)."""
     zones = MeterZones()
     services = _build_services(settings, zones)
     keystore = open_keystore(settings.master_key_file)
@@ -337,7 +358,7 @@ async def run_gateway(
     try:
         await services.pool.open(wait=False)
         await verify_keystore(services.pool, keystore)
-        if serve_http:
+        if serve_http and settings.runs("http"):
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
             sock = listen(settings.http_host, settings.http_port)

@@ -23,6 +23,7 @@ from gateway.errors import ConfigError
 
 __all__ = [
     "DEFAULT_DEPLOYMENT_TIME_ZONE",
+    "PARTS",
     "IpNetwork",
     "LogFormat",
     "Settings",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 DEFAULT_DEPLOYMENT_TIME_ZONE: Final = "Africa/Johannesburg"
+PARTS: Final = ("ingest", "http", "detection", "control")
+"""The parts of the service a process can run (``GATEWAY_PARTS``)."""
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+-]+(/[A-Za-z0-9_+-]+)*$")
 
 
@@ -198,6 +201,12 @@ class Settings(BaseSettings):
     modbus_allowed_networks: str = Field(_PRIVATE_NETWORKS, max_length=4000)
     """Comma-separated networks the poller may connect to (and the registry accepts)."""
 
+    parts: str = Field(",".join(PARTS), pattern=r"^[a-z]+(,[a-z]+)*$")
+    """Which parts this process runs, comma-separated: ``ingest`` (MQTT intake, pipeline, Modbus
+    poller), ``http`` (the API, vending included, and keypad delivery), ``detection`` and
+    ``control`` (the notifier). Several processes with different parts share one database; each
+    needs its own ``GATEWAY_MQTT_CLIENT_ID``."""
+
     shutdown_grace_s: float = Field(10.0, ge=0, le=600)
     """On stop, how long to keep trying to commit pending data before leaving it to the
     broker (un-acknowledged messages are redelivered at the next start)."""
@@ -300,6 +309,18 @@ class Settings(BaseSettings):
                 "GATEWAY_VENDING_MIN_AMOUNT must not exceed GATEWAY_VENDING_MAX_AMOUNT"
             )
         return self
+
+    @field_validator("parts")
+    @classmethod
+    def _check_parts(cls, value: str) -> str:
+        unknown = sorted(set(value.split(",")) - set(PARTS))
+        if unknown:
+            raise ValueError(f"unknown parts {unknown}; choose from {', '.join(PARTS)}")
+        return value
+
+    def runs(self, part: str) -> bool:
+        """This process runs ``part`` (one of :data:`PARTS`)."""
+        return part in self.parts.split(",")
 
     @property
     def tls(self) -> bool:

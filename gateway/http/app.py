@@ -104,7 +104,7 @@ def create_app(
             problems.append(db)
         if not svc.mqtt.connected.is_set():
             problems.append("mqtt: not connected")
-        elif not svc.mqtt.subscribed.is_set():
+        elif svc.ingesting and not svc.mqtt.subscribed.is_set():
             problems.append("mqtt: subscriptions not granted")
         if not svc.pipeline.healthy:
             problems.append("ingest: last batch write failed")

@@ -25,6 +25,8 @@ class Services:
     intake: MessageIntake
     pipeline: IngestPipeline
     metrics: Metrics
+    ingesting: bool = True
+    """This process takes telemetry from the broker (``GATEWAY_PARTS`` has ``ingest``)."""
 
 
 def get_services(request: Request) -> Services:
