@@ -10,6 +10,7 @@ what is left; alert lag, not ingest, absorbs a busy machine), and writes the pla
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,5 +51,7 @@ def judge(jobs: Sequence[Job], rules: Rules, now: datetime) -> list[tuple[str, P
 
 
 def lower_priority() -> None:
-    """Worker initializer: yield the CPU to ingest and the database."""
+    """Worker initializer: yield the CPU to ingest and the database, and leave Ctrl-C to the
+    gateway (which shuts the worker down itself) instead of dying with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.nice(NICENESS)
