@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from gateway.detection import queries
 from gateway.detection.model import AlertKind
-from gateway.http.deps import ServicesDep
+from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText
 from gateway.http.security import Principal, Role, require
 
@@ -64,13 +64,12 @@ class WorkList(BaseModel):
 
 
 async def _page(
-    svc: ServicesDep,
+    conn: DbConn,
     where: queries.AlertFilter,
     limit: int,
     cursor: str | None,
 ) -> dict[str, Any]:
-    async with svc.pool.connection() as conn:
-        rows, next_cursor = await queries.list_alerts(conn, where, limit=limit, cursor=cursor)
+    rows, next_cursor = await queries.list_alerts(conn, where, limit=limit, cursor=cursor)
     return {"items": rows, "next_cursor": next_cursor}
 
 
@@ -83,7 +82,7 @@ State = Literal["open", "closed", "all"]
 async def list_alerts(
     *,
     _: Technician,
-    svc: ServicesDep,
+    conn: DbConn,
     meter_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
     kind: AlertKind | None = None,
     state: State = "all",
@@ -95,7 +94,7 @@ async def list_alerts(
     """Alerts by id; ``since``/``until`` bound their ``start``; pass ``next_cursor`` back as
     ``cursor`` for the next page."""
     where = queries.AlertFilter(meter_id, kind.value if kind else None, state, since, until)
-    return await _page(svc, where, limit, cursor)
+    return await _page(conn, where, limit, cursor)
 
 
 @router.get("/meters/{meter_id}/alerts", response_model=AlertPage)
@@ -103,7 +102,7 @@ async def meter_alerts(
     *,
     meter_id: MeterId,
     _: Technician,
-    svc: ServicesDep,
+    conn: DbConn,
     kind: AlertKind | None = None,
     state: State = "all",
     since: datetime | None = None,
@@ -113,43 +112,40 @@ async def meter_alerts(
 ) -> dict[str, Any]:
     """The same as ``GET /alerts`` for one meter."""
     where = queries.AlertFilter(meter_id, kind.value if kind else None, state, since, until)
-    return await _page(svc, where, limit, cursor)
+    return await _page(conn, where, limit, cursor)
 
 
 @router.post("/alerts/{alert_id}/acknowledge", response_model=AlertOut)
 async def acknowledge(
-    alert_id: AlertId, body: NoteIn, principal: Technician, svc: ServicesDep, request: Request
+    alert_id: AlertId, body: NoteIn, principal: Technician, conn: DbConn, request: Request
 ) -> dict[str, Any]:
     """Take the alert on (audited); it stays open while the condition lasts."""
-    async with svc.pool.connection() as conn:
-        return await queries.acknowledge_alert(
-            conn,
-            alert_id,
-            actor=principal.name,
-            note=body.note,
-            request_id=request.headers.get("x-request-id"),
-        )
+    return await queries.acknowledge_alert(
+        conn,
+        alert_id,
+        actor=principal.name,
+        note=body.note,
+        request_id=request.headers.get("x-request-id"),
+    )
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=AlertOut)
 async def resolve(
-    alert_id: AlertId, body: NoteIn, principal: Technician, svc: ServicesDep, request: Request
+    alert_id: AlertId, body: NoteIn, principal: Technician, conn: DbConn, request: Request
 ) -> dict[str, Any]:
     """Mark the problem dealt with (audited); an alert still open closes now."""
-    async with svc.pool.connection() as conn:
-        return await queries.resolve_alert(
-            conn,
-            alert_id,
-            actor=principal.name,
-            note=body.note,
-            request_id=request.headers.get("x-request-id"),
-        )
+    return await queries.resolve_alert(
+        conn,
+        alert_id,
+        actor=principal.name,
+        note=body.note,
+        request_id=request.headers.get("x-request-id"),
+    )
 
 
 @router.get("/worklist", response_model=WorkList)
 async def get_worklist(
-    _: Technician, svc: ServicesDep, limit: Annotated[int, Query(ge=1, le=5000)] = 500
+    _: Technician, conn: DbConn, limit: Annotated[int, Query(ge=1, le=5000)] = 500
 ) -> dict[str, Any]:
     """Meters that need a visit, most severe first, then the oldest."""
-    async with svc.pool.connection() as conn:
-        return {"items": await queries.worklist(conn, limit=limit)}
+    return {"items": await queries.worklist(conn, limit=limit)}
