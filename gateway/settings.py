@@ -222,6 +222,8 @@ class Settings(BaseSettings):
     detection_rules: dict[str, float] = Field(default_factory=dict)
     """Rule thresholds overriding the defaults, as a JSON object (docs/detection.md)."""
 
+    command_poll_ms: int = Field(500, ge=10, le=60_000)
+    """How often the command loop looks for commands to send, replies and meter states."""
     notify_enabled: bool = True
     """Run the notifier that delivers the notification outbox (alerts and credit-control
     notices); enable on one gateway, or on several (they never send a row twice)."""

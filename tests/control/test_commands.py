@@ -1,0 +1,235 @@
+"""Commands to meters end to end: the running gateway signs and publishes them over the real
+broker, simulated meters verify and carry them out, and the gateway confirms each from the
+meter's own reported state — or says why not."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from firmware_sim.identity import Utility
+from gateway.http.security import Role
+from protocols.commands import CommandAction, sign_command
+from tests.control.rig import Customer, meter_fleet, set_policy, wait_online
+from tests.firmware_sim.helpers import command_key
+from tests.plugins.auth import make_api_key
+from tests.plugins.gateway import MqttTestClient, gateway_running, make_settings
+
+pytestmark = pytest.mark.timeout(300)
+
+
+async def rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(sql, args)
+        return await cur.fetchall()
+
+
+async def command_state(http: httpx.AsyncClient, meter_id: str, command_id: int) -> dict[str, Any]:
+    got = await http.get(f"/meters/{meter_id}/commands")
+    assert got.status_code == 200, got.text
+    return next(c for c in got.json()["commands"] if c["command_id"] == command_id)
+
+
+async def settle(
+    http: httpx.AsyncClient, meter_id: str, command_id: int, timeout: float = 60
+) -> dict[str, Any]:
+    """The command once it has ended (confirmed, rejected, unconfirmed or cancelled)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            command = await command_state(http, meter_id, command_id)
+            if command["state"] in ("confirmed", "rejected", "unconfirmed", "cancelled"):
+                return command
+            await asyncio.sleep(0.1)
+
+
+async def send(http: httpx.AsyncClient, meter_id: str, action: str, **extra: Any) -> httpx.Response:
+    return await http.post(
+        f"/meters/{meter_id}/commands", json={"action": action, "reason": "test", **extra}
+    )
+
+
+async def test_manual_commands_are_signed_sent_and_confirmed_from_meter_state(
+    database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    customers = [
+        Customer("ELEC", Utility.ELECTRICITY),
+        Customer("WATER-IND", Utility.WATER, indigent=True),
+        Customer("HOSPITAL", Utility.ELECTRICITY, essential=True),
+        Customer("DEAF", Utility.ELECTRICITY, deaf=True),
+    ]
+    await set_policy(database_url, confirm_timeout_s=1, command_retries=1)
+    async with meter_fleet(database_url, mqtt_url, topic_prefix, tmp_path, customers) as rig:
+        settings = make_settings(
+            database_url, mqtt_url, topic_prefix, master_key_file=rig.master_key,
+            command_poll_ms=50,
+        )  # fmt: skip
+        tech = await make_api_key(database_url, Role.TECHNICIAN)
+        operator = await make_api_key(database_url, Role.OPERATOR)
+        vendor = await make_api_key(database_url, Role.VENDOR)
+        async with gateway_running(settings) as handle:
+            await wait_online(database_url, list(rig.meters.values()))
+            base = f"http://127.0.0.1:{handle.http_port}"
+            auth = {"Authorization": f"Bearer {tech}"}
+            async with httpx.AsyncClient(base_url=base, headers=auth) as http:
+                elec, water = rig.meters["ELEC"], rig.meters["WATER-IND"]
+                # A disconnect is confirmed by the relay the meter reports, not by its reply.
+                posted = await send(http, elec, "disconnect")
+                assert posted.status_code == 202, posted.text
+                assert posted.json()["state"] == "planned"
+                done = await settle(http, elec, posted.json()["command_id"])
+                assert done["state"] == "confirmed", done
+                assert done["confirmed_state"]["relay"] == "disconnected"
+                assert done["acknowledged_at"] is not None
+                [message] = done["messages"]
+                assert (message["action"], message["reply_result"]) == ("disconnect", "ok")
+                assert rig.devices[elec].meter.relay is not None
+                assert rig.devices[elec].meter.relay.value == "disconnected"
+                back = await settle(
+                    http, elec, (await send(http, elec, "reconnect")).json()["command_id"]
+                )
+                assert back["confirmed_state"]["relay"] == "connected"
+                # Water: restricted, never closed for an indigent account.
+                refused = await send(http, water, "close_valve")
+                assert refused.status_code == 409 and "indigent" in refused.text
+                restricted = await settle(
+                    http, water, (await send(http, water, "restrict")).json()["command_id"]
+                )
+                assert restricted["confirmed_state"]["valve"] == "restricted"
+                wrong = await send(http, elec, "restrict")
+                assert wrong.status_code == 422 and "cannot restrict" in wrong.text
+                read = await settle(
+                    http, elec, (await send(http, elec, "read_state")).json()["command_id"]
+                )
+                assert read["state"] == "confirmed"
+                # An essential supply is cut only by an operator who says so.
+                hospital = rig.meters["HOSPITAL"]
+                assert (await send(http, hospital, "disconnect")).status_code == 409
+                forced = await send(http, hospital, "disconnect", override_essential=True)
+                assert forced.status_code == 403
+                op = await http.post(
+                    f"/meters/{hospital}/commands",
+                    json={"action": "read_state", "override_essential": True},
+                    headers={"Authorization": f"Bearer {operator}"},
+                )
+                assert op.status_code == 202
+                # A meter that ignores commands: read_state, one retry, then unconfirmed and on
+                # the work list.
+                deaf = rig.meters["DEAF"]
+                lost = await settle(
+                    http, deaf, (await send(http, deaf, "disconnect")).json()["command_id"]
+                )
+                assert lost["state"] == "unconfirmed", repr(lost)
+                # each attempt is followed by a read_state before the gateway concludes
+                assert [m["action"] for m in lost["messages"]] == [
+                    "disconnect",
+                    "read_state",
+                    "disconnect",
+                    "read_state",
+                ]
+                assert len({m["message_id"] for m in lost["messages"]}) == 4
+                assert all(m["reply_result"] is None for m in lost["messages"])
+                worklist = (await http.get("/worklist")).json()
+                entry = next(i for i in worklist["items"] if i["meter_id"] == deaf)
+                assert [a["kind"] for a in entry["alerts"]] == ["command_unconfirmed"]
+                assert rig.devices[deaf].meter.relay is not None
+                assert rig.devices[deaf].meter.relay.value == "connected"
+                # Without a key, or as a vendor, nothing is sent.
+                async with httpx.AsyncClient(base_url=base) as anonymous:
+                    nobody = await anonymous.post(
+                        f"/meters/{elec}/commands", json={"action": "read_state"}
+                    )
+                    assert nobody.status_code == 401
+                    as_vendor = await anonymous.post(
+                        f"/meters/{elec}/commands",
+                        json={"action": "disconnect"},
+                        headers={"Authorization": f"Bearer {vendor}"},
+                    )
+                    assert as_vendor.status_code == 403
+    audit = await rows(
+        database_url,
+        "SELECT action, outcome FROM audit_log WHERE action LIKE 'command.%%' ORDER BY id",
+    )
+    assert ("command.order", "planned") in audit
+    assert ("command.reply", "ok") in audit
+    assert ("command.finish", "confirmed") in audit
+    assert ("command.finish", "unconfirmed") in audit
+
+
+async def test_forged_and_replayed_commands_are_refused_by_the_meter_and_recorded(
+    database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    await set_policy(database_url)
+    async with meter_fleet(
+        database_url, mqtt_url, topic_prefix, tmp_path, [Customer("A", Utility.ELECTRICITY)]
+    ) as rig:
+        meter_id = rig.meters["A"]
+        settings = make_settings(
+            database_url, mqtt_url, topic_prefix, master_key_file=rig.master_key,
+            command_poll_ms=50,
+        )  # fmt: skip
+        tech = await make_api_key(database_url, Role.TECHNICIAN)
+        async with (
+            gateway_running(settings) as handle,
+            httpx.AsyncClient(
+                base_url=f"http://127.0.0.1:{handle.http_port}",
+                headers={"Authorization": f"Bearer {tech}"},
+            ) as http,
+            MqttTestClient(mqtt_url) as attacker,
+        ):
+            await wait_online(database_url, [meter_id])
+            done = await settle(
+                http, meter_id, (await send(http, meter_id, "disconnect")).json()["command_id"]
+            )
+            assert done["state"] == "confirmed"
+            # Replayed: the gateway's own signed message, published again by someone else.
+            [sent] = await rows(
+                database_url,
+                "SELECT payload FROM command_messages WHERE command_id = %s",
+                done["command_id"],
+            )
+            await attacker.publish_all([(rig.topics.commands(meter_id), bytes(sent[0]))])
+            # Forged: a reconnect signed with a key that is not the meter's.
+            forged = sign_command(
+                command_key(meter_id), meter_id=meter_id, command_id=f"f{uuid.uuid4().hex}",
+                action=CommandAction.RECONNECT, issued_at=datetime.now(UTC),
+                ttl=timedelta(minutes=10), nonce=uuid.uuid4().hex,
+            )  # fmt: skip
+            await attacker.publish_all([(rig.topics.commands(meter_id), forged.to_json())])
+            async with asyncio.timeout(30):
+                while True:
+                    replies = await rows(
+                        database_url,
+                        "SELECT message_id, result, reason, outcome FROM command_replies"
+                        " WHERE meter_id = %s AND applied_at IS NOT NULL ORDER BY reply_id",
+                        meter_id,
+                    )
+                    if len(replies) >= 3:
+                        break
+                    await asyncio.sleep(0.1)
+            assert replies[1:] == [
+                (
+                    done["messages"][0]["message_id"],
+                    "rejected",
+                    "replayed",
+                    "command already confirmed",
+                ),
+                (forged.id, "rejected", "bad_signature", "unsolicited"),
+            ]
+            # The meter did neither: its relay stays as the gateway left it.
+            assert rig.devices[meter_id].meter.relay is not None
+            assert rig.devices[meter_id].meter.relay.value == "disconnected"
+            after = await command_state(http, meter_id, done["command_id"])
+            assert after["state"] == "confirmed"
+    audit = await rows(
+        database_url,
+        "SELECT outcome, detail->>'reason' FROM audit_log"
+        " WHERE action = 'command.reply.unsolicited'",
+    )
+    assert audit == [("rejected", "bad_signature")]
