@@ -3,10 +3,12 @@ from the meter's own state, or ends with a reason.
 
 One pass (:meth:`CommandLoop.tick`), each step its own transaction:
 
-1. apply the meters' replies (``ok`` acknowledges; a refusal is recorded and escalated);
-2. confirm commands whose meter has since reported the ordered state;
+1. apply the meters' replies (``ok`` acknowledges; a refusal is recorded and escalated) and
+2. confirm commands whose meter has since reported the ordered state
+   (:mod:`gateway.control.readback`);
 3. look after commands whose confirmation time passed (probe, retry, give up; wait for an
-   offline meter, re-issue an expired command when it is back and the order still stands);
+   offline meter, re-issue an expired command when it is back and the order still stands:
+   :mod:`gateway.control.supervise`);
 4. sign the planned commands that may go now: credit-control orders only inside the execution
    window, below the rate limit and while execution is not halted, each re-checked against the
    account's current facts right before signing;
@@ -35,22 +37,13 @@ from typing import Any, Final
 import psycopg
 from psycopg_pool import AsyncConnectionPool
 
-from gateway import audit
-from gateway.control import orders
-from gateway.control.commands import finish
-from gateway.control.lifecycle import (
-    CommandState,
-    MeterReport,
-    TimeoutStep,
-    on_timeout,
-    report_from_channels,
-    satisfies,
-)
 from gateway.control.policy import Policy
+from gateway.control.readback import apply_replies, confirm
 from gateway.control.store import current_policy
-from gateway.control.window import in_window, next_window_start
+from gateway.control.supervise import halted, still_stands, supervise
+from gateway.control.window import in_window
 from gateway.keystore.base import KeyStore
-from protocols.commands import CLOCK_SKEW, CommandAction
+from protocols.commands import CommandAction
 from protocols.topics import Topics
 
 __all__ = ["CommandLoop", "LoopOptions", "Publisher"]
@@ -62,7 +55,6 @@ Publisher = Callable[[str, bytes], Awaitable[None]]
 """Publishes with QoS 1 and returns once the broker acknowledged it."""
 
 _LOCK_KEY: Final = 0x6D676377  # one command loop at a time across gateways
-_ACTOR: Final = "command-loop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +113,10 @@ class CommandLoop:
             try:
                 _, policy = await current_policy(conn)
                 await conn.commit()
-                done = await self._apply_replies(conn)
-                done += await self._confirm(conn)
-                done += await self._supervise(conn, policy)
+                batch = self._options.batch
+                done = await apply_replies(conn, batch=batch)
+                done += await confirm(conn, batch=batch)
+                done += await supervise(conn, policy, self._sign, batch=batch)
                 done += await self._dispatch(conn, policy)
                 done += await self._publish_pending(conn, policy)
                 return done
@@ -132,264 +125,14 @@ class CommandLoop:
                 await conn.execute("SELECT pg_advisory_unlock(%s)", (_LOCK_KEY,))
                 await conn.commit()
 
-    # -------------------------------------------------------------- 1. replies
-
-    async def _apply_replies(self, conn: Conn) -> int:
-        async with conn.transaction():
-            cur = await conn.execute(
-                "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
-                " m.command_id, m.action, m.publishes, m.expires_at, c.state, c.action"
-                " FROM command_replies r"
-                " LEFT JOIN command_messages m"
-                "   ON m.message_id = r.message_id AND m.meter_id = r.meter_id"
-                " LEFT JOIN meter_commands c ON c.command_id = m.command_id"
-                " WHERE r.applied_at IS NULL ORDER BY r.reply_id LIMIT %s"
-                " FOR UPDATE OF r SKIP LOCKED",
-                (self._options.batch,),
-            )
-            rows = await cur.fetchall()
-            for row in rows:
-                outcome = await self._apply_reply(conn, row)
-                await conn.execute(
-                    "UPDATE command_replies SET applied_at = now(), outcome = %s"
-                    " WHERE reply_id = %s",
-                    (outcome, row[0]),
-                )
-        return len(rows)
-
-    async def _apply_reply(self, conn: Conn, row: tuple[Any, ...]) -> str:
-        (_, meter_id, message_id, result, reason, received_at) = row[:6]
-        command_id, message_action, publishes, expires_at, state, action = row[6:]
-        if command_id is None:
-            # The meter answered a command this gateway never sent: forged, or another sender.
-            log.warning(
-                "reply to a command this gateway never sent",
-                extra={"meter_id": meter_id, "result": result, "reason": reason},
-            )
-            await audit.record(
-                conn,
-                actor=f"meter:{meter_id}",
-                action="command.reply.unsolicited",
-                object=f"meter:{meter_id}",
-                outcome=str(result),
-                detail={"message_id": message_id, "reason": reason},
-            )
-            return "unsolicited"
-        await conn.execute(
-            "UPDATE command_messages SET reply_result = coalesce(reply_result, %s),"
-            " reply_reason = CASE WHEN reply_result IS NULL THEN %s ELSE reply_reason END,"
-            " replied_at = coalesce(replied_at, now()) WHERE message_id = %s",
-            (result, reason, message_id),
-        )
-        await audit.record(
-            conn,
-            actor=f"meter:{meter_id}",
-            action="command.reply",
-            object=f"meter:{meter_id}",
-            outcome=str(result),
-            detail={"command_id": command_id, "message_id": message_id, "reason": reason},
-        )
-        if state not in ("sent", "acknowledged", "expired"):
-            return f"command already {state}"
-        is_attempt = message_action == action
-        repeat_of_ours = result == "rejected" and reason == "replayed" and publishes > 1
-        if result == "ok" or repeat_of_ours:
-            if is_attempt and state == "sent":
-                await conn.execute(
-                    "UPDATE meter_commands SET state = 'acknowledged',"
-                    " acknowledged_at = coalesce(acknowledged_at, now())"
-                    " WHERE command_id = %s AND state = 'sent'",
-                    (command_id,),
-                )
-                return "acknowledged"
-            return "noted"
-        if reason == "expired" and received_at >= expires_at:
-            # Delivered after its expiry (the meter was away): re-issued once it is back.
-            await conn.execute(
-                "UPDATE meter_commands SET state = 'expired', due_at = NULL"
-                " WHERE command_id = %s AND state IN ('sent', 'acknowledged')",
-                (command_id,),
-            )
-            return "expired"
-        await finish(
-            conn,
-            command_id,
-            CommandState.REJECTED,
-            f"the meter refused {message_action}: {reason}",
-            actor=_ACTOR,
-        )
-        return "rejected"
-
-    # -------------------------------------------------------------- 2. confirmation
-
-    async def _confirm(self, conn: Conn) -> int:
-        confirmed = 0
-        async with conn.transaction():
-            cur = await conn.execute(
-                "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
-                " m.status_received_at >= f.created_at,"
-                " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-                "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %s"
-                "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1),"
-                " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-                "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %s"
-                "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1)"
-                " FROM meter_commands c JOIN meters m USING (meter_id)"
-                " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
-                "   FROM command_messages WHERE command_id = c.command_id) f ON true"
-                " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
-                " AND f.created_at IS NOT NULL"
-                " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-                (CLOCK_SKEW, CLOCK_SKEW, self._options.batch),
-            )
-            for (
-                command_id,
-                action,
-                relay,
-                valve,
-                fresh,
-                relay_code,
-                valve_code,
-            ) in await cur.fetchall():
-                reports = [report_from_channels(relay_code, valve_code)]
-                if fresh:
-                    reports.insert(0, MeterReport(relay, valve))
-                wanted = CommandAction(action)
-                match = next((r for r in reports if satisfies(wanted, r)), None)
-                if match is None:
-                    continue
-                state = {"relay": match.relay, "valve": match.valve}
-                if await finish(
-                    conn,
-                    command_id,
-                    CommandState.CONFIRMED,
-                    f"the meter reports relay={match.relay} valve={match.valve}",
-                    actor=_ACTOR,
-                    confirmed_state=state,
-                ):
-                    confirmed += 1
-        return confirmed
-
-    # -------------------------------------------------------------- 3. supervision
-
-    async def _supervise(self, conn: Conn, policy: Policy) -> int:
-        handled = 0
-        now = datetime.now(UTC)
-        async with conn.transaction():
-            halted = await _halted(conn)
-            cur = await conn.execute(
-                "SELECT c.command_id, c.meter_id, c.action, c.state, c.attempts, c.probes,"
-                " c.reissues, c.windowed, c.origin, coalesce(m.online, false), l.expires_at"
-                " FROM meter_commands c JOIN meters m USING (meter_id)"
-                " JOIN LATERAL (SELECT expires_at FROM command_messages"
-                "   WHERE command_id = c.command_id ORDER BY created_at DESC LIMIT 1) l ON true"
-                " WHERE ((c.state IN ('sent', 'acknowledged') AND c.due_at <= now())"
-                "        OR (c.state = 'expired' AND m.online))"
-                " AND NOT EXISTS (SELECT 1 FROM command_messages u"
-                "   WHERE u.command_id = c.command_id AND u.published_at IS NULL)"
-                " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-                (self._options.batch,),
-            )
-            for row in await cur.fetchall():
-                handled += await self._supervise_one(conn, row, policy, now, halted=halted)
-        return handled
-
-    async def _supervise_one(
-        self, conn: Conn, row: tuple[Any, ...], policy: Policy, now: datetime, *, halted: bool
-    ) -> int:
-        command_id, meter_id, action, state, attempts, probes, reissues = row[:7]
-        windowed, origin, online, expires_at = row[7:]
-        timeout = timedelta(seconds=policy.confirm_timeout_s)
-        if windowed and (halted or not in_window(now, policy)):
-            # A credit-control order is repeated only when it could be sent afresh.
-            opens = now + timeout if halted else next_window_start(now, policy)
-            await conn.execute(
-                "UPDATE meter_commands SET due_at = %s WHERE command_id = %s", (opens, command_id)
-            )
-            return 0
-        if state == "expired":
-            if reissues >= policy.command_retries:
-                await finish(
-                    conn,
-                    command_id,
-                    CommandState.UNCONFIRMED,
-                    f"expired {reissues + 1} times before the meter took it",
-                    actor=_ACTOR,
-                )
-                return 1
-            if not await self._still_stands(conn, command_id, origin):
-                return 1
-            await self._sign(conn, command_id, meter_id, CommandAction(action), policy)
-            await conn.execute(
-                "UPDATE meter_commands SET reissues = reissues + 1, attempts = attempts + 1,"
-                " probes = 0 WHERE command_id = %s",
-                (command_id,),
-            )
-            return 1
-        step = on_timeout(
-            now=now,
-            online=online,
-            expires_at=expires_at,
-            attempts=attempts - reissues,
-            probes=probes,
-            retries=policy.command_retries,
-            confirm_timeout=timeout,
-        )
-        match step.step:
-            case TimeoutStep.WAIT:
-                await conn.execute(
-                    "UPDATE meter_commands SET due_at = %s WHERE command_id = %s",
-                    (step.due_at, command_id),
-                )
-                return 0
-            case TimeoutStep.EXPIRE:
-                await conn.execute(
-                    "UPDATE meter_commands SET state = 'expired', due_at = NULL"
-                    " WHERE command_id = %s",
-                    (command_id,),
-                )
-            case TimeoutStep.PROBE:
-                await self._sign(conn, command_id, meter_id, CommandAction.READ_STATE, policy)
-                await conn.execute(
-                    "UPDATE meter_commands SET probes = probes + 1 WHERE command_id = %s",
-                    (command_id,),
-                )
-            case TimeoutStep.RETRY:
-                await self._sign(conn, command_id, meter_id, CommandAction(action), policy)
-                await conn.execute(
-                    "UPDATE meter_commands SET attempts = attempts + 1, probes = 0"
-                    " WHERE command_id = %s",
-                    (command_id,),
-                )
-            case TimeoutStep.GIVE_UP:
-                await finish(
-                    conn,
-                    command_id,
-                    CommandState.UNCONFIRMED,
-                    f"no matching state from the meter after {attempts} attempts",
-                    actor=_ACTOR,
-                )
-        return 1
-
-    async def _still_stands(self, conn: Conn, command_id: int, origin: str) -> bool:
-        """Whether a credit-control order still holds on today's facts; if not it is
-        cancelled here. A person's command stands until another supersedes it."""
-        if origin != "credit_control":
-            return True
-        lapsed = await orders.order_lapsed(conn, command_id)
-        if lapsed is None:
-            return True
-        await finish(conn, command_id, CommandState.CANCELLED, lapsed, actor=_ACTOR)
-        return False
-
-    # -------------------------------------------------------------- 4. dispatch
+    # -------------------------------------------------------------- signing
 
     async def _dispatch(self, conn: Conn, policy: Policy) -> int:
         now = datetime.now(UTC)
         async with conn.transaction():
             budget = self._options.batch
             windowed_budget = 0
-            if in_window(now, policy) and not await _halted(conn):
+            if in_window(now, policy) and not await halted(conn):
                 cur = await conn.execute(
                     "SELECT count(*) FROM command_messages cm JOIN meter_commands c"
                     " USING (command_id) WHERE c.windowed"
@@ -412,7 +155,7 @@ class CommandLoop:
                     if windowed_budget <= 0:
                         continue
                     windowed_budget -= 1
-                if not await self._still_stands(conn, command_id, origin):
+                if not await still_stands(conn, command_id, origin):
                     continue
                 await self._sign(conn, command_id, meter_id, CommandAction(action), policy)
                 await conn.execute(
@@ -450,7 +193,7 @@ class CommandLoop:
             ),
         )
 
-    # -------------------------------------------------------------- 5. publishing
+    # -------------------------------------------------------------- publishing
 
     async def _publish_pending(self, conn: Conn, policy: Policy) -> int:
         cur = await conn.execute(
@@ -498,9 +241,3 @@ class CommandLoop:
                     (timedelta(seconds=policy.confirm_timeout_s), published),
                 )
         return len(published)
-
-
-async def _halted(conn: Conn) -> bool:
-    cur = await conn.execute("SELECT halted FROM control_halt")
-    row = await cur.fetchone()
-    return bool(row and row[0])

@@ -1,0 +1,171 @@
+"""What the meters say about commands: their replies, and the state they report.
+
+A reply ``ok`` only acknowledges a command. It is confirmed when the meter's own reported state
+matches the order (:func:`gateway.control.lifecycle.satisfies`): its status document's
+``relay`` / ``valve`` received after the command was first signed, or the latest ``96.3.10`` /
+``24.4.0`` reading received after it. A reply that refuses a command ends it ``rejected`` with
+the meter's reason (and puts the meter on the work list), except ``expired`` for a message
+delivered after its expiry (the meter was away: it is re-issued) and ``replayed`` for a message
+the gateway itself published more than once (after a crash: the meter had it already). A reply
+to a message this gateway never sent is recorded in the audit log as ``unsolicited``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import psycopg
+
+from gateway import audit
+from gateway.control.commands import finish
+from gateway.control.lifecycle import CommandState, MeterReport, report_from_channels, satisfies
+from protocols.commands import CLOCK_SKEW, CommandAction
+
+__all__ = ["ACTOR", "apply_replies", "confirm"]
+
+log = logging.getLogger(__name__)
+
+Conn = psycopg.AsyncConnection[Any]
+ACTOR: Final = "command-loop"
+"""Who the audit log names for what the command loop does."""
+
+
+async def apply_replies(conn: Conn, *, batch: int) -> int:
+    """Apply the meters' replies not yet applied: ``ok`` acknowledges, a refusal ends the
+    command (or marks it expired when it was delivered late); returns how many."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
+            " m.command_id, m.action, m.publishes, m.expires_at, c.state, c.action"
+            " FROM command_replies r"
+            " LEFT JOIN command_messages m"
+            "   ON m.message_id = r.message_id AND m.meter_id = r.meter_id"
+            " LEFT JOIN meter_commands c ON c.command_id = m.command_id"
+            " WHERE r.applied_at IS NULL ORDER BY r.reply_id LIMIT %s"
+            " FOR UPDATE OF r SKIP LOCKED",
+            (batch,),
+        )
+        rows = await cur.fetchall()
+        for row in rows:
+            outcome = await _apply_reply(conn, row)
+            await conn.execute(
+                "UPDATE command_replies SET applied_at = now(), outcome = %s WHERE reply_id = %s",
+                (outcome, row[0]),
+            )
+    return len(rows)
+
+
+async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
+    (_, meter_id, message_id, result, reason, received_at) = row[:6]
+    command_id, message_action, publishes, expires_at, state, action = row[6:]
+    if command_id is None:
+        # The meter answered a command this gateway never sent: forged, or another sender.
+        log.warning(
+            "reply to a command this gateway never sent",
+            extra={"meter_id": meter_id, "result": result, "reason": reason},
+        )
+        await audit.record(
+            conn,
+            actor=f"meter:{meter_id}",
+            action="command.reply.unsolicited",
+            object=f"meter:{meter_id}",
+            outcome=str(result),
+            detail={"message_id": message_id, "reason": reason},
+        )
+        return "unsolicited"
+    await conn.execute(
+        "UPDATE command_messages SET reply_result = coalesce(reply_result, %s),"
+        " reply_reason = CASE WHEN reply_result IS NULL THEN %s ELSE reply_reason END,"
+        " replied_at = coalesce(replied_at, now()) WHERE message_id = %s",
+        (result, reason, message_id),
+    )
+    await audit.record(
+        conn,
+        actor=f"meter:{meter_id}",
+        action="command.reply",
+        object=f"meter:{meter_id}",
+        outcome=str(result),
+        detail={"command_id": command_id, "message_id": message_id, "reason": reason},
+    )
+    if state not in ("sent", "acknowledged", "expired"):
+        return f"command already {state}"
+    is_attempt = message_action == action
+    repeat_of_ours = result == "rejected" and reason == "replayed" and publishes > 1
+    if result == "ok" or repeat_of_ours:
+        if is_attempt and state == "sent":
+            await conn.execute(
+                "UPDATE meter_commands SET state = 'acknowledged',"
+                " acknowledged_at = coalesce(acknowledged_at, now())"
+                " WHERE command_id = %s AND state = 'sent'",
+                (command_id,),
+            )
+            return "acknowledged"
+        return "noted"
+    if reason == "expired" and received_at >= expires_at:
+        # Delivered after its expiry (the meter was away): re-issued once it is back.
+        await conn.execute(
+            "UPDATE meter_commands SET state = 'expired', due_at = NULL"
+            " WHERE command_id = %s AND state IN ('sent', 'acknowledged')",
+            (command_id,),
+        )
+        return "expired"
+    await finish(
+        conn,
+        command_id,
+        CommandState.REJECTED,
+        f"the meter refused {message_action}: {reason}",
+        actor=ACTOR,
+    )
+    return "rejected"
+
+
+async def confirm(conn: Conn, *, batch: int) -> int:
+    """Confirm the commands whose meter has reported the ordered state since the command
+    was first signed; returns how many."""
+    confirmed = 0
+    async with conn.transaction():
+        cur = await conn.execute(
+            "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
+            " m.status_received_at >= f.created_at,"
+            " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
+            "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %s"
+            "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1),"
+            " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
+            "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %s"
+            "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1)"
+            " FROM meter_commands c JOIN meters m USING (meter_id)"
+            " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
+            "   FROM command_messages WHERE command_id = c.command_id) f ON true"
+            " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
+            " AND f.created_at IS NOT NULL"
+            " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
+            (CLOCK_SKEW, CLOCK_SKEW, batch),
+        )
+        for (
+            command_id,
+            action,
+            relay,
+            valve,
+            fresh,
+            relay_code,
+            valve_code,
+        ) in await cur.fetchall():
+            reports = [report_from_channels(relay_code, valve_code)]
+            if fresh:
+                reports.insert(0, MeterReport(relay, valve))
+            wanted = CommandAction(action)
+            match = next((r for r in reports if satisfies(wanted, r)), None)
+            if match is None:
+                continue
+            state = {"relay": match.relay, "valve": match.valve}
+            if await finish(
+                conn,
+                command_id,
+                CommandState.CONFIRMED,
+                f"the meter reports relay={match.relay} valve={match.valve}",
+                actor=ACTOR,
+                confirmed_state=state,
+            ):
+                confirmed += 1
+    return confirmed
