@@ -103,11 +103,15 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
             return "acknowledged"
         return "noted"
     if reason == "expired" and received_at >= expires_at:
-        # Delivered after its expiry (the meter was away): re-issued once it is back.
+        # Delivered after its expiry (the meter was away): re-issued once it is back —
+        # unless it has been already (the old message can arrive after the new one left).
         await conn.execute(
-            "UPDATE meter_commands SET state = 'expired', due_at = NULL"
-            " WHERE command_id = %s AND state IN ('sent', 'acknowledged')",
-            (command_id,),
+            "UPDATE meter_commands c SET state = 'expired', due_at = NULL"
+            " WHERE c.command_id = %s AND c.state IN ('sent', 'acknowledged')"
+            " AND NOT EXISTS (SELECT 1 FROM command_messages n, command_messages m"
+            "   WHERE m.message_id = %s AND n.command_id = c.command_id"
+            "   AND n.action = c.action AND n.created_at > m.created_at)",
+            (command_id, message_id),
         )
         return "expired"
     await finish(

@@ -77,9 +77,44 @@ class Rig:
     topics: Topics
     keystore: SoftwareKeyStore
     master_key: Path
+    broker_url: str
+    provisioning: Path
     meters: dict[str, str] = field(default_factory=dict)
     """account id → meter id"""
     devices: dict[str, Device] = field(default_factory=dict)
+    per_connection: int = 1
+    link_prefix: str = "cmd"
+    _stop: asyncio.Event | None = None
+    _task: asyncio.Task[Any] | None = None
+
+    def start_meters(self) -> None:
+        """Connect the meters (again: same client ids and sessions, so queued commands
+        reach them)."""
+        assert self._task is None, "the meters are running"
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(
+            run_fleet(
+                list(self.devices.values()),
+                clock=WallClock(datetime.now(UTC)),
+                stop=self._stop,
+                truth=GroundTruth(None),
+                broker=parse_broker_url(self.broker_url),
+                topics=self.topics,
+                per_connection=self.per_connection,
+                session_expiry=3600,
+                link_prefix=self.link_prefix,
+                provisioning=ProvisionedKeys(self.provisioning),
+            ),
+            name="meter-fleet",
+        )
+
+    async def stop_meters(self) -> None:
+        """Disconnect the meters cleanly (each publishes its offline status)."""
+        if self._task is None or self._stop is None:
+            return
+        self._stop.set()
+        await asyncio.wait_for(self._task, 60)
+        self._task = None
 
 
 async def set_policy(database_url: str, **changes: Any) -> None:
@@ -161,7 +196,6 @@ async def meter_fleet(
     customers: Sequence[Customer],
     *,
     per_connection: int = 1,
-    started: asyncio.Event | None = None,
 ) -> AsyncIterator[Rig]:
     """Register ``customers`` and run their meters until the block ends."""
     master = master_key_file(directory)
@@ -179,10 +213,9 @@ async def meter_fleet(
         for c, i in zip(customers, identities, strict=True)
         if c.deaf
     }
-    now = datetime.now(UTC)
     devices = build_fleet(
         FleetSpec(seed=seed, meters=len(identities), config=MeterConfig(interval_s=60)),
-        now,
+        datetime.now(UTC),
         faults=faults,
         identities=identities,
     )
@@ -191,28 +224,15 @@ async def meter_fleet(
         topics,
         keystore,
         master,
+        mqtt_url,
+        provisioning,
         meters={c.account_id: i.meter_id for c, i in zip(customers, identities, strict=True)},
         devices={d.meter_id: d for d in devices},
+        per_connection=per_connection,
+        link_prefix=f"cmd{seed}",
     )
-    stop = asyncio.Event()
-    fleet = asyncio.create_task(
-        run_fleet(
-            devices,
-            clock=WallClock(now),
-            stop=stop,
-            truth=GroundTruth(None),
-            broker=parse_broker_url(mqtt_url),
-            topics=topics,
-            per_connection=per_connection,
-            session_expiry=3600,
-            link_prefix=f"cmd{seed}",
-            provisioning=ProvisionedKeys(provisioning),
-            ready=started,
-        ),
-        name="meter-fleet",
-    )
+    rig.start_meters()
     try:
         yield rig
     finally:
-        stop.set()
-        await asyncio.wait_for(fleet, 60)
+        await rig.stop_meters()
