@@ -142,7 +142,7 @@ class CommandLoop:
                 windowed_budget = max(0, policy.commands_per_minute - int(got[0] if got else 0))
             cur = await conn.execute(
                 "SELECT command_id, meter_id, action, windowed, origin FROM meter_commands"
-                " WHERE state = 'planned'"
+                " WHERE state = 'planned' AND attempts = 0"  # once signed, only published
                 # The window, not the instant computed when it was ordered, decides for a
                 # credit-control order: a changed policy applies to orders already waiting.
                 " AND (CASE WHEN windowed THEN %s > 0 ELSE not_before <= now() END)"

@@ -6,7 +6,8 @@ matches the order (:func:`gateway.control.lifecycle.satisfies`): its status docu
 ``24.4.0`` reading received after it. A reply that refuses a command ends it ``rejected`` with
 the meter's reason (and puts the meter on the work list), except ``expired`` for a message
 delivered after its expiry (the meter was away: it is re-issued) and ``replayed`` for a message
-the gateway itself published more than once (after a crash: the meter had it already). A reply
+the gateway signed (published again after a crash, or replayed by someone: the meter had it
+already, and its state says whether it took effect). A reply
 to a message this gateway never sent is recorded in the audit log as ``unsolicited``.
 """
 
@@ -37,7 +38,7 @@ async def apply_replies(conn: Conn, *, batch: int) -> int:
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
-            " m.command_id, m.action, m.publishes, m.expires_at, c.state, c.action"
+            " m.command_id, m.action, m.expires_at, c.state, c.action"
             " FROM command_replies r"
             " LEFT JOIN command_messages m"
             "   ON m.message_id = r.message_id AND m.meter_id = r.meter_id"
@@ -58,7 +59,7 @@ async def apply_replies(conn: Conn, *, batch: int) -> int:
 
 async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
     (_, meter_id, message_id, result, reason, received_at) = row[:6]
-    command_id, message_action, publishes, expires_at, state, action = row[6:]
+    command_id, message_action, expires_at, state, action = row[6:]
     if command_id is None:
         # The meter answered a command this gateway never sent: forged, or another sender.
         log.warning(
@@ -91,7 +92,9 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
     if state not in ("sent", "acknowledged", "expired"):
         return f"command already {state}"
     is_attempt = message_action == action
-    repeat_of_ours = result == "rejected" and reason == "replayed" and publishes > 1
+    # ``replayed`` for a message this gateway signed: the meter has had it already (it was
+    # published again after a crash, or someone replayed it): not a refusal.
+    repeat_of_ours = result == "rejected" and reason == "replayed"
     if result == "ok" or repeat_of_ours:
         if is_attempt and state == "sent":
             await conn.execute(

@@ -13,8 +13,12 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from firmware_sim.identity import Utility
+from gateway.control.commands import order_command
+from gateway.control.dispatch import CommandLoop
+from gateway.errors import ConnectionLostError
 from gateway.http.security import Role
 from protocols.commands import CommandAction, sign_command
 from tests.control.rig import Customer, meter_fleet, set_policy, wait_online
@@ -233,3 +237,71 @@ async def test_forged_and_replayed_commands_are_refused_by_the_meter_and_recorde
         " WHERE action = 'command.reply.unsolicited'",
     )
     assert audit == [("rejected", "bad_signature")]
+
+
+async def test_a_message_published_but_not_recorded_goes_out_again_and_counts_once(
+    database_url: str, mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The crash window itself: the broker took the message, the gateway died before noting it.
+
+    The next pass publishes the same bytes again; the meter, which carried the first out,
+    refuses the repeat as ``replayed``; the command is confirmed once, from the meter's state.
+    """
+    await set_policy(database_url)
+    async with meter_fleet(
+        database_url, mqtt_url, topic_prefix, tmp_path, [Customer("C", Utility.ELECTRICITY)]
+    ) as rig:
+        meter_id = rig.meters["C"]
+        # The service ingests (replies, status) but runs no command loop: the test runs its own.
+        settings = make_settings(
+            database_url,
+            mqtt_url,
+            topic_prefix,
+            parts="ingest,http",
+            master_key_file=rig.master_key,
+        )
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(database_url, min_size=1, open=False)
+        async with gateway_running(settings), MqttTestClient(mqtt_url) as broker:
+            await pool.open()
+            crashes = [True]
+
+            async def publish(topic: str, payload: bytes) -> None:
+                await broker.client.publish(topic, payload, qos=1)
+                if crashes:
+                    crashes.pop()
+                    raise ConnectionLostError("the process died after the PUBACK")
+
+            loop = CommandLoop(pool, rig.keystore, publish, rig.topics)
+            try:
+                await wait_online(database_url, [meter_id])
+                async with pool.connection() as conn, conn.transaction():
+                    command_id = await order_command(
+                        conn, meter_id=meter_id, action=CommandAction.DISCONNECT,
+                        origin="manual", requested_by="test",
+                    )  # fmt: skip
+                await loop.tick()
+                [noted] = await rows(
+                    database_url,
+                    "SELECT published_at, publishes FROM command_messages WHERE command_id = %s",
+                    command_id,
+                )
+                assert noted == (None, 0)  # the broker has it; the gateway does not know
+                state = "SELECT state FROM meter_commands WHERE command_id = %s"
+                async with asyncio.timeout(30):
+                    while (await rows(database_url, state, command_id)) != [("confirmed",)]:
+                        await loop.tick()
+                        await asyncio.sleep(0.05)
+            finally:
+                await pool.close()
+        replies = await rows(
+            database_url,
+            "SELECT result, reason FROM command_replies WHERE meter_id = %s ORDER BY reply_id",
+            meter_id,
+        )
+        assert sorted(replies, key=str) == [("ok", None), ("rejected", "replayed")], replies
+        messages = await rows(
+            database_url, "SELECT publishes FROM command_messages WHERE command_id = %s", command_id
+        )
+        assert messages == [(1,)]  # one signed message, sent twice, carried out once
+        assert rig.devices[meter_id].meter.relay is not None
+        assert rig.devices[meter_id].meter.relay.value == "disconnected"
