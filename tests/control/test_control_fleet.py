@@ -175,6 +175,26 @@ async def test_a_run_over_1000_accounts_ends_with_every_command_confirmed(
                 await rows(database_url, "SELECT kind, count(*) FROM control_notices GROUP BY kind")
             )
             assert notices == {"disconnection": 500, "restriction": 300, "reconnection": 800}
+            # One account's whole credit-control history, as an operator sees it.
+            view = (await http.get("/control/v1/accounts/EP0007")).json()
+            assert [(c["action"], c["state"]) for c in view["commands"]] == [
+                ("disconnect", "confirmed"),
+                ("reconnect", "confirmed"),
+            ]
+            assert [n["kind"] for n in view["notices"]] == ["disconnection", "reconnection"]
+            assert [(c["kind"], c["amount"]) for c in view["charges"]] == [
+                ("reconnection_fee", "150.00")
+            ]
+            actions = [h["action"] for h in view["history"]]
+            for expected in (
+                "control.order.disconnect",
+                "command.order",
+                "command.reply",
+                "command.finish",
+                "control.payment",
+                "control.fee",
+            ):
+                assert expected in actions, (expected, actions)
 
 
 async def test_orders_wait_for_the_window_the_halt_and_the_rate_limit(
