@@ -81,6 +81,7 @@ class CommandLoop:
         self._publish = publish
         self._topics = topics
         self._options = options or LoopOptions()
+        self._confirm_after = 0
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop``; a failing pass is logged once and retried."""
@@ -115,7 +116,10 @@ class CommandLoop:
                 await conn.commit()
                 batch = self._options.batch
                 done = await apply_replies(conn, batch=batch)
-                done += await confirm(conn, batch=batch)
+                confirmed, self._confirm_after = await confirm(
+                    conn, batch=batch, after=self._confirm_after
+                )
+                done += confirmed
                 done += await supervise(conn, policy, self._sign, batch=batch)
                 done += await self._dispatch(conn, policy)
                 done += await self._publish_pending(conn, policy)

@@ -127,28 +127,38 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
     return "rejected"
 
 
-async def confirm(conn: Conn, *, batch: int) -> int:
+async def confirm(conn: Conn, *, batch: int, after: int = 0) -> tuple[int, int]:
     """Confirm the commands whose meter has reported the ordered state since the command
-    was first signed; returns how many."""
+    was first signed: (how many, where the next pass goes on).
+
+    Only commands with a report since then are looked at, ``batch`` at a time from the command
+    after ``after``, so that a long list of commands still waiting cannot hide later ones; the
+    second number is the last command looked at, or 0 to start again from the first.
+    """
     confirmed = 0
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
             " m.status_received_at >= f.created_at,"
             " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-            "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %s"
+            "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %(skew)s"
             "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1),"
             " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-            "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %s"
+            "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %(skew)s"
             "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1)"
             " FROM meter_commands c JOIN meters m USING (meter_id)"
             " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
             "   FROM command_messages WHERE command_id = c.command_id) f ON true"
-            " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
-            " AND f.created_at IS NOT NULL"
-            " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-            (CLOCK_SKEW, CLOCK_SKEW, batch),
+            " WHERE c.state IN ('sent', 'acknowledged', 'expired') AND c.command_id > %(after)s"
+            " AND (m.status_received_at >= f.created_at"
+            "      OR EXISTS (SELECT 1 FROM reading_data r WHERE r.meter_id = c.meter_id"
+            "        AND r.channel IN ('96.3.10', '24.4.0') AND r.ts >= f.issued_at - %(skew)s"
+            "        AND r.received_at >= f.created_at))"
+            " ORDER BY c.command_id LIMIT %(batch)s FOR UPDATE OF c SKIP LOCKED",
+            {"skew": CLOCK_SKEW, "after": after, "batch": batch},
         )
+        found = await cur.fetchall()
+        last = int(found[-1][0]) if len(found) == batch else 0
         for (
             command_id,
             action,
@@ -157,7 +167,7 @@ async def confirm(conn: Conn, *, batch: int) -> int:
             fresh,
             relay_code,
             valve_code,
-        ) in await cur.fetchall():
+        ) in found:
             reports = [report_from_channels(relay_code, valve_code)]
             if fresh:
                 reports.insert(0, MeterReport(relay, valve))
@@ -175,4 +185,4 @@ async def confirm(conn: Conn, *, batch: int) -> int:
                 confirmed_state=state,
             ):
                 confirmed += 1
-    return confirmed
+    return confirmed, last
