@@ -244,9 +244,9 @@ def decode_reply(payload: bytes) -> CommandReply:
         command_id and TOKEN_PATTERN.fullmatch(command_id) is None
     ):
         raise PayloadError("bad_shape", "command reply 'command_id' must be a command id")
-    if result not in ("ok", "rejected"):
+    if not isinstance(result, str) or result not in ("ok", "rejected"):
         raise PayloadError("bad_shape", "command reply 'result' must be ok or rejected")
-    if reason is not None and reason not in _REASONS:
+    if reason is not None and (not isinstance(reason, str) or reason not in _REASONS):
         raise PayloadError("bad_shape", "command reply 'reason' is not a known reason")
     ts_text = body.get("ts")
     try:
@@ -259,9 +259,9 @@ def decode_reply(payload: bytes) -> CommandReply:
     if not isinstance(state, dict):
         raise PayloadError("bad_shape", "command reply 'state' must be an object")
     relay, valve = state.get("relay"), state.get("valve")
-    if relay is not None and relay not in RELAY_STATES:
+    if relay is not None and (not isinstance(relay, str) or relay not in RELAY_STATES):
         raise PayloadError("bad_shape", "command reply has an unknown relay state")
-    if valve is not None and valve not in VALVE_STATES:
+    if valve is not None and (not isinstance(valve, str) or valve not in VALVE_STATES):
         raise PayloadError("bad_shape", "command reply has an unknown valve state")
     return CommandReply(
         command_id=command_id, result=result, reason=reason, ts=ts, relay=relay, valve=valve
