@@ -15,9 +15,7 @@ WALL0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 def clock_after(elapsed_s: float, *, start: datetime, speed: float) -> WallClock:
     """A clock capped at the wall whose wall time began ``elapsed_s`` seconds ago at WALL0."""
-    return WallClock(
-        start, speed, cap_at_wall=True, _t0=time.monotonic() - elapsed_s, _wall0=WALL0
-    )
+    return WallClock(start, speed, cap_at_wall=True, _t0=time.monotonic() - elapsed_s, _wall0=WALL0)
 
 
 def test_a_clock_100_s_behind_at_11x_catches_up_after_10_s() -> None:
