@@ -319,6 +319,34 @@ def test_clock_off_on_three_live_messages_until_adjusted() -> None:
     assert ep.end == at(8)
 
 
+def test_a_clock_hours_fast_is_drift_however_far_ahead() -> None:
+    # Local time (UTC+2) sent as UTC: every live message is stamped two hours ahead of its
+    # arrival, far beyond one interval; the clock is set right at k=6.
+    fast = timedelta(hours=2)
+    samples = [
+        Sample(at(k) + fast, 1.0 + k, received_at=at(k) + timedelta(seconds=2)) for k in range(6)
+    ]
+    samples += [live(k) for k in range(6, 8)]
+    events = [EventRecord(at(6), "clock_adjusted")]
+    [ep] = detect_clock_drift(ELEC, MeterData({"1.8.0": samples}, events), RULES)
+    assert (ep.start, ep.end) == (at(0) + timedelta(seconds=2), at(6))
+
+
+def test_a_slow_clock_is_drift_only_within_an_interval_of_the_tolerance() -> None:
+    def behind(seconds: float) -> list[Sample]:
+        return [
+            Sample(
+                at(k) - timedelta(seconds=seconds), 1.0, received_at=at(k) + timedelta(seconds=1)
+            )
+            for k in range(5)
+        ]
+
+    [ep] = detect_clock_drift(ELEC, MeterData({"1.8.0": behind(600)}), RULES)
+    assert (ep.start, ep.end) == (at(0) + timedelta(seconds=1), None)
+    # Two hours behind on a 15-minute meter: indistinguishable from deliveries two hours late.
+    assert detect_clock_drift(ELEC, MeterData({"1.8.0": behind(7200)}), RULES) == []
+
+
 def test_two_drifted_messages_or_late_backfill_are_not_drift() -> None:
     samples = [Sample(at(k) + timedelta(seconds=600), 1.0, received_at=at(k)) for k in range(2)] + [
         live(k) for k in range(2, 5)

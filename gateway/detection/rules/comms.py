@@ -72,7 +72,13 @@ def detect_comms_loss(
 
 def detect_clock_drift(profile: MeterProfile, data: MeterData, rules: Rules) -> list[Episode]:
     """Device time off the gateway's receive time by more than ``drift_max_s`` on
-    ``drift_messages`` consecutive live messages; a ``clock_adjusted`` event ends it."""
+    ``drift_messages`` consecutive live messages; a ``clock_adjusted`` event ends it.
+
+    A delivery's newest reading stamped *ahead* of its arrival shows a clock that is fast by at
+    least that much, however far (nothing arrives before it was read). One stamped behind is
+    live only within an interval of the tolerance: further behind, a slow clock and a late
+    delivery look the same, and a late delivery says nothing about the clock.
+    """
     newest: dict[datetime, datetime] = {}
     for samples in data.channels.values():
         for s in samples:
@@ -87,8 +93,8 @@ def detect_clock_drift(profile: MeterProfile, data: MeterData, rules: Rules) -> 
     opened: datetime | None = None
     for received, ts in sorted(newest.items()):
         offset = ts - received
-        if abs(offset) > live_slack + limit:
-            continue  # not a live message: says nothing about the clock
+        if offset < -(live_slack + limit):
+            continue  # late, or a clock too slow to tell from late: says nothing
         if opened is not None and any(opened <= t <= received for t in adjusted):
             end = next(t for t in adjusted if opened <= t <= received)
             episodes.append(Episode(AlertKind.CLOCK_DRIFT, opened, end, {"rule": "offset"}))
