@@ -264,6 +264,43 @@ def test_drop_within_resolution_is_ignored() -> None:
     assert detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES) == []
 
 
+def arrived(k: int, value: float, ts: datetime, seconds: float = 2.0) -> Sample:
+    """Reading ``k`` of a live meter: sent at its true time at(k), stamped ``ts``."""
+    return Sample(ts, value, received_at=at(k) + timedelta(seconds=seconds))
+
+
+def test_a_clock_set_back_past_earlier_readings_is_not_a_rollback() -> None:
+    # Live every 15 min; from k=4 the clock is 20 min slow, so reading 4 (stamped 00:40) sorts
+    # before reading 3 (00:45) with a higher value. The meter read them in order: no rollback.
+    reg = [arrived(k, 100.0 + k, at(k)) for k in range(4)]
+    reg += [arrived(k, 100.0 + k, at(k) - timedelta(minutes=20)) for k in range(4, 8)]
+    reg.sort(key=lambda s: s.ts)
+    assert [s.value for s in reg] == [100, 101, 102, 104, 103, 105, 106, 107]
+    assert detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES) == []
+
+
+def test_a_clock_set_right_after_running_hours_fast_is_not_a_rollback() -> None:
+    # Stamped three hours ahead until k=6, then right: in data time the readings sent since
+    # come first, then those sent while fast, with lower values.
+    fast = [arrived(k, 100.0 + k, at(k) + timedelta(hours=3)) for k in range(6)]
+    right = [arrived(k, 100.0 + k, at(k)) for k in range(6, 9)]
+    assert detect_rollback(ELEC, MeterData({"1.8.0": right + fast}), RULES) == []
+
+
+def test_a_rollback_delivered_newest_first_is_still_a_rollback() -> None:
+    values = [100.0, 101.0, 50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
+    # Sent in windows of four, newest first: 3 2 1 0, then 7 6 5 4.
+    order = [3, 2, 1, 0, 7, 6, 5, 4]
+    reg = [
+        Sample(at(k), values[k], received_at=at(8) + timedelta(seconds=order.index(k)))
+        for k in range(8)
+    ]
+    [ep] = detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES)
+    assert (ep.start, ep.end) == (at(1), at(2))
+    # While only the first window has arrived the drop is not judged yet.
+    assert detect_rollback(ELEC, MeterData({"1.8.0": reg[:4]}), RULES) == []
+
+
 # --------------------------------------------------------------------------- comms loss
 
 

@@ -161,18 +161,43 @@ def register_capacity(previous: float, register_max: float | None) -> float:
     return 10.0 ** (math.floor(math.log10(previous)) + 1)
 
 
+def _clock_set_back(samples: Sequence[Sample], i: int, resolution: float) -> bool:
+    """Whether the drop from ``samples[i]`` to the next (in ``ts`` order) is the meter's clock
+    set back between two readings rather than its register going back.
+
+    The later-stamped reading arrived first, so the meter read it first; and the first reading
+    to arrive after the earlier-stamped one (stamped later still) does not read lower than it:
+    in the order the meter read them the register never went down. A register that did go back
+    reads lower after it however its messages were delivered (a reordered delivery is judged
+    once a later reading has arrived).
+    """
+    a, b = samples[i], samples[i + 1]
+    if a.received_at is None or b.received_at is None or b.received_at >= a.received_at:
+        return False
+    read_after = [
+        s for s in samples[i + 1 :] if s.received_at is not None and s.received_at > a.received_at
+    ]
+    if not read_after:
+        return True
+    following = min(read_after, key=lambda s: (s.received_at or s.ts, s.ts))
+    return following.value >= a.value - resolution
+
+
 def detect_rollback(profile: MeterProfile, data: MeterData, rules: Rules) -> list[Episode]:
-    """A cumulative register going down by more than its resolution, unless it rolled over."""
+    """A cumulative register going down by more than its resolution, unless it rolled over or
+    the meter's clock was set back between the two readings."""
     episodes: list[Episode] = []
     for channel in CUMULATIVE:
         samples = data.series(channel, measured_only=True)
-        for a, b in itertools.pairwise(samples):
+        for i, (a, b) in enumerate(itertools.pairwise(samples)):
             if b.value >= a.value - rules.rollback_resolution:
                 continue
             capacity = register_capacity(a.value, profile.register_max)
             margin = rules.rollover_margin * capacity
             if a.value >= capacity - margin and b.value <= margin:
                 continue  # rollover
+            if _clock_set_back(samples, i, rules.rollback_resolution):
+                continue
             episodes.append(
                 Episode(
                     AlertKind.REGISTER_ROLLBACK,
