@@ -339,6 +339,25 @@ def test_backfill_that_all_arrives_late_is_not_comms_loss() -> None:
     assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(600)) == []
 
 
+def test_a_clock_jumping_hours_ahead_is_no_comms_loss() -> None:
+    # Live every 15 min; from k=4 stamped three hours ahead: a hole in data time, but the meter
+    # never stopped delivering.
+    samples = [live(k) for k in range(4)]
+    samples += [arrived(k, 1.0 + k, at(k) + timedelta(hours=3)) for k in range(4, 8)]
+    assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(8)) == []
+    # Set right at k=8: the readings sent since sort before those sent while fast.
+    samples += [live(k) for k in range(8, 10)]
+    assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(10)) == []
+
+
+def test_a_fast_clock_that_falls_silent_is_comms_loss() -> None:
+    ahead = timedelta(minutes=10)
+    kept = [*range(4), *range(10, 12)]  # readings 4-9 lost: silent for 1 h 45 min
+    samples = [arrived(k, 1.0 + k, at(k) + ahead) for k in kept]
+    [ep] = detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(12))
+    assert (ep.start, ep.end) == (at(3) + ahead, at(10) + ahead)
+
+
 # --------------------------------------------------------------------------- clock drift
 
 

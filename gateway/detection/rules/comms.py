@@ -3,7 +3,9 @@ gateway's receive clock (``received_at``, and ``now`` passed in: never the wall 
 
 from __future__ import annotations
 
+import bisect
 import itertools
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from gateway.detection.model import AlertKind, Episode, MeterData, MeterProfile, Rules
@@ -25,20 +27,57 @@ def _instants(data: MeterData) -> list[tuple[datetime, datetime | None]]:
     return sorted(seen.items())
 
 
+def _clock_jump(
+    arrivals: Sequence[tuple[datetime, bool]],
+    times: Sequence[datetime],
+    a_received: datetime,
+    b_received: datetime,
+    threshold: timedelta,
+) -> bool:
+    """Whether, between the arrivals of the readings on either side of a gap in data time, the
+    meter delivered with no silence past ``threshold`` and some of what it delivered was
+    stamped ahead of its arrival (``arrivals``: every arrival in order, and whether it was
+    stamped ahead; ``times``: just the arrivals). Readings lost in an outage, or all delivered
+    at once later, are no such thing."""
+    lo, hi = sorted((a_received, b_received))
+    inside = arrivals[bisect.bisect_left(times, lo) : bisect.bisect_right(times, hi)]
+    if not any(ahead for _, ahead in inside):
+        return False
+    points = [lo, *(r for r, _ in inside), hi]
+    return all(y - x <= threshold for x, y in itertools.pairwise(points))
+
+
 def detect_comms_loss(
     profile: MeterProfile, data: MeterData, rules: Rules, now: datetime | None = None
 ) -> list[Episode]:
     """A gap in data time longer than the threshold; or, for a meter that was reporting live,
-    silence in receive time past the threshold (open at once, closed by the backlog)."""
+    silence in receive time past the threshold (open at once, closed by the backlog).
+
+    A gap in data time across which the meter kept delivering, some of it stamped ahead of its
+    arrival, is its clock jumping ahead (or set right after running ahead), not a silence.
+    """
     threshold = timedelta(
         seconds=max(rules.comms_intervals * profile.interval_s, rules.comms_min_hours * 3600)
     )
     live_slack = timedelta(seconds=profile.interval_s)
     instants = _instants(data)
+    arrivals = sorted(
+        (received, ts - received > timedelta(seconds=rules.drift_max_s))
+        for ts, received in instants
+        if received is not None
+    )
+    times = [r for r, _ in arrivals]
     episodes: list[Episode] = []
-    for (a, _), (b, _) in itertools.pairwise(instants):
-        if b - a > threshold:
-            episodes.append(Episode(AlertKind.COMMS_LOSS, a, b, {"rule": "data_gap"}))
+    for (a, a_received), (b, b_received) in itertools.pairwise(instants):
+        if b - a <= threshold:
+            continue
+        if (
+            a_received is not None
+            and b_received is not None
+            and _clock_jump(arrivals, times, a_received, b_received, threshold)
+        ):
+            continue
+        episodes.append(Episode(AlertKind.COMMS_LOSS, a, b, {"rule": "data_gap"}))
     # Receive-time silence after a live instant: when did the next newer data arrive?
     next_arrival: list[datetime | None] = [None] * len(instants)
     soonest: datetime | None = None
