@@ -4,8 +4,9 @@ gateway's receive clock): clock drift on a fleet, and a silence whose backlog fi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 
 import psycopg
@@ -24,6 +25,7 @@ from tests.gateway.live_fleet import (
     register,
     settle,
     until,
+    withdrawn_alerts,
 )
 from tests.plugins.gateway import gateway_running, make_settings
 
@@ -114,3 +116,107 @@ async def test_clock_drift_on_a_live_fleet_is_found_on_exactly_the_drifting_mete
         else:
             assert alert.end is None, (alert, record)
     assert sum(r.completed for r in records) == 3
+
+
+# At 10-second intervals the rules' own thresholds are scaled to what a run of two minutes can
+# show: comms loss after 3 silent intervals (30 s); a register stuck for 30 s over at least two
+# units of its resolution of metered flow (2 l, 0.002 kWh: an honest register cannot stay flat
+# over that); a leak after 40 s of at least 4 l in every interval (1440 l/h, above what a
+# household draws, so a leak here is one the simulator was told to make).
+SCALED_RULES = {
+    "comms_min_hours": 0.0,
+    "stuck_hours": 30 / 3600,
+    "stuck_min_litres": 2.0,
+    "stuck_min_kwh": 0.002,
+    "leak_window_h": 40 / 3600,
+    "leak_min_flow_lph": 1440.0,
+}
+
+
+def fault(
+    meter: MeterIdentity, kind: FaultKind, start: datetime, end: datetime, **params: float
+) -> Fault:
+    return Fault(meter.meter_id, kind, start, end, MappingProxyType(params))
+
+
+async def test_silence_then_its_backlog_closes_comms_loss_and_invents_no_leak_or_stuck(
+    database_url: str, mqtt_url: str, topic_prefix: str
+) -> None:
+    interval = 10
+    settings = make_settings(
+        database_url,
+        mqtt_url,
+        topic_prefix,
+        detection_rules=SCALED_RULES,
+        detection_sweep_ms=1000,
+    )
+    url = settings.database_url.get_secret_value()
+    async with gateway_running(settings) as handle:
+        clock = live_clock(timedelta(minutes=5), 60.0)
+        live = clock.caught_up_at()
+        silent_from, back_at = live + 10 * S, live + 60 * S
+        stop = back_at + 20 * S
+        meters = identities(62, [W, E, W, W, W, E, W, E])
+        plain_water, plain_elec, stuck, leaking = meters[:4]
+        silent = meters[:4]
+        faults = [fault(m, FaultKind.COMMS_LOSS, silent_from, back_at) for m in silent]
+        # A register frozen while water flows, wholly inside the silence: only the backlog shows
+        # it. (A leak is the simulator's way to make water flow for sure.)
+        frozen = (silent_from + 5 * S, back_at - 5 * S)
+        faults += [
+            fault(stuck, FaultKind.STUCK_REGISTER, *frozen),
+            fault(stuck, FaultKind.LEAK, *frozen, rate_lph=3000.0),
+            # A leak that starts before the silence and goes on: continuous only once the
+            # backlog has filled the gap.
+            fault(leaking, FaultKind.LEAK, silent_from - 10 * S, stop + 60 * S, rate_lph=3000.0),
+        ]
+        by_meter: dict[str, list[Fault]] = {}
+        for f in faults:
+            by_meter.setdefault(f.meter_id, []).append(f)
+        devices = devices_for(62, meters, clock, interval, by_meter)
+        register(url, devices, interval)
+        async with fleet_running(devices, clock, mqtt_url, topic_prefix):
+            # While the meters are silent, comms loss opens on each of them at once.
+            silent_ids = {m.meter_id for m in silent}
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + (back_at - datetime.now(UTC)).total_seconds() - 2
+            opened: list[Alert] = []
+            while loop.time() < deadline:
+                opened = [a for a in current_alerts(url) if a.kind == "comms_loss"]
+                if {a.meter_id for a in opened} == silent_ids:
+                    break
+                await asyncio.sleep(0.5)
+            assert datetime.now(UTC) < back_at, "the test ran late: the silence is over"
+            assert {a.meter_id for a in opened} == silent_ids, opened
+            assert all(a.end is None for a in opened), opened
+            await until(stop)
+        await settle(url, handle)
+
+    alerts = current_alerts(url)
+    assert withdrawn_alerts(url) == []
+    healthy = {m.meter_id for m in meters[4:]}
+    assert [a for a in alerts if a.meter_id in healthy] == []
+    assert kinds_by_meter(alerts) == {
+        plain_water.meter_id: ["comms_loss"],
+        plain_elec.meter_id: ["comms_loss"],
+        stuck.meter_id: ["comms_loss", "stuck_register"],
+        leaking.meter_id: ["comms_loss", "leak"],
+    }, alerts
+    # The very alerts opened during the silence, closed by the backlog with the true span: from
+    # the last reading before it to the first that arrived live again.
+    by_id = {a.id: a for a in alerts}
+    for before in opened:
+        after = by_id[before.id]
+        assert after.kind == "comms_loss" and after.end is not None, after
+        assert silent_from - interval * S <= after.start <= silent_from + interval * S, after
+        assert back_at - interval * S <= after.end <= back_at + 2 * interval * S, after
+    # What the backlog held is judged in data time: the stuck register until it moved again
+    # (from the start of its flat run, which may begin before the freeze when nothing was
+    # drawn), the leak from where it began before the silence.
+    [stuck_alert] = [a for a in alerts if a.kind == "stuck_register"]
+    assert stuck_alert.start <= frozen[0] + interval * S, stuck_alert
+    assert stuck_alert.end is not None, stuck_alert
+    assert frozen[1] <= stuck_alert.end <= frozen[1] + 2 * interval * S, stuck_alert
+    [leak_alert] = [a for a in alerts if a.kind == "leak"]
+    assert silent_from - 10 * S <= leak_alert.start <= silent_from, leak_alert
+    assert leak_alert.end is None
