@@ -61,23 +61,27 @@ def detect_comms_loss(
     )
     live_slack = timedelta(seconds=profile.interval_s)
     instants = _instants(data)
-    arrivals = sorted(
-        (received, ts - received > timedelta(seconds=rules.drift_max_s))
-        for ts, received in instants
-        if received is not None
-    )
-    times = [r for r, _ in arrivals]
+    gaps = [
+        ((a, a_received), (b, b_received))
+        for (a, a_received), (b, b_received) in itertools.pairwise(instants)
+        if b - a > threshold
+    ]
     episodes: list[Episode] = []
-    for (a, a_received), (b, b_received) in itertools.pairwise(instants):
-        if b - a <= threshold:
-            continue
-        if (
-            a_received is not None
-            and b_received is not None
-            and _clock_jump(arrivals, times, a_received, b_received, threshold)
-        ):
-            continue
-        episodes.append(Episode(AlertKind.COMMS_LOSS, a, b, {"rule": "data_gap"}))
+    if gaps:  # rare: only then sort the arrivals
+        arrivals = sorted(
+            (received, ts - received > timedelta(seconds=rules.drift_max_s))
+            for ts, received in instants
+            if received is not None
+        )
+        times = [r for r, _ in arrivals]
+        for (a, a_received), (b, b_received) in gaps:
+            if (
+                a_received is not None
+                and b_received is not None
+                and _clock_jump(arrivals, times, a_received, b_received, threshold)
+            ):
+                continue
+            episodes.append(Episode(AlertKind.COMMS_LOSS, a, b, {"rule": "data_gap"}))
     # Receive-time silence after a live instant: when did the next newer data arrive?
     next_arrival: list[datetime | None] = [None] * len(instants)
     soonest: datetime | None = None
