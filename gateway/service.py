@@ -106,6 +106,7 @@ def _detector(settings: Settings, services: Services) -> Detector:
     options = DetectionOptions(
         rules=Rules.from_overrides(settings.detection_rules),
         poll_s=settings.detection_poll_ms / 1000,
+        sweep_s=settings.detection_sweep_ms / 1000,
         batch=settings.detection_batch,
         worker=settings.detection_worker,
     )
