@@ -20,15 +20,18 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from gateway import audit
-from gateway.control.lifecycle import LIVE, CommandState
+from gateway.control.facts import close_action_if_released, set_meter_state
+from gateway.control.lifecycle import LIVE, CommandState, sources
 from gateway.control.notices import enqueue_notice
-from gateway.errors import NotFoundError, ValidationError
+from gateway.control.rules import MeterState
+from gateway.errors import ConflictError, NotFoundError, ValidationError
 from protocols.commands import CommandAction
 
 __all__ = [
     "ELECTRIC",
     "WATER",
     "applicable",
+    "escalate",
     "finish",
     "get_command",
     "list_commands",
@@ -42,6 +45,8 @@ ELECTRIC: Final = frozenset(
 )
 WATER: Final = frozenset({CommandAction.RESTRICT, CommandAction.CLOSE_VALVE, CommandAction.RESTORE})
 _LIVE_STATES: Final = [s.value for s in LIVE]
+_CUTS: Final = frozenset({CommandAction.DISCONNECT, CommandAction.RESTRICT})
+_ORDER_LOCK: Final = 0x636D64  # with the meter id's hash: one order at a time per meter
 
 # What a confirmed credit-control command tells the customer.
 _NOTICE_ON_CONFIRM: Final = {
@@ -75,17 +80,27 @@ async def order_command(
 ) -> int:
     """Write a planned command (in the caller's transaction) and return its id.
 
-    NotFoundError for an unknown meter, ValidationError when the meter cannot carry the action
-    out (``restrict`` on an electricity meter …).
+    NotFoundError for an unknown meter, ConflictError for a meter commands cannot reach (not
+    verified, not on MQTT), ValidationError when the meter cannot carry the action out
+    (``restrict`` on an electricity meter …).
     """
+    # Orders to one meter are serialised on a lock of their own: taking the meter's row lock
+    # here would queue the ingest of its readings behind a long run approval (and could
+    # deadlock with it, the two taking meter rows in different orders).
+    await conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_ORDER_LOCK, meter_id))
     cur = await conn.execute(
-        "SELECT utility FROM meters WHERE meter_id = %s FOR UPDATE", (meter_id,)
+        "SELECT utility, verified, transport FROM meters WHERE meter_id = %s", (meter_id,)
     )
     row = await cur.fetchone()
     if row is None:
         raise NotFoundError(f"meter {meter_id} is not registered")
-    if not applicable(action, str(row[0])):
-        raise ValidationError(f"a {row[0]} meter cannot {action.value}")
+    utility, verified, transport = str(row[0]), bool(row[1]), str(row[2])
+    if not verified:
+        raise ConflictError(f"meter {meter_id} is not verified: no command is sent to it")
+    if transport != "mqtt":
+        raise ConflictError(f"meter {meter_id} is polled over {transport}: it takes no commands")
+    if not applicable(action, utility):
+        raise ValidationError(f"a {utility} meter cannot {action.value}")
     cur = await conn.execute(
         "INSERT INTO meter_commands (meter_id, action, origin, requested_by, reason, account_id,"
         " run_id, item_no, windowed, not_before)"
@@ -160,7 +175,7 @@ async def finish(
             state.value,
             Jsonb(confirmed_state) if confirmed_state is not None else None,
             command_id,
-            _LIVE_STATES,
+            sources(state),
         ),
     )
     row = await cur.fetchone()
@@ -187,8 +202,18 @@ async def finish(
         outcome=state.value,
         detail={"command_id": command_id, "action": action.value, "reason": outcome},
     )
+    if (
+        origin == "credit_control"
+        and account_id is not None
+        and action in _CUTS
+        and state in (CommandState.REJECTED, CommandState.CANCELLED)
+    ):
+        # The meter did not carry the order out: it is not under an action any more. (An
+        # unconfirmed one stays marked: nobody knows, and a technician goes to look.)
+        await set_meter_state(conn, meter_id, account_id, MeterState.NORMAL)
+        await close_action_if_released(conn, account_id)
     if state in (CommandState.UNCONFIRMED, CommandState.REJECTED):
-        await _work_list_alert(
+        await escalate(
             conn,
             meter_id=meter_id,
             command_id=command_id,
@@ -220,7 +245,7 @@ async def finish(
     return True
 
 
-async def _work_list_alert(
+async def escalate(
     conn: Conn,
     *,
     meter_id: str,
@@ -229,6 +254,8 @@ async def _work_list_alert(
     state: CommandState,
     outcome: str,
 ) -> None:
+    """Put the meter on the technicians' work list (an alert of the command kinds, with its
+    notification outbox row)."""
     kind = "command_unconfirmed" if state is CommandState.UNCONFIRMED else "command_rejected"
     severity = "critical" if "bad_signature" in outcome else "warning"
     cur = await conn.execute(

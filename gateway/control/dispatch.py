@@ -35,13 +35,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.control.commands import finish
+from gateway.control.lifecycle import CommandState
 from gateway.control.policy import Policy
-from gateway.control.readback import apply_replies, confirm
+from gateway.control.readback import ACTOR, apply_replies, confirm
 from gateway.control.store import current_policy
-from gateway.control.supervise import halted, still_stands, supervise
+from gateway.control.supervise import halted, still_stands, supervise, windowed_budget
 from gateway.control.window import in_window
+from gateway.errors import KeyStoreError
 from gateway.keystore.base import KeyStore
 from protocols.commands import CommandAction
 from protocols.topics import Topics
@@ -55,6 +59,7 @@ Publisher = Callable[[str, bytes], Awaitable[None]]
 """Publishes with QoS 1 and returns once the broker acknowledged it."""
 
 _LOCK_KEY: Final = 0x6D676377  # one command loop at a time across gateways
+_MAX_PUBLISH_FAILURES: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,9 @@ class CommandLoop:
                 _, policy = await current_policy(conn)
                 await conn.commit()
                 batch = self._options.batch
-                done = await apply_replies(conn, batch=batch)
+                done = await apply_replies(
+                    conn, batch=batch, confirm_timeout=timedelta(seconds=policy.confirm_timeout_s)
+                )
                 confirmed, self._confirm_after = await confirm(
                     conn, batch=batch, after=self._confirm_after
                 )
@@ -134,34 +141,28 @@ class CommandLoop:
     async def _dispatch(self, conn: Conn, policy: Policy) -> int:
         now = datetime.now(UTC)
         async with conn.transaction():
-            budget = self._options.batch
-            windowed_budget = 0
-            if in_window(now, policy) and not await halted(conn):
+            # The window, not the instant computed when it was ordered, decides for a
+            # credit-control order: a changed policy applies to orders already waiting.
+            budget = await windowed_budget(conn, policy, now)
+            rows: list[tuple[Any, ...]] = []
+            for windowed, limit in ((False, self._options.batch), (True, budget)):
+                if limit <= 0:
+                    continue
                 cur = await conn.execute(
-                    "SELECT count(*) FROM command_messages cm JOIN meter_commands c"
-                    " USING (command_id) WHERE c.windowed"
-                    " AND cm.created_at > now() - interval '1 minute'"
+                    "SELECT command_id, meter_id, action, origin FROM meter_commands"
+                    " WHERE state = 'planned' AND attempts = 0 AND windowed = %s"
+                    " AND (windowed OR not_before <= now())"
+                    " ORDER BY command_id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (windowed, min(limit, self._options.batch)),
                 )
-                got = await cur.fetchone()
-                windowed_budget = max(0, policy.commands_per_minute - int(got[0] if got else 0))
-            cur = await conn.execute(
-                "SELECT command_id, meter_id, action, windowed, origin FROM meter_commands"
-                " WHERE state = 'planned' AND attempts = 0"  # once signed, only published
-                # The window, not the instant computed when it was ordered, decides for a
-                # credit-control order: a changed policy applies to orders already waiting.
-                " AND (CASE WHEN windowed THEN %s > 0 ELSE not_before <= now() END)"
-                " ORDER BY windowed, command_id LIMIT %s FOR UPDATE SKIP LOCKED",
-                (windowed_budget, budget),
-            )
+                rows += await cur.fetchall()
             signed = 0
-            for command_id, meter_id, action, windowed, origin in await cur.fetchall():
-                if windowed:
-                    if windowed_budget <= 0:
-                        continue
-                    windowed_budget -= 1
+            # attempts = 0: once a command is signed, its message is only ever published again.
+            for command_id, meter_id, action, origin in rows:
                 if not await still_stands(conn, command_id, origin):
                     continue
-                await self._sign(conn, command_id, meter_id, CommandAction(action), policy)
+                if not await self._sign(conn, command_id, meter_id, CommandAction(action), policy):
+                    continue
                 await conn.execute(
                     "UPDATE meter_commands SET attempts = attempts + 1 WHERE command_id = %s",
                     (command_id,),
@@ -171,18 +172,34 @@ class CommandLoop:
 
     async def _sign(
         self, conn: Conn, command_id: int, meter_id: str, action: CommandAction, policy: Policy
-    ) -> None:
-        """Sign a message for the command with a fresh id and nonce, and store it unpublished."""
+    ) -> bool:
+        """Sign a message for the command with a fresh id and nonce, and store it unpublished.
+
+        A meter the key store holds no command key for cannot be sent anything: its command
+        ends ``rejected`` (and the meter goes on the work list) instead of stopping the pass.
+        """
         issued = datetime.now(UTC).replace(microsecond=0)
-        command = await self._keystore.sign_command(
-            conn,
-            meter_id=meter_id,
-            command_id=uuid.uuid4().hex,
-            action=action,
-            issued_at=issued,
-            ttl=timedelta(seconds=policy.command_ttl_s),
-            nonce=secrets.token_hex(16),
-        )
+        try:
+            async with conn.transaction():  # a savepoint: a failure here spoils nothing else
+                command = await self._keystore.sign_command(
+                    conn,
+                    meter_id=meter_id,
+                    command_id=uuid.uuid4().hex,
+                    action=action,
+                    issued_at=issued,
+                    ttl=timedelta(seconds=policy.command_ttl_s),
+                    nonce=secrets.token_hex(16),
+                )
+        except KeyStoreError as exc:
+            log.warning("cannot sign a command: %s", exc, extra={"meter_id": meter_id})
+            await finish(
+                conn,
+                command_id,
+                CommandState.REJECTED,
+                f"cannot sign it: {exc}",
+                actor=ACTOR,
+            )
+            return False
         await conn.execute(
             "INSERT INTO command_messages (message_id, command_id, meter_id, action, payload,"
             " issued_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
@@ -196,16 +213,37 @@ class CommandLoop:
                 datetime.fromisoformat(command.expires_at),
             ),
         )
+        return True
 
     # -------------------------------------------------------------- publishing
 
+    async def _count_failures(self, conn: Conn, failed: list[tuple[Any, ...]]) -> None:
+        """Count failed publishes; a message the broker keeps refusing ends its command."""
+        cur = await conn.execute(
+            "UPDATE command_messages SET publish_failures = publish_failures + 1"
+            " WHERE message_id = ANY(%s) AND published_at IS NULL"
+            " RETURNING message_id, command_id, publish_failures",
+            ([r[0] for r in failed],),
+        )
+        for _, command_id, failures in await cur.fetchall():
+            if failures >= _MAX_PUBLISH_FAILURES:
+                await finish(
+                    conn,
+                    command_id,
+                    CommandState.REJECTED,
+                    f"the broker did not take it in {failures} tries",
+                    actor=ACTOR,
+                )
+
     async def _publish_pending(self, conn: Conn, policy: Policy) -> int:
         cur = await conn.execute(
-            "SELECT m.message_id, m.meter_id, m.payload FROM command_messages m"
+            "SELECT m.message_id, m.meter_id, m.payload, m.command_id FROM command_messages m"
             " JOIN meter_commands c USING (command_id)"
             " WHERE m.published_at IS NULL AND c.state IN ('planned', 'sent', 'acknowledged',"
-            " 'expired') ORDER BY m.created_at, m.message_id LIMIT %s",
-            (self._options.batch,),
+            " 'expired') AND (NOT c.windowed OR %s)"
+            " ORDER BY m.publish_failures, m.created_at, m.message_id LIMIT %s",
+            # Signed credit-control orders wait while execution is halted or the window shut.
+            (in_window(datetime.now(UTC), policy) and not await halted(conn), self._options.batch),
         )
         rows = await cur.fetchall()
         await conn.commit()
@@ -227,11 +265,12 @@ class CommandLoop:
 
         results = await asyncio.gather(*(one(r[1], bytes(r[2])) for r in rows))
         published = [r[0] for r, ok in zip(rows, results, strict=True) if ok]
-        if published:
-            async with conn.transaction():
+        failed = [r for r, ok in zip(rows, results, strict=True) if not ok]
+        async with conn.transaction():
+            if published:
                 await conn.execute(
-                    "UPDATE command_messages SET published_at = coalesce(published_at, now()),"
-                    " publishes = publishes + 1 WHERE message_id = ANY(%s)",
+                    "UPDATE command_messages SET publishes = publishes + 1,"
+                    " published_at = now() WHERE message_id = ANY(%s) AND published_at IS NULL",
                     (published,),
                 )
                 # An attempt (re)starts the command's confirmation time; a probe only delays it.
@@ -244,4 +283,15 @@ class CommandLoop:
                     " AND c.state IN ('planned', 'sent', 'acknowledged', 'expired')",
                     (timedelta(seconds=policy.confirm_timeout_s), published),
                 )
+                await conn.cursor().executemany(
+                    "INSERT INTO audit_log (actor, action, object, outcome, detail)"
+                    " VALUES (%s, 'command.publish', %s, 'published', %s)",
+                    [
+                        (ACTOR, f"meter:{r[1]}", Jsonb({"command_id": r[3], "message_id": r[0]}))
+                        for r, ok in zip(rows, results, strict=True)
+                        if ok
+                    ],
+                )
+            if failed:
+                await self._count_failures(conn, failed)
         return len(published)

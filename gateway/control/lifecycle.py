@@ -34,6 +34,7 @@ __all__ = [
     "on_timeout",
     "report_from_channels",
     "satisfies",
+    "sources",
 ]
 
 
@@ -72,6 +73,11 @@ FINAL: Final = frozenset(s for s, nxt in _MOVES.items() if not nxt)
 def can_move(old: CommandState, new: CommandState) -> bool:
     """Whether ``old → new`` is an allowed transition (a retry goes back to ``sent``)."""
     return new in _MOVES[old]
+
+
+def sources(new: CommandState) -> list[str]:
+    """The states a command may move to ``new`` from (for ``… WHERE state = ANY(…)``)."""
+    return [old.value for old in CommandState if can_move(old, new)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,9 @@ that an order still stands right before it is signed.
 
 An order marks the meter ``disconnected`` / ``restricted`` in ``control_meters`` when it is
 made, so that a payment arriving before the command went out releases it: a command not yet
-sent is then cancelled (the meter was never touched), one already sent is followed by a
-reconnect or restore. A release adds the policy's reconnection fee to the account, once per
-command.
+signed is then cancelled (the meter was never touched), one signed (perhaps already on its
+way) is followed by a reconnect or restore. A release adds the policy's reconnection fee to the
+account, once per command, when the meter was seen to carry the order out.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from gateway.control.facts import (
     load_accounts,
     set_meter_state,
 )
-from gateway.control.lifecycle import LIVE, CommandState
+from gateway.control.lifecycle import CommandState
 from gateway.control.policy import Policy
 from gateway.control.rules import MeterFacts, MeterState, Step, decide
 from gateway.control.store import current_policy
@@ -110,23 +110,27 @@ async def release(
 ) -> tuple[str, str]:
     """Release a meter under a disconnection or restriction (in the caller's transaction)."""
     cur = await conn.execute(
-        "SELECT command_id, state FROM meter_commands WHERE meter_id = %s"
+        "SELECT command_id, state, attempts FROM meter_commands WHERE meter_id = %s"
         " AND origin = 'credit_control' AND action IN ('disconnect', 'restrict')"
-        " AND state = ANY(%s) ORDER BY command_id DESC LIMIT 1",
-        (meter.meter_id, [s.value for s in LIVE]),
+        " ORDER BY command_id DESC LIMIT 1 FOR UPDATE",
+        (meter.meter_id,),
     )
-    live = await cur.fetchone()
-    if live is not None and live[1] == CommandState.PLANNED.value:
+    last = await cur.fetchone()
+    if last is not None and last[1] == CommandState.PLANNED.value and last[2] == 0:
+        # Not signed yet (the row lock waits for a pass that is signing it): never sent.
         await finish(
             conn,
-            int(live[0]),
+            int(last[0]),
             CommandState.CANCELLED,
             f"released before it was sent: {cause}",
             actor=actor,
         )
         await set_meter_state(conn, meter.meter_id, account_id, MeterState.NORMAL)
         await close_action_if_released(conn, account_id)
-        return "done", f"order {live[0]} cancelled before it was sent"
+        return "done", f"order {last[0]} cancelled before it was sent"
+    # The fee is due for an order the meter was seen to carry out, not for one that failed
+    # or is still on its way (the reconnect below supersedes it).
+    fee_due = last is not None and last[1] == CommandState.CONFIRMED.value
     cur = await conn.execute(
         "SELECT utility, reconnect_mode FROM meters WHERE meter_id = %s", (meter.meter_id,)
     )
@@ -147,7 +151,7 @@ async def release(
         run=run,
     )
     fee = policy.reconnection_fee
-    if fee > 0:
+    if fee > 0 and fee_due:
         await _charge_fee(conn, account_id, fee, command_id, actor=actor)
     await set_meter_state(conn, meter.meter_id, account_id, MeterState.NORMAL)
     await close_action_if_released(conn, account_id)

@@ -14,12 +14,13 @@ to a message this gateway never sent is recorded in the audit log as ``unsolicit
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any, Final
 
 import psycopg
 
 from gateway import audit
-from gateway.control.commands import finish
+from gateway.control.commands import escalate, finish
 from gateway.control.lifecycle import CommandState, MeterReport, report_from_channels, satisfies
 from protocols.commands import CLOCK_SKEW, CommandAction
 
@@ -32,9 +33,14 @@ ACTOR: Final = "command-loop"
 """Who the audit log names for what the command loop does."""
 
 
-async def apply_replies(conn: Conn, *, batch: int) -> int:
+async def apply_replies(conn: Conn, *, batch: int, confirm_timeout: timedelta) -> int:
     """Apply the meters' replies not yet applied: ``ok`` acknowledges, a refusal ends the
-    command (or marks it expired when it was delivered late); returns how many."""
+    command (or marks it expired when it was delivered late); returns how many.
+
+    A reply is also proof that its message went out: one the gateway had not yet recorded as
+    published (it died, or its wait for the PUBACK timed out, after the broker took it) is
+    recorded now, so that it is not published again.
+    """
     async with conn.transaction():
         cur = await conn.execute(
             "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
@@ -49,7 +55,7 @@ async def apply_replies(conn: Conn, *, batch: int) -> int:
         )
         rows = await cur.fetchall()
         for row in rows:
-            outcome = await _apply_reply(conn, row)
+            outcome = await _apply_reply(conn, row, confirm_timeout)
             await conn.execute(
                 "UPDATE command_replies SET applied_at = now(), outcome = %s WHERE reply_id = %s",
                 (outcome, row[0]),
@@ -57,7 +63,7 @@ async def apply_replies(conn: Conn, *, batch: int) -> int:
     return len(rows)
 
 
-async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
+async def _apply_reply(conn: Conn, row: tuple[Any, ...], confirm_timeout: timedelta) -> str:
     (_, meter_id, message_id, result, reason, received_at) = row[:6]
     command_id, message_action, expires_at, state, action = row[6:]
     if command_id is None:
@@ -78,9 +84,19 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
     await conn.execute(
         "UPDATE command_messages SET reply_result = coalesce(reply_result, %s),"
         " reply_reason = CASE WHEN reply_result IS NULL THEN %s ELSE reply_reason END,"
-        " replied_at = coalesce(replied_at, now()) WHERE message_id = %s",
+        " replied_at = coalesce(replied_at, now()),"
+        " publishes = CASE WHEN published_at IS NULL THEN publishes + 1 ELSE publishes END,"
+        " published_at = coalesce(published_at, now())"
+        " WHERE message_id = %s",
         (result, reason, message_id),
     )
+    if message_action == action and state == CommandState.PLANNED.value:
+        await conn.execute(
+            "UPDATE meter_commands SET state = 'sent', sent_at = coalesce(sent_at, now()),"
+            " due_at = now() + %s WHERE command_id = %s AND state = 'planned'",
+            (confirm_timeout, command_id),
+        )
+        state = CommandState.SENT.value
     await audit.record(
         conn,
         actor=f"meter:{meter_id}",
@@ -89,7 +105,19 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...]) -> str:
         outcome=str(result),
         detail={"command_id": command_id, "message_id": message_id, "reason": reason},
     )
+    refused = result == "rejected" and reason not in ("replayed", "expired")
     if state not in ("sent", "acknowledged", "expired"):
+        if refused and state != CommandState.REJECTED.value:
+            # Too late to change the command, but a refusal (a bad signature above all) is
+            # never let pass: the meter goes on the work list.
+            await escalate(
+                conn,
+                meter_id=meter_id,
+                command_id=command_id,
+                action=CommandAction(message_action),
+                state=CommandState.REJECTED,
+                outcome=f"the meter refused {message_action}: {reason}",
+            )
         return f"command already {state}"
     is_attempt = message_action == action
     # ``replayed`` for a message this gateway signed: the meter has had it already (it was

@@ -3,9 +3,11 @@ and a meter's command history (``GET /meters/{id}/commands``).
 
 A command sent here is signed, published, confirmed from the meter's own state and audited
 exactly like a credit-control order (:mod:`gateway.control.dispatch`); it is not subject to the
-execution window. Two safeguards hold here too: the valve of an indigent account is never
-closed, and an essential account (medical or life-support supply, hospitals, schools) is cut
-or restricted only by an operator who says so explicitly (``override_essential``).
+execution window. Technicians may read a meter's state and reconnect or restore it; cutting or
+restricting a supply (``disconnect``, ``restrict``, ``close_valve``) needs an operator, is
+refused while execution is halted, never closes the valve of an indigent account, and cuts an
+essential account (medical or life-support supply, hospitals, schools) only when the operator
+says so explicitly (``override_essential``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pydantic import Field
 
 from gateway.control.commands import get_command, list_commands, order_command
 from gateway.control.rules import AccountFacts, is_indigent
+from gateway.control.supervise import halted
 from gateway.errors import ConflictError, ForbiddenError
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText
@@ -40,7 +43,7 @@ class CommandIn(ApiModel):
     reason: StorableText = Field(default="", max_length=500, description="why, for the audit")
     override_essential: bool = Field(
         default=False,
-        description="operators only: cut or restrict the supply of an essential account",
+        description="cut or restrict the supply of an essential account all the same",
     )
 
 
@@ -86,38 +89,33 @@ class CommandsOut(ApiModel):
     commands: list[CommandOut]
 
 
-async def _check_account(conn: DbConn, meter_id: str, body: CommandIn, who: Principal) -> None:
-    """Refuse what the by-law never allows for the meter's account."""
+async def _check_cut(conn: DbConn, meter_id: str, body: CommandIn, who: Principal) -> None:
+    """Refuse a cut (disconnect, restrict, close_valve) that the by-law or the operators' halt
+    does not allow; reconnecting, restoring and reading state are never refused here."""
     if body.action not in _CUTS:
         return
+    if not who.has(Role.OPERATOR):
+        raise ForbiddenError("cutting or restricting a supply needs an operator")
+    if await halted(conn):
+        raise ConflictError("execution is halted: no supply is cut until the halt is lifted")
     cur = await conn.execute(
-        "SELECT account_id FROM meter_vending WHERE meter_id = %s AND account_id IS NOT NULL",
+        "SELECT a.account_id, a.essential, a.indigent_from, a.indigent_to, current_date"
+        " FROM meter_vending v JOIN accounts a USING (account_id) WHERE v.meter_id = %s",
         (meter_id,),
-    )
-    row = await cur.fetchone()
-    if row is None:
-        return
-    cur = await conn.execute(
-        "SELECT essential, indigent_from, indigent_to, current_date FROM accounts"
-        " WHERE account_id = %s",
-        (row[0],),
     )
     account = await cur.fetchone()
     if account is None:
         return
-    essential, indigent_from, indigent_to, today = account
+    account_id, essential, indigent_from, indigent_to, today = account
     facts = AccountFacts(
-        str(row[0]), Decimal(0), indigent_from=indigent_from, indigent_to=indigent_to
+        str(account_id), Decimal(0), indigent_from=indigent_from, indigent_to=indigent_to
     )
     if body.action is CommandAction.CLOSE_VALVE and is_indigent(facts, today):
         raise ConflictError("the valve of an indigent account is never closed: restrict it")
-    if essential:
-        if not body.override_essential:
-            raise ConflictError(
-                f"account {row[0]} is essential supply: an operator must set override_essential"
-            )
-        if not who.has(Role.OPERATOR):
-            raise ForbiddenError("only an operator may cut or restrict an essential supply")
+    if essential and not body.override_essential:
+        raise ConflictError(
+            f"account {account_id} is essential supply: set override_essential to go ahead"
+        )
 
 
 @router.post("/meters/{meter_id}/commands", status_code=202, response_model=CommandOut)
@@ -129,7 +127,7 @@ async def post_command(
     202: the command is planned; follow it with ``GET /meters/{id}/commands``.
     """
     async with conn.transaction():
-        await _check_account(conn, meter_id, body, who)
+        await _check_cut(conn, meter_id, body, who)
         command_id = await order_command(
             conn,
             meter_id=meter_id,

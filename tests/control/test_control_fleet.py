@@ -258,10 +258,10 @@ async def test_a_command_to_an_offline_meter_expires_and_is_reissued_when_it_ret
             database_url, mqtt_url, topic_prefix, master_key_file=rig.master_key,
             command_poll_ms=50,
         )  # fmt: skip
-        tech = await make_api_key(database_url, Role.TECHNICIAN)
+        operator = await make_api_key(database_url, Role.OPERATOR)
         async with (
             gateway_running(settings) as handle,
-            operator_client(handle.http_port, tech) as http,
+            operator_client(handle.http_port, operator) as http,
         ):
             await wait_online(database_url, [meter_id])
             await rig.stop_meters()

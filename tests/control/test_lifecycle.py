@@ -17,6 +17,7 @@ from gateway.control.lifecycle import (
     on_timeout,
     report_from_channels,
     satisfies,
+    sources,
 )
 from gateway.detection.model import AlertKind, WorkListKind
 from protocols.commands import CommandAction
@@ -78,6 +79,9 @@ def test_transitions_follow_the_life_cycle() -> None:
         CommandState.CANCELLED,
     } == FINAL
     assert LIVE.isdisjoint(FINAL) and set(CommandState) == LIVE | FINAL
+    # what the SQL updates of the command loop accept as the state they move from
+    assert sources(CommandState.CONFIRMED) == ["sent", "acknowledged", "expired"]
+    assert sources(CommandState.CANCELLED) == ["planned", "sent", "acknowledged", "expired"]
 
 
 def test_timeouts_probe_then_retry_then_give_up() -> None:

@@ -46,6 +46,7 @@ CREATE TABLE meter_commands (
     FOREIGN KEY (run_id, item_no) REFERENCES control_run_items (run_id, item_no)
 );
 CREATE INDEX meter_commands_meter ON meter_commands (meter_id, command_id DESC);
+CREATE INDEX meter_commands_account ON meter_commands (account_id) WHERE account_id IS NOT NULL;
 CREATE INDEX meter_commands_live ON meter_commands (state, not_before)
     WHERE state IN ('planned', 'sent', 'acknowledged', 'expired');
 
@@ -64,11 +65,13 @@ CREATE TABLE command_messages (
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz,
     publishes     integer NOT NULL DEFAULT 0,
+    publish_failures integer NOT NULL DEFAULT 0,
     reply_result  text CHECK (reply_result IN ('ok', 'rejected')),
     reply_reason  text,
     replied_at    timestamptz
 );
 CREATE INDEX command_messages_command ON command_messages (command_id, created_at);
+CREATE INDEX command_messages_created ON command_messages (created_at);
 CREATE INDEX command_messages_unpublished ON command_messages (created_at)
     WHERE published_at IS NULL;
 
