@@ -55,6 +55,9 @@ __all__ = ["MqttClient", "MqttOptions"]
 
 log = logging.getLogger(__name__)
 
+_LEAVE_TIMEOUT_S = 5.0
+"""How long :meth:`MqttClient.close` waits for the broker to close after our DISCONNECT."""
+
 
 @dataclass(frozen=True, slots=True)
 class MqttOptions:
@@ -190,17 +193,30 @@ class MqttClient:
             raise
 
     async def close(self) -> None:
-        """Leave the broker (normal DISCONNECT: the session and its queue stay there)."""
+        """Leave the broker (normal DISCONNECT: the session and its queue stay there).
+
+        After DISCONNECT the client half-closes and goes on reading until the broker closes
+        the connection (MQTT 5 §3.14.4), dropping what still arrives. Closing the socket at
+        once would lose acknowledgements: each PUBACK sent just before frees a slot of our
+        Receive Maximum, and the broker answers it with the next queued message; arriving at
+        a closed socket, that message is answered with a TCP reset, and the broker drops the
+        connection without reading the PUBACKs still queued ahead of the DISCONNECT, so the
+        messages they acknowledged come again to the next connection.
+        """
         self._closing = True
         protocol = self._protocol
         if protocol is not None and protocol.transport is not None:
-            self._session.disconnect(asyncio.get_running_loop().time())
-            self._flush()
-            protocol.transport.close()
+            transport = protocol.transport
+            if self._session.disconnect(asyncio.get_running_loop().time()):
+                self._flush()
+                if transport.can_write_eof():  # TCP: FIN after the DISCONNECT; TLS cannot
+                    transport.write_eof()
+            else:
+                transport.close()  # never connected: nothing to acknowledge
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(protocol.lost.wait(), 5)
+                await asyncio.wait_for(protocol.lost.wait(), _LEAVE_TIMEOUT_S)
             if not protocol.lost.is_set():
-                protocol.transport.abort()
+                transport.abort()
         elif self._run_task is not None and not self._run_task.done():
             self._run_task.cancel()  # still trying to connect
         for _, done in self._publishes.values():

@@ -25,6 +25,7 @@ package encodes and decodes the packets; this module decides what they mean for 
     session.publish(...)            -> a reference; its PublishCompleted event comes later
     session.tick(now)               -> seconds until the next tick; PINGREQ queued when due
     session.data_to_send()          -> everything queued, to write to the socket
+    session.disconnect(now)         -> DISCONNECT queued; what the broker still sends is dropped
     session.connection_lost()       -> the socket is gone; in-flight publishes kept for resend
 """
 
@@ -150,6 +151,8 @@ class _Stage(Enum):
     CLOSED = "closed"
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    LEAVING = "leaving"
+    """DISCONNECT sent; the broker closes the connection once it has read it (§3.14.4)."""
 
 
 class _Await(Enum):
@@ -282,11 +285,21 @@ class Session:
         self._out.clear()
         self._ping_sent_at = None
 
-    def disconnect(self, now: float) -> None:
-        """Queue a normal DISCONNECT; the broker keeps the session (and queues for it)."""
+    def disconnect(self, now: float) -> bool:
+        """Queue a normal DISCONNECT; the broker keeps the session (and queues for it).
+
+        Returns True when a DISCONNECT was queued. The connection should then stay open until
+        the broker closes it: it reads whatever we sent before the DISCONNECT (our last
+        PUBACKs) only as long as the connection is not reset. Whatever the broker still sends
+        meanwhile is dropped by :meth:`receive_data`, neither delivered nor acknowledged, so
+        the broker keeps it for the next connection.
+        """
         if self._stage is _Stage.CONNECTED:
             self._send(mqtt5.DisconnectPacket().write(), now)
+            self._stage = _Stage.LEAVING
+            return True
         self._stage = _Stage.CLOSED
+        return False
 
     def data_to_send(self) -> bytes:
         data = b"".join(self._out)
@@ -325,6 +338,10 @@ class Session:
 
     def receive_data(self, data: bytes, now: float) -> list[Event]:
         """Feed bytes read from the socket; returns what they meant, in order."""
+        if self._stage is _Stage.LEAVING:
+            # Each of our last PUBACKs freed a slot of our Receive Maximum, and the broker
+            # sends the next message into it until it reads our DISCONNECT: not taken.
+            return []
         if self._need is not None and self._partial_len + len(data) < self._need:
             self._partial.append(data)  # a large packet still arriving: no re-joining per read
             self._partial_len += len(data)

@@ -1,4 +1,4 @@
-"""The gateway's MQTT client against a real Mosquitto: publishing, outages, TLS, credentials."""
+"""The gateway's MQTT client against a real Mosquitto: publish, leave, outages, TLS, credentials."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import pwd
+import signal
 import ssl
 import subprocess
 import time
@@ -20,6 +21,7 @@ import pytest
 from gateway.dev.services import MosquittoProcess, free_port, port_answers
 from gateway.errors import BrokerRefusedError
 from gateway.mqtt import MqttClient, MqttOptions
+from gateway.mqtt.session import MessageReceived
 from tests.plugins.gateway import MqttTestClient
 
 
@@ -87,6 +89,65 @@ async def test_a_publish_made_while_the_broker_is_down_is_delivered_once_it_is_b
         messages = await asyncio.wait_for(listener.receive(), 10)
         assert [(m.topic, m.payload) for m in messages] == [(topic, b"12345678901234567890")]
         listener.acknowledge(m.ack for m in messages if m.ack is not None)
+
+
+async def test_acknowledgements_sent_just_before_leaving_count_though_the_broker_sends_on(
+    private_broker: MosquittoProcess, topic_prefix: str
+) -> None:
+    """Every PUBACK sent before DISCONNECT counts, though the broker answers each with more.
+
+    Each PUBACK frees a slot of our Receive Maximum, so the broker sends the next queued
+    message at once, which may arrive after we have sent DISCONNECT. Here the broker is paused
+    while the client acknowledges and leaves, so that it reads the PUBACKs only afterwards and
+    sends into a connection the client has left. The next connection must get exactly the
+    messages that were not acknowledged: none twice, none lost.
+    """
+    topic = f"{topic_prefix}meters/M1/telemetry"
+    window = 20
+    opts = options(
+        private_broker.port,
+        client_id=f"leaver-{uuid.uuid4().hex[:8]}",
+        filters=(topic,),
+        receive_maximum=window,
+    )
+    async with running(opts) as client:  # the session and its subscription
+        await asyncio.wait_for(client.subscribed.wait(), 10)
+    total = 200
+    async with MqttTestClient(private_broker.url) as publisher:
+        await publisher.publish_all((topic, b"%d" % n) for n in range(total))
+
+    broker = private_broker.process
+    assert broker is not None
+    client = MqttClient(opts)
+    task = asyncio.create_task(client.run(), name="leaver")
+    first: list[MessageReceived] = []
+    while len(first) < window:  # a full window: the broker now waits for our PUBACKs
+        first += await asyncio.wait_for(client.receive(), 10)
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        assert client.acknowledge(m.ack for m in first if m.ack is not None) == len(first)
+        leaving = asyncio.create_task(client.close())
+        await asyncio.wait({leaving}, timeout=0.5)  # left, or waiting for the broker's close
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    await asyncio.wait_for(leaving, 10)
+    await asyncio.wait_for(task, 10)
+
+    acknowledged = {m.payload for m in first}
+    expected = sorted({b"%d" % n for n in range(total)} - acknowledged)
+    again: list[bytes] = []
+    async with running(opts) as client:
+        while True:  # until nothing more comes for a while
+            try:
+                messages = await asyncio.wait_for(client.receive(), 1.0)
+            except TimeoutError:
+                break
+            again += [m.payload for m in messages]
+            client.acknowledge(m.ack for m in messages if m.ack is not None)
+    assert 0 < len(acknowledged) < total
+    assert sorted(again) == expected, (
+        f"acknowledged yet delivered again: {len(acknowledged.intersection(again))}"
+    )
 
 
 @dataclass

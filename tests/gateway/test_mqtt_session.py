@@ -208,6 +208,38 @@ def test_qos2_inbound_exactly_once() -> None:
     assert session.inbound_unacknowledged == 0
 
 
+def test_what_the_broker_sends_after_our_disconnect_is_neither_taken_nor_acknowledged() -> None:
+    """The connection stays open after DISCONNECT until the broker closes it (§3.14.4).
+
+    Each PUBACK frees a slot of our Receive Maximum, and the broker fills it before it reads
+    the DISCONNECT behind; that message waits at the broker for the next connection.
+    """
+    session = connected()
+    [message] = session.receive_data(publish("t", 1), 1.0)
+    assert isinstance(message, MessageReceived) and message.ack is not None
+    assert session.acknowledge([message.ack], 2.0) == 1
+    session.disconnect(2.0)
+    assert [(type(p), getattr(p, "packet_id", None)) for p in sent(session)] == [
+        (mqtt5.PubAckPacket, 1),
+        (mqtt5.DisconnectPacket, None),
+    ]
+    late = publish("t", 2) + publish("t", 3, Q2) + mqtt5.PingRespPacket().write()
+    assert session.receive_data(late, 2.1) == []
+    assert sent(session) == [] and not session.connected
+    session.connection_lost()
+    connected(session=session, session_present=True)  # the session goes on
+    [again] = session.receive_data(publish("t", 2), 3.0)
+    assert isinstance(again, MessageReceived) and again.ack is not None
+    assert session.acknowledge([again.ack], 3.0) == 1
+
+
+def test_leaving_before_connack_sends_no_disconnect() -> None:
+    session = Session(SessionConfig(client_id="gw-1", filters=FILTERS))
+    session.connect(0.0)
+    session.data_to_send()
+    assert session.disconnect(1.0) is False and sent(session) == []
+
+
 def test_qos0_needs_no_acknowledgement() -> None:
     session = connected()
     [message] = session.receive_data(publish("t", None, mqtt5.QoS.AT_MOST_ONCE), 1.0)
