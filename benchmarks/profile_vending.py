@@ -1,0 +1,150 @@
+"""CPU per sale of the real gateway, and where it goes.
+
+Run:  .venv/bin/python -m benchmarks.profile_vending [--seconds 10] [--connections 16]
+          [--py-spy profile.txt]
+
+Starts ``gateway run`` with ``GATEWAY_PARTS=http`` on a fresh database (see
+:mod:`benchmarks.vending_rig`), saturates it with credit vends through ``wrk`` and prints the
+CPU time the gateway process and its database backends spent per sale (the CPU the process
+used divided by the sales committed meanwhile), beside the same for ``GET /vend/v1/float``
+(authentication and one query: the floor any authenticated request pays).
+
+With ``--py-spy FILE`` a second saturated run is sampled by py-spy (``pip install py-spy``),
+and FILE gets the functions with the most samples, by own time and by time including callees.
+The CPU figures come from the run without the profiler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from benchmarks.vending_load import saturate
+from benchmarks.vending_rig import (
+    Rig,
+    backend_pids,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    rig,
+    wait_http,
+)
+
+
+def sales(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM sales").fetchone()
+        return int(row[0]) if row else 0
+
+
+def measure(
+    the_rig: Rig, pid: int, port: int, *, path: str, connections: int, seconds: int
+) -> dict[str, Any]:
+    """Saturate ``path``; the gateway's and its backends' CPU ms per request."""
+    gateway = process_tree(pid)
+    backends = backend_pids(the_rig.database_url, the_rig.name)
+    sold = sales(the_rig.database_url)
+    cpu_gw, cpu_db = cpu_seconds(gateway), cpu_seconds(backends)
+    load = saturate(
+        port, the_rig.meters, the_rig.api_keys, connections=connections, seconds=seconds,
+        path=path,
+    )  # fmt: skip
+    cpu_gw, cpu_db = cpu_seconds(gateway) - cpu_gw, cpu_seconds(backends) - cpu_db
+    sold = sales(the_rig.database_url) - sold
+    count = sold if path == "/vend/v1/credit" else load.requests
+    return {
+        "path": path,
+        "per_s": round(load.per_s, 1),
+        "p50_ms": load.p50_ms,
+        "p99_ms": load.p99_ms,
+        "non_200": load.non_200,
+        "requests": load.requests,
+        "sales": sold,
+        "gateway_cpu_ms_per_request": round(1000 * cpu_gw / max(1, count), 3),
+        "db_backends_cpu_ms_per_request": round(1000 * cpu_db / max(1, count), 3),
+    }
+
+
+def summarise(raw: Path, out: Path, top: int = 45) -> None:
+    """py-spy's collapsed stacks → the functions with most own and total samples."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        count = int(count_text)
+        samples += count
+        frames = stack.split(";")
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    lines = [f"samples: {samples}", "", "own time:"]
+    lines += [f"{100 * n / samples:6.2f}%  {f}" for f, n in own.most_common(top)]
+    lines += ["", "including callees:"]
+    lines += [f"{100 * n / samples:6.2f}%  {f}" for f, n in total.most_common(top * 2)]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def profile(pid: int, seconds: int, out: Path, run_load: Any) -> None:
+    beside = Path(sys.executable).parent / "py-spy"
+    spy = str(beside) if beside.exists() else shutil.which("py-spy")
+    if spy is None:
+        raise SystemExit("py-spy is needed for --py-spy: pip install py-spy")
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "stacks.txt"
+        recorder = subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
+             "--format", "raw", "--output", str(raw), "--nonblocking"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        load = threading.Thread(target=run_load)
+        load.start()
+        recorder.wait()
+        load.join()
+        summarise(raw, out)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--meters", type=int, default=2000)
+    parser.add_argument("--vendors", type=int, default=8)
+    parser.add_argument("--py-spy", type=Path, dest="py_spy")
+    args = parser.parse_args()
+    with rig(args.meters, args.vendors) as the_rig:
+        port = free_port()
+        process = the_rig.start(GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port))
+        wait_http(port, the_rig.api_keys[0])
+        saturate(port, the_rig.meters, the_rig.api_keys, connections=args.connections, seconds=2)
+        results = [
+            measure(the_rig, process.pid, port, path=path, connections=args.connections,
+                    seconds=args.seconds)
+            for path in ("/vend/v1/float", "/vend/v1/credit")
+        ]  # fmt: skip
+        print(json.dumps(results, indent=2))
+        if args.py_spy is not None:
+            profile(
+                process.pid,
+                args.seconds,
+                args.py_spy,
+                lambda: saturate(
+                    port, the_rig.meters, the_rig.api_keys,
+                    connections=args.connections, seconds=args.seconds,
+                ),  # fmt: skip
+            )
+            print(f"profile: {args.py_spy}")
+
+
+if __name__ == "__main__":
+    main()
