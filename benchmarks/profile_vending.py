@@ -19,7 +19,9 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -34,6 +36,7 @@ from benchmarks.vending_rig import (
     Rig,
     backend_pids,
     cpu_seconds,
+    export_revision,
     free_port,
     process_tree,
     rig,
@@ -114,6 +117,46 @@ def profile(pid: int, seconds: int, out: Path, run_load: Any) -> None:
         summarise(raw, out)
 
 
+def run_variant(
+    the_rig: Rig, source: Path | None, args: argparse.Namespace, paths: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """Start a gateway (``source``: an exported revision, None: this tree), warm it up,
+    measure each of ``paths``, stop it."""
+    port = free_port()
+    process = the_rig.start(source, GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port))
+    try:
+        wait_http(port, the_rig.api_keys[0])
+        saturate(port, the_rig.meters, the_rig.api_keys, connections=args.connections, seconds=2)
+        results = [
+            measure(
+                the_rig,
+                process.pid,
+                port,
+                path=path,
+                connections=args.connections,
+                seconds=args.seconds,
+            )
+            for path in paths
+        ]
+        if args.py_spy is not None and source is None:
+            profile(
+                process.pid,
+                args.seconds,
+                args.py_spy,
+                lambda: saturate(
+                    port,
+                    the_rig.meters,
+                    the_rig.api_keys,
+                    connections=args.connections,
+                    seconds=args.seconds,
+                ),
+            )
+            print(f"profile: {args.py_spy}")
+    finally:
+        the_rig.stop(process)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
@@ -121,29 +164,46 @@ def main() -> None:
     parser.add_argument("--meters", type=int, default=2000)
     parser.add_argument("--vendors", type=int, default=8)
     parser.add_argument("--py-spy", type=Path, dest="py_spy")
+    parser.add_argument(
+        "--compare", metavar="REV", help="also measure the gateway at git revision REV"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternate the variants N times")
     args = parser.parse_args()
-    with rig(args.meters, args.vendors) as the_rig:
-        port = free_port()
-        process = the_rig.start(GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port))
-        wait_http(port, the_rig.api_keys[0])
-        saturate(port, the_rig.meters, the_rig.api_keys, connections=args.connections, seconds=2)
-        results = [
-            measure(the_rig, process.pid, port, path=path, connections=args.connections,
-                    seconds=args.seconds)
-            for path in ("/vend/v1/float", "/vend/v1/credit")
-        ]  # fmt: skip
-        print(json.dumps(results, indent=2))
-        if args.py_spy is not None:
-            profile(
-                process.pid,
-                args.seconds,
-                args.py_spy,
-                lambda: saturate(
-                    port, the_rig.meters, the_rig.api_keys,
-                    connections=args.connections, seconds=args.seconds,
-                ),  # fmt: skip
-            )
-            print(f"profile: {args.py_spy}")
+    paths = ("/vend/v1/float", "/vend/v1/credit")
+    with tempfile.TemporaryDirectory() as tmp, rig(args.meters, args.vendors) as the_rig:
+        variants: dict[str, Path | None] = {"this tree": None}
+        if args.compare:
+            variants = {
+                args.compare: export_revision(args.compare, Path(tmp) / "baseline"),
+                "this tree": None,
+            }
+        runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, source in variants.items():
+                runs[name].append(run_variant(the_rig, source, args, paths))
+                if args.py_spy is not None and source is None:
+                    args.py_spy = None  # one profile is enough
+        report = {
+            name: {
+                path: {
+                    key: statistics.median(r[i][key] for r in rounds)
+                    for key in rounds[0][i]
+                    if key != "path"
+                }
+                for i, path in enumerate(paths)
+            }
+            for name, rounds in runs.items()
+        }
+        if args.compare:
+            report["this tree / baseline, CPU per sale"] = {
+                key: round(
+                    report["this tree"]["/vend/v1/credit"][key]
+                    / report[args.compare]["/vend/v1/credit"][key],
+                    3,
+                )
+                for key in ("gateway_cpu_ms_per_request", "db_backends_cpu_ms_per_request")
+            }
+        print(json.dumps({"load_average": os.getloadavg(), **report}, indent=2))
 
 
 if __name__ == "__main__":

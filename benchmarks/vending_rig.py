@@ -89,11 +89,16 @@ class Rig:
         env.update(extra)
         return env
 
-    def start(self, **extra: str) -> subprocess.Popen[bytes]:
-        """``gateway run`` with this rig's environment plus ``extra`` ``GATEWAY_*`` values."""
+    def start(self, source: Path | None = None, **extra: str) -> subprocess.Popen[bytes]:
+        """``gateway run`` with this rig's environment plus ``extra`` ``GATEWAY_*`` values;
+        with ``source``, the gateway's code from that directory (an older revision)."""
+        env = self.env(**extra)
+        if source is not None:
+            env["PYTHONPATH"] = str(source)
         process = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run"],
-            env=self.env(**extra),
+            env=env,
+            cwd=source,
             stdout=subprocess.DEVNULL,
         )
         self.processes.append(process)
@@ -132,9 +137,7 @@ async def _prepare(rig: Rig, vendor_count: int) -> None:
             await vendors.top_up(conn, name, Decimal("100000000.00"), actor="bench")
             await conn.commit()
         keystore = SoftwareKeyStore(rig.master_key_file)
-        await keystore.import_vending_key(
-            conn, VendingKeyId(SGC, 1, Dkga("02")), VENDING_KEY
-        )
+        await keystore.import_vending_key(conn, VendingKeyId(SGC, 1, Dkga("02")), VENDING_KEY)
         await conn.commit()
 
 
@@ -159,6 +162,14 @@ def rig(meters: int, vendor_count: int) -> Iterator[Rig]:
                 the_rig.stop(process)
             with psycopg.connect(LOCAL_PG_ADMIN, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def export_revision(revision: str, directory: Path) -> Path:
+    """The project's files at git ``revision`` in ``directory`` (to run an older gateway)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "archive", revision], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    return directory
 
 
 def wait_http(port: int, api_key: str, timeout_s: float = 60.0) -> None:
@@ -227,6 +238,7 @@ __all__ = [
     "Rig",
     "backend_pids",
     "cpu_seconds",
+    "export_revision",
     "free_port",
     "meter_ids",
     "process_tree",
