@@ -37,7 +37,7 @@ Amount = Annotated[str, Field(pattern=_AMOUNT, description='Decimal rand, e.g. "
 ReceiptNo = Annotated[str, Field(pattern=_RECEIPT)]
 
 
-def get_vending(request: Request) -> VendingService:
+async def get_vending(request: Request) -> VendingService:
     service: VendingService | None = getattr(request.app.state, "vending", None)
     if service is None:
         raise VendingUnavailableError("vending is not set up on this gateway")
