@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -164,11 +167,26 @@ def rig(meters: int, vendor_count: int) -> Iterator[Rig]:
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _requirements(pyproject: Path) -> set[str]:
+    names = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+    return {re.split(r"[\s;<>=!~\[]", name, maxsplit=1)[0].lower() for name in names}
+
+
 def export_revision(revision: str, directory: Path) -> Path:
-    """The project's files at git ``revision`` in ``directory`` (to run an older gateway)."""
+    """The project's files at git ``revision`` in ``directory``, to run an older gateway.
+
+    Packages this tree depends on and that revision did not are hidden from it (a module that
+    raises ImportError, ahead of the virtual environment), so it runs as it was released.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     archive = subprocess.run(["git", "archive", revision], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(directory)], input=archive, check=True)
+    added = _requirements(Path("pyproject.toml")) - _requirements(directory / "pyproject.toml")
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        if any(d.lower() in added for d in distributions):
+            (directory / f"{module}.py").write_text(
+                f"raise ImportError('{module} is not a dependency of {revision}')\n"
+            )
     return directory
 
 
