@@ -241,6 +241,11 @@ class Settings(BaseSettings):
     vending_free_electricity_kwh: Decimal = Field(Decimal(100), ge=0, le=10_000, decimal_places=1)
     vending_free_water_kl: Decimal = Field(Decimal(12), ge=0, le=1_000, decimal_places=1)
     vending_reversal_window_s: int = Field(600, ge=0, le=86_400)
+    vending_key_cache_size: int = Field(10_000, ge=0, le=1_000_000)
+    """Decoder keys (one per meter; never vending keys) a process keeps after deriving them,
+    so that a meter's next sale skips the key store; 0: derive on every sale."""
+    vending_key_cache_ttl_s: float = Field(300.0, gt=0, le=86_400)
+    """How long a cached decoder key is used before it is derived again."""
 
     @field_validator("database_url")
     @classmethod
