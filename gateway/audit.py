@@ -9,6 +9,7 @@ ids and outcomes, never keys, tokens or passwords.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -16,9 +17,18 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-__all__ = ["query", "record"]
+__all__ = ["Origin", "query", "record"]
 
 _MAX_TEXT: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an HTTP request came from, for the record that the code serving it writes itself
+    (instead of the middleware's): the client's address and the request id (``X-Request-ID``)."""
+
+    address: str | None = None
+    http_request_id: str | None = None
 
 
 def _clip(value: str | None) -> str | None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import date
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
 
 from gateway.vending.errors import (
     MeterBlockedError,
@@ -26,16 +26,21 @@ from tokens.tid import TID_LIMIT
 
 __all__ = [
     "Account",
+    "FloatLock",
     "MeterContext",
     "SaleContext",
     "allocate_tids",
     "ensure_vendor",
     "float_balance",
+    "float_locked",
     "load_meter",
     "lock_float_for_sale",
     "move_float",
+    "request_float_lock",
+    "request_tids",
     "sale_context",
     "tariff_from_row",
+    "tids_granted",
 ]
 
 
@@ -243,32 +248,60 @@ async def float_balance(conn: AsyncConnection[Any], vendor: str, *, lock: bool) 
     return Decimal(0) if row is None else Decimal(row[0])
 
 
-async def lock_float_for_sale(conn: AsyncConnection[Any], vendor: str) -> tuple[Decimal, int]:
-    """Lock the vendor's float (creating the vendor on its first sale); its balance and the
-    id of the sale about to be written.
+_FLOAT_LOCK: Final = (
+    "SELECT nextval(pg_get_serial_sequence('sales', 'sale_id')) FROM vendors WHERE vendor = %s"
+    " FOR UPDATE"
+)
+_FLOAT_BALANCE: Final = (
+    "SELECT balance_after FROM float_movements WHERE vendor = %s ORDER BY movement_id DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FloatLock:
+    """The float lock of a sale, asked for (:func:`request_float_lock`), not yet read."""
+
+    vendor: str
+    lock: AsyncCursor[Any]
+    balance: AsyncCursor[Any]
+
+
+async def request_float_lock(conn: AsyncConnection[Any], vendor: str) -> FloatLock:
+    """Ask for the vendor's float lock, its balance and the id of the sale about to be written
+    (read them with :func:`float_locked`). In pipeline mode nothing is waited for yet, so the
+    request travels with whatever else the sale sends before it reads.
 
     The balance is read by a statement of its own *after* the lock is granted: under READ
     COMMITTED only a statement started after the lock sees the movement of the transaction
-    that held it. Both go out in one pipeline, one round trip.
+    that held it.
     """
-    for _ in range(2):
-        async with conn.pipeline():
-            lock = await conn.execute(
-                "SELECT nextval(pg_get_serial_sequence('sales', 'sale_id'))"
-                " FROM vendors WHERE vendor = %s FOR UPDATE",
-                (vendor,),
-            )
-            balance = await conn.execute(
-                "SELECT balance_after FROM float_movements WHERE vendor = %s"
-                " ORDER BY movement_id DESC LIMIT 1",
-                (vendor,),
-            )
-        locked = await lock.fetchone()
-        if locked is not None:
-            row = await balance.fetchone()
-            return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
-        await ensure_vendor(conn, vendor)
-    raise AssertionError("unreachable: the vendor row exists after ensure_vendor")
+    lock = await conn.execute(_FLOAT_LOCK, (vendor,))
+    balance = await conn.execute(_FLOAT_BALANCE, (vendor,))
+    return FloatLock(vendor, lock, balance)
+
+
+async def float_locked(conn: AsyncConnection[Any], asked: FloatLock) -> tuple[Decimal, int]:
+    """The locked float's balance and the new sale's id (creating the vendor on its first
+    sale, which asks again)."""
+    locked = await asked.lock.fetchone()
+    if locked is None:
+        await ensure_vendor(conn, asked.vendor)
+        return await lock_float_for_sale(conn, asked.vendor)
+    row = await asked.balance.fetchone()
+    return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
+
+
+async def lock_float_for_sale(conn: AsyncConnection[Any], vendor: str) -> tuple[Decimal, int]:
+    """Lock the vendor's float (which must exist); its balance and the id of the sale about to
+    be written."""
+    async with conn.pipeline():
+        lock = await conn.execute(_FLOAT_LOCK, (vendor,))
+        balance = await conn.execute(_FLOAT_BALANCE, (vendor,))
+    locked = await lock.fetchone()
+    if locked is None:
+        raise AssertionError("unreachable: the vendor row exists after ensure_vendor")
+    row = await balance.fetchone()
+    return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
 
 
 async def move_float(
@@ -291,24 +324,33 @@ async def move_float(
     return balance
 
 
-async def allocate_tids(
+async def request_tids(
     conn: AsyncConnection[Any], meter_id: str, base_date: int, tid: int, count: int
-) -> list[int]:
-    """The meter's next ``count`` TIDs: from ``tid`` (this minute) or above the last one.
+) -> AsyncCursor[Any] | None:
+    """Ask for the meter's next ``count`` TIDs, from ``tid`` (this minute) or above the last
+    one; read them with :func:`tids_granted`. In pipeline mode nothing is waited for yet.
 
     One row per meter and base date, updated in the sale's transaction: strictly increasing
     across processes and restarts, even for several tokens in one minute.
     """
     if count == 0:
-        return []
-    cur = await conn.execute(
+        return None
+    return await conn.execute(
         "INSERT INTO meter_tids (meter_id, base_date, last_tid) VALUES (%s, %s, %s)"
         " ON CONFLICT (meter_id, base_date) DO UPDATE"
         " SET last_tid = greatest(meter_tids.last_tid + %s, excluded.last_tid)"
         " RETURNING last_tid",
         (meter_id, base_date, tid + count - 1, count),
     )
-    row = await cur.fetchone()
+
+
+async def tids_granted(
+    asked: AsyncCursor[Any] | None, meter_id: str, base_date: int, count: int
+) -> list[int]:
+    """The TIDs :func:`request_tids` allocated, lowest first."""
+    if asked is None:
+        return []
+    row = await asked.fetchone()
     assert row is not None
     last = int(row[0])
     if last >= TID_LIMIT:
@@ -316,3 +358,11 @@ async def allocate_tids(
             f"meter {meter_id} has no TID left under base date {base_date}: it needs a key change"
         )
     return list(range(last - count + 1, last + 1))
+
+
+async def allocate_tids(
+    conn: AsyncConnection[Any], meter_id: str, base_date: int, tid: int, count: int
+) -> list[int]:
+    """The meter's next ``count`` TIDs (:func:`request_tids` and :func:`tids_granted`)."""
+    asked = await request_tids(conn, meter_id, base_date, tid, count)
+    return await tids_granted(asked, meter_id, base_date, count)
