@@ -110,18 +110,19 @@ class Sales:
     ) -> SalePlan:
         """Check the meter and work out the sale; with ``lock`` the meter is held until the
         transaction ends. Refusals raise their :class:`VendingError`."""
-        meter = await store.load_meter(conn, meter_id, lock=lock)
         today = local_date(now, self._config.zone)
         month = month_of(today)
+        reads = await store.request_sale(
+            conn, meter_id, lock=lock, day=today, month=month, want_tariff=want_credit
+        )
+        meter = await store.meter_of(conn, reads)
         account = meter.account
         if want_credit:
             if amount > self._config.max_amount:
                 raise AmountTooLargeError(f"the largest purchase is {self._config.max_amount}")
             if 0 < amount < self._config.min_amount:
                 raise AmountTooSmallError(f"the smallest purchase is {self._config.min_amount}")
-        context = await store.sale_context(
-            conn, meter, day=today, month=month, want_tariff=want_credit
-        )
+        context = await store.context_of(reads, meter, day=today)
         free_due = account is not None and free_units_due(
             indigent_from=account.indigent_from,
             indigent_to=account.indigent_to,

@@ -1,5 +1,9 @@
 """SQL of the vending service: reading a meter's vending context, tariffs, the month so far,
 float ledgers and the TID allocator. Every function runs in the caller's transaction.
+
+A sale's statements are asked for (``request_…``) and read (``…_of``, ``…_granted``,
+``…_locked``) in separate steps, so that in pipeline mode the statements asked for together
+travel to the database together and the sale waits once for all of them.
 """
 
 from __future__ import annotations
@@ -29,16 +33,18 @@ __all__ = [
     "FloatLock",
     "MeterContext",
     "SaleContext",
+    "SaleReads",
     "allocate_tids",
+    "context_of",
     "ensure_vendor",
     "float_balance",
     "float_locked",
-    "load_meter",
     "lock_float_for_sale",
+    "meter_of",
     "move_float",
     "request_float_lock",
+    "request_sale",
     "request_tids",
-    "sale_context",
     "tariff_from_row",
     "tids_granted",
 ]
@@ -77,31 +83,93 @@ _METER_COLUMNS = (
     " v.target_sgc, v.target_ti, v.blocked_reason, a.account_id, a.customer_class,"
     " a.indigent_from, a.indigent_to, a.arrears, a.debt_recovery_share"
 )
+_LOCK_METER: Final = (
+    f"SELECT {_METER_COLUMNS} FROM meter_vending v JOIN meters m USING (meter_id)"
+    " LEFT JOIN accounts a USING (account_id) WHERE v.meter_id = %s FOR UPDATE OF v"
+)
+_READ_METER: Final = (
+    f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_vending v USING (meter_id)"
+    " LEFT JOIN accounts a USING (account_id) WHERE m.meter_id = %s"
+)
 
 
-async def load_meter(conn: AsyncConnection[Any], meter_id: str, *, lock: bool) -> MeterContext:
-    """The meter's vending context, checked for sale.
+@dataclass(frozen=True, slots=True)
+class SaleContext:
+    """Everything a sale reads besides the meter."""
 
-    With ``lock`` the meter's vending row is locked until the transaction ends (one sale per
-    meter at a time), and so is its account when it is in arrears (debt recovery updates it).
+    tariff: Tariff | None
+    month: MonthToDate
+    free_issued: bool
+    group: SupplyGroup | None
+
+
+# What a sale reads besides the meter, in one statement and from the meter id alone, so that
+# it can follow the meter's lock without waiting for the meter's row: the tariff in force for
+# the meter's utility and its account's customer class, the month so far (reversed sales
+# excluded), whether free units went out this month, and the supply group the meter is in or
+# is moving to. Sent after the lock, it reads what the sale before it committed.
+_CONTEXT: Final = (
+    "SELECT t.tariff_id, t.utility, t.customer_class, t.effective_from, t.vat_rate,"
+    " t.fixed_monthly, t.blocks, md.units, md.fixed, fb.issued, g.sgc, g.krn, g.base_date"
+    " FROM meters m"
+    " LEFT JOIN meter_vending v ON v.meter_id = m.meter_id"
+    " LEFT JOIN accounts a ON a.account_id = v.account_id"
+    " LEFT JOIN LATERAL (SELECT tariff_id, utility, customer_class, effective_from, vat_rate,"
+    "  fixed_monthly, blocks FROM tariffs WHERE %(want_tariff)s AND utility = m.utility"
+    "  AND customer_class = coalesce(a.customer_class, 'domestic')"
+    "  AND effective_from <= %(day)s ORDER BY effective_from DESC LIMIT 1) t ON true"
+    " CROSS JOIN LATERAL (SELECT coalesce(sum(units_tenths), 0) AS units,"
+    "  coalesce(sum(fixed), 0) AS fixed FROM sales WHERE meter_id = m.meter_id"
+    "  AND month = %(month)s AND kind = 'sale' AND state <> 'reversed') md"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM vend_tokens WHERE meter_id = m.meter_id"
+    "  AND fbe_month = %(month)s) AS issued) fb"
+    " LEFT JOIN supply_groups g ON g.sgc = coalesce(v.target_sgc, v.sgc)"
+    " WHERE m.meter_id = %(meter)s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleReads:
+    """A sale's reads, asked for (:func:`request_sale`) and not yet waited for."""
+
+    meter_id: str
+    lock: bool
+    want_tariff: bool
+    meter: AsyncCursor[Any]
+    context: AsyncCursor[Any]
+
+
+async def request_sale(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    *,
+    lock: bool,
+    day: date,
+    month: date,
+    want_tariff: bool,
+) -> SaleReads:
+    """Ask for the meter's vending row (locked until the transaction ends with ``lock``: one
+    sale per meter at a time) and for the sale's context, in one round trip in pipeline mode.
+    Read them with :func:`meter_of` and :func:`context_of`."""
+    meter = await conn.execute(_LOCK_METER if lock else _READ_METER, (meter_id,))
+    context = await conn.execute(
+        _CONTEXT, {"meter": meter_id, "day": day, "month": month, "want_tariff": want_tariff}
+    )
+    return SaleReads(meter_id, lock, want_tariff, meter, context)
+
+
+async def meter_of(conn: AsyncConnection[Any], reads: SaleReads) -> MeterContext:
+    """The meter's vending context, checked for sale (refusals raise).
+
+    With ``lock`` its account is locked too when it is in arrears (debt recovery updates it).
     """
-    row = None
-    if lock:
-        cur = await conn.execute(
-            f"SELECT {_METER_COLUMNS} FROM meter_vending v JOIN meters m USING (meter_id)"
-            " LEFT JOIN accounts a USING (account_id) WHERE v.meter_id = %s FOR UPDATE OF v",
-            (meter_id,),
-        )
+    meter_id, lock = reads.meter_id, reads.lock
+    row = await reads.meter.fetchone()
+    if row is None and lock:  # not vendable: find out why
+        cur = await conn.execute(_READ_METER, (meter_id,))
         row = await cur.fetchone()
     if row is None:
-        cur = await conn.execute(
-            f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_vending v USING (meter_id)"
-            " LEFT JOIN accounts a USING (account_id) WHERE m.meter_id = %s",
-            (meter_id,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise UnknownMeterError(f"meter {meter_id} is not known")
+        raise UnknownMeterError(f"meter {meter_id} is not known")
     utility, payment = row[0], row[1]
     if payment != "prepaid":
         raise NotPrepaidError(f"meter {meter_id} is not a prepaid meter")
@@ -129,65 +197,21 @@ async def load_meter(conn: AsyncConnection[Any], meter_id: str, *, lock: bool) -
     return MeterContext(meter_id, utility, sts, row[9], row[10], account)
 
 
-@dataclass(frozen=True, slots=True)
-class SaleContext:
-    """Everything a sale reads besides the meter, fetched in one round trip."""
-
-    tariff: Tariff | None
-    month: MonthToDate
-    free_issued: bool
-    group: SupplyGroup | None
-
-
-async def sale_context(
-    conn: AsyncConnection[Any],
-    meter: MeterContext,
-    *,
-    day: date,
-    month: date,
-    want_tariff: bool,
-) -> SaleContext:
-    """The tariff in force, the month so far, whether free units went out, the supply group."""
-    async with conn.pipeline():
-        tariff_cur = (
-            await conn.execute(
-                f"SELECT {TARIFF_COLUMNS} FROM tariffs WHERE utility = %s"
-                " AND customer_class = %s AND effective_from <= %s"
-                " ORDER BY effective_from DESC LIMIT 1",
-                (meter.utility, meter.customer_class, day),
-            )
-            if want_tariff
-            else None
+async def context_of(reads: SaleReads, meter: MeterContext, *, day: date) -> SaleContext:
+    """The sale's context (:class:`NoTariffError` when a tariff was wanted and none is in
+    force)."""
+    row = await reads.context.fetchone()
+    assert row is not None  # the meter exists: meter_of checked it
+    tariff = None if row[0] is None else tariff_from_row(row[0:7])
+    if tariff is None and reads.want_tariff:
+        raise NoTariffError(
+            f"no {meter.utility} tariff for class {meter.customer_class!r} on {day}"
         )
-        month_cur = await conn.execute(
-            "SELECT coalesce(sum(units_tenths), 0), coalesce(sum(fixed), 0) FROM sales"
-            " WHERE meter_id = %s AND month = %s AND kind = 'sale' AND state <> 'reversed'",
-            (meter.meter_id, month),
-        )
-        free_cur = await conn.execute(
-            "SELECT 1 FROM vend_tokens WHERE meter_id = %s AND fbe_month = %s",
-            (meter.meter_id, month),
-        )
-        group_cur = await conn.execute(
-            "SELECT sgc, krn, base_date FROM supply_groups WHERE sgc = %s",
-            (meter.target_sgc or meter.sts.sgc,),
-        )
-    tariff = None
-    if tariff_cur is not None:
-        tariff_row = await tariff_cur.fetchone()
-        if tariff_row is None:
-            raise NoTariffError(
-                f"no {meter.utility} tariff for class {meter.customer_class!r} on {day}"
-            )
-        tariff = tariff_from_row(tariff_row)
-    month_row = await month_cur.fetchone()
-    assert month_row is not None
-    group_row = await group_cur.fetchone()
     return SaleContext(
         tariff=tariff,
-        month=MonthToDate(units_tenths=int(month_row[0]), fixed_paid=Decimal(month_row[1])),
-        free_issued=await free_cur.fetchone() is not None,
-        group=None if group_row is None else SupplyGroup(*group_row),
+        month=MonthToDate(units_tenths=int(row[7]), fixed_paid=Decimal(row[8])),
+        free_issued=bool(row[9]),
+        group=None if row[10] is None else SupplyGroup(row[10], row[11], row[12]),
     )
 
 
