@@ -74,12 +74,14 @@ class Rig:
     """One API key per vendor (``v0`` …), each vendor with a float of 10^8 rand."""
     master_key_file: Path
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    gateway_database_url: str | None = None
+    """The URL the gateways use (default: ``database_url``)."""
 
     def env(self, **extra: str) -> dict[str, str]:
         """The environment of a ``gateway run`` process on this rig."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
         env.update(
-            GATEWAY_DATABASE_URL=self.database_url,
+            GATEWAY_DATABASE_URL=self.gateway_database_url or self.database_url,
             GATEWAY_MQTT_URL=MQTT_URL,
             GATEWAY_MQTT_CLIENT_ID=f"bench-{uuid.uuid4().hex[:10]}",
             GATEWAY_MQTT_TOPIC_PREFIX=f"bench-{self.name}/",
@@ -156,6 +158,9 @@ def rig(meters: int, vendor_count: int) -> Iterator[Rig]:
         master = directory / "master.key"
         write_keyring(master, Keyring((new_master_key(),)))
         the_rig = Rig(url, name, directory, meter_ids(meters), [], master)
+        if socket_dir := os.environ.get("BENCH_PG_SOCKET_DIR"):
+            # the gateway reaches PostgreSQL over its Unix socket instead of loopback TCP
+            the_rig.gateway_database_url = f"postgresql://postgres@/{name}?host={socket_dir}"
         try:
             apply_migrations(url, timescale=TimescaleMode.OFF)
             asyncio.run(_prepare(the_rig, vendor_count))
