@@ -133,16 +133,18 @@ class Idempotency:
             async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
                 # Only the wait for the idempotency record (the same request still in flight)
                 # is bounded by retry_wait; once the record is in, the request is this one's
-                # and waits for the meter and float rows as long as lock_wait allows. BEGIN
-                # and these three statements go out in one round trip.
-                await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
+                # and waits for the meter and float rows as long as lock_wait allows. Both
+                # bounds are set (as SET LOCAL would) by the insert itself, to spare two
+                # statements: the first before it looks for a conflict, the second as it
+                # returns its row, which it does only when the record is new. BEGIN travels
+                # with it.
                 cur = await conn.execute(
                     "INSERT INTO vend_requests (vendor, request_id, operation, body_hash,"
-                    " status, response) VALUES (%s, %s, %s, %s, 0, '')"
-                    " ON CONFLICT DO NOTHING RETURNING true",
-                    (vendor, request_id, operation, digest),
+                    " status, response) SELECT %s, %s, %s, %s, 0, ''"
+                    " WHERE set_config('lock_timeout', %s, true) IS NOT NULL"
+                    " ON CONFLICT DO NOTHING RETURNING set_config('lock_timeout', %s, true)",
+                    (vendor, request_id, operation, digest, f"{wait_ms}ms", f"{lock_wait_ms}ms"),
                 )
-                await conn.execute(f"SET LOCAL lock_timeout = {lock_wait_ms}")
                 fresh = await cur.fetchone() is not None
                 recorded = True
                 if not fresh:

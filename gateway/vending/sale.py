@@ -14,7 +14,6 @@ from decimal import Decimal
 from typing import Any, Final
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
 from gateway.vending import store
 from gateway.vending.config import VendingConfig
@@ -214,60 +213,31 @@ class Sales:
                 issued_at=now,
             )
         )
-        await conn.execute(
-            "INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
-            " account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered,"
-            " units_tenths, free_tenths, issued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
-            " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (
-                sale_id,
-                receipt_no,
-                vendor,
-                request.request_id,
-                kind,
-                meter_id,
-                account_id,
-                meter.utility,
-                plan.tariff_id,
-                plan.month,
-                amount,
-                _ZERO if quote is None else quote.vat,
-                _ZERO if quote is None else quote.fixed,
-                _ZERO if quote is None else quote.debt_recovered,
-                0 if quote is None else quote.tenths,
-                free_tenths,
-                now,
+        await store.write_sale(
+            conn,
+            store.SaleRecord(
+                sale_id=sale_id,
+                receipt_no=receipt_no,
+                vendor=vendor,
+                request_id=request.request_id,
+                kind=kind,
+                meter_id=meter_id,
+                account_id=account_id,
+                utility=meter.utility,
+                tariff_id=plan.tariff_id,
+                month=plan.month,
+                amount=amount,
+                vat=_ZERO if quote is None else quote.vat,
+                fixed=_ZERO if quote is None else quote.fixed,
+                debt_recovered=_ZERO if quote is None else quote.debt_recovered,
+                units_tenths=0 if quote is None else quote.tenths,
+                free_tenths=free_tenths,
+                issued_at=now,
+                balance_after=balance_after,
             ),
+            [(token.kind, token.token, token.tenths, token.tid) for token in issued],
+            draft.new_key_json,
         )
-        async with conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
-                " fbe_month, new_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [
-                    (
-                        sale_id,
-                        seq,
-                        meter_id,
-                        token.kind,
-                        token.token,
-                        token.tenths,
-                        token.tid,
-                        plan.month if token.kind == "free_basic" else None,
-                        Jsonb(draft.new_key_json) if token.kind == "key_change" else None,
-                    )
-                    for seq, token in enumerate(issued, start=1)
-                ],
-            )
-        if amount > 0:
-            await store.move_float(
-                conn, vendor, "sale", -amount, balance, sale_id=sale_id, note=receipt_no
-            )
-        if quote is not None and quote.debt_recovered > 0 and account_id is not None:
-            await conn.execute(
-                "UPDATE accounts SET arrears = arrears - %s, updated_at = now()"
-                " WHERE account_id = %s",
-                (quote.debt_recovered, account_id),
-            )
         await request.record(
             conn,
             "issued",

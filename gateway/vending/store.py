@@ -8,13 +8,15 @@ travel to the database together and the sale waits once for all of them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
 import orjson
 from psycopg import AsyncConnection, AsyncCursor
+from psycopg.types.json import Jsonb
 
 from gateway.vending.errors import (
     MeterBlockedError,
@@ -34,6 +36,7 @@ __all__ = [
     "MeterContext",
     "SaleContext",
     "SaleReads",
+    "SaleRecord",
     "allocate_tids",
     "context_of",
     "ensure_vendor",
@@ -47,6 +50,7 @@ __all__ = [
     "request_tids",
     "tariff_from_row",
     "tids_granted",
+    "write_sale",
 ]
 
 
@@ -346,6 +350,75 @@ async def move_float(
         (vendor, kind, amount, balance, sale_id, note),
     )
     return balance
+
+
+@dataclass(frozen=True, slots=True)
+class SaleRecord:
+    """A sale as :func:`write_sale` stores it."""
+
+    sale_id: int
+    receipt_no: str
+    vendor: str
+    request_id: str | None
+    kind: str
+    meter_id: str
+    account_id: str | None
+    utility: str
+    tariff_id: int | None
+    month: date
+    amount: Decimal
+    vat: Decimal
+    fixed: Decimal
+    debt_recovered: Decimal
+    units_tenths: int
+    free_tenths: int
+    issued_at: datetime
+    balance_after: Decimal
+    """The vendor's float after the sale."""
+
+
+# The sale, its tokens (from arrays, in receipt order), the float movement and the arrears
+# recovered: one statement. Foreign keys are checked at its end, when the sale row is there.
+_WRITE_SALE: Final = (
+    "WITH sale AS (INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
+    "  account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered, units_tenths,"
+    "  free_tenths, issued_at) VALUES (%(sale_id)s, %(receipt_no)s, %(vendor)s, %(request_id)s,"
+    "  %(kind)s, %(meter_id)s, %(account_id)s, %(utility)s, %(tariff_id)s, %(month)s,"
+    "  %(amount)s, %(vat)s, %(fixed)s, %(debt_recovered)s, %(units_tenths)s, %(free_tenths)s,"
+    "  %(issued_at)s)),"
+    " tokens AS (INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
+    "  fbe_month, new_key) SELECT %(sale_id)s, t.seq, %(meter_id)s, t.kind, t.token, t.tenths,"
+    "  t.tid, CASE WHEN t.kind = 'free_basic' THEN %(month)s::date END,"
+    "  CASE WHEN t.kind = 'key_change' THEN %(new_key)s::jsonb END"
+    "  FROM unnest(%(token_kinds)s::text[], %(tokens)s::text[], %(token_tenths)s::int[],"
+    "  %(tids)s::int[]) WITH ORDINALITY AS t(kind, token, tenths, tid, seq)),"
+    " movement AS (INSERT INTO float_movements (vendor, kind, amount, balance_after, sale_id,"
+    "  note) SELECT %(vendor)s, 'sale', -%(amount)s::numeric, %(balance_after)s, %(sale_id)s,"
+    "  %(receipt_no)s WHERE %(amount)s::numeric > 0)"
+    " UPDATE accounts SET arrears = arrears - %(debt_recovered)s, updated_at = now()"
+    " WHERE account_id = %(account_id)s AND %(debt_recovered)s::numeric > 0"
+)
+
+
+async def write_sale(
+    conn: AsyncConnection[Any],
+    sale: SaleRecord,
+    tokens: Sequence[tuple[str, str, int | None, int]],
+    new_key: dict[str, Any] | None,
+) -> None:
+    """Store a sale with its ``tokens`` (kind, digits, tenths, TID; a key change's new key
+    data in ``new_key``), debit the float and take the arrears recovered. The vendor's float
+    and, with arrears, the account must be locked by this transaction. Nothing is waited for:
+    in pipeline mode an error surfaces at the next read or the commit."""
+    params = {name: getattr(sale, name) for name in SaleRecord.__slots__}
+    params.update(
+        token_kinds=[t[0] for t in tokens],
+        tokens=[t[1] for t in tokens],
+        token_tenths=[t[2] for t in tokens],
+        tids=[t[3] for t in tokens],
+        new_key=None if new_key is None else Jsonb(new_key),
+    )
+    await conn.execute(_WRITE_SALE, params)
 
 
 async def request_tids(
