@@ -105,9 +105,11 @@ def profile(pid: int, seconds: int, out: Path, run_load: Any) -> None:
         raise SystemExit("py-spy is needed for --py-spy: pip install py-spy")
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "stacks.txt"
+        # --native (C frames too) has to pause the process for each sample
+        mode = ["--native"] if os.environ.get("BENCH_PY_SPY_NATIVE") else ["--nonblocking"]
         recorder = subprocess.Popen(
             [spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "200",
-             "--format", "raw", "--output", str(raw), "--nonblocking"],
+             "--format", "raw", "--output", str(raw), *mode],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         load = threading.Thread(target=run_load)
