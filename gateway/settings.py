@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     """0 picks a free port (printed at start)."""
+    http_reuse_port: bool = False
+    """Bind the HTTP port with SO_REUSEPORT (Linux), so that several gateway processes serve
+    one port and the kernel spreads connections over them: the way to use more than one core
+    for the API (``GATEWAY_PARTS=http`` processes beside one that runs the other parts, each
+    with its own ``GATEWAY_MQTT_CLIENT_ID``)."""
     http_max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     """Largest request body the HTTP API reads; a larger one is answered 413."""
     http_db_wait_ms: int = Field(1000, ge=10, le=60_000)
