@@ -1,17 +1,23 @@
 """CPU per sale of the real gateway, and where it goes.
 
 Run:  .venv/bin/python -m benchmarks.profile_vending [--seconds 10] [--connections 16]
-          [--py-spy profile.txt]
+          [--compare REV] [--rounds N] [--py-spy profile.txt]
 
 Starts ``gateway run`` with ``GATEWAY_PARTS=http`` on a fresh database (see
 :mod:`benchmarks.vending_rig`), saturates it with credit vends through ``wrk`` and prints the
 CPU time the gateway process and its database backends spent per sale (the CPU the process
 used divided by the sales committed meanwhile), beside the same for ``GET /vend/v1/float``
-(authentication and one query: the floor any authenticated request pays).
+(authentication and one read: the floor any authenticated request pays).
 
-With ``--py-spy FILE`` a second saturated run is sampled by py-spy (``pip install py-spy``),
-and FILE gets the functions with the most samples, by own time and by time including callees.
-The CPU figures come from the run without the profiler.
+``--compare REV`` measures the gateway of git revision REV too (exported to a temporary
+directory, without the packages this tree added since), alternating with this tree for
+``--rounds`` rounds on the same database, and prints this tree's CPU per sale as a ratio of
+REV's: on a shared machine only figures of one run compare.
+
+With ``--py-spy FILE`` one more saturated run of this tree is sampled by py-spy and FILE gets
+the functions with the most samples, by own time and including callees
+(``BENCH_PY_SPY_NATIVE=1``: C frames too, pausing the process for each sample). The CPU
+figures come from the runs without the profiler.
 """
 
 from __future__ import annotations
