@@ -2,7 +2,8 @@
 
 Each money-moving request runs in **one** database transaction that starts by inserting its
 idempotency record ``(vendor, request_id)``; the sale, its tokens, the TIDs, the float movement,
-the arrears, the audit record and the stored response bytes commit together. So:
+the arrears, the audit record and the stored response bytes commit together (the work returns
+an :class:`Outcome`; this module writes its audit record and response). So:
 
 * a retry of a completed request finds the record and gets the stored bytes back;
 * a retry of a request still in flight waits on the record's unique key until the first
@@ -42,14 +43,24 @@ from gateway.vending.errors import (
     VendingUnavailableError,
 )
 
-__all__ = ["Idempotency", "VendRequest", "Work", "fingerprint"]
+__all__ = ["Idempotency", "Outcome", "VendRequest", "Work", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
 _ATTEMPTS: Final = 3
 
-Work = Callable[[AsyncConnection[Any]], Awaitable[bytes]]
-"""A request's work inside its transaction: the response bytes (refusals raise)."""
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a request's work did: its response, and its audit record's outcome and detail."""
+
+    body: bytes
+    outcome: str
+    detail: Mapping[str, Any] | None = None
+
+
+Work = Callable[[AsyncConnection[Any]], Awaitable[Outcome]]
+"""A request's work inside its transaction (refusals raise)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +75,12 @@ class VendRequest:
     """What it concerns: ``meter:…`` or ``receipt:…``."""
     origin: audit.Origin = field(default_factory=audit.Origin)
 
-    async def record(
-        self,
-        conn: AsyncConnection[Any],
-        outcome: str,
-        detail: Mapping[str, Any] | None = None,
-    ) -> None:
-        """Append this request's audit record in ``conn``'s transaction."""
+    def audit_values(
+        self, outcome: str, detail: Mapping[str, Any] | None = None
+    ) -> tuple[Any, ...]:
+        """The parameters of this request's audit record (:data:`gateway.audit.INSERT`)."""
         extra = self.origin.http_request_id
-        await audit.record(
-            conn,
+        return audit.values(
             actor=self.vendor,
             action=self.action,
             object=self.object,
@@ -82,6 +89,15 @@ class VendRequest:
             request_id=self.request_id,
             detail={**(detail or {}), **({} if extra is None else {"http_request_id": extra})},
         )
+
+    async def record(
+        self,
+        conn: AsyncConnection[Any],
+        outcome: str,
+        detail: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Append this request's audit record in ``conn``'s transaction."""
+        await conn.execute(audit.INSERT, self.audit_values(outcome, detail))
 
 
 def fingerprint(operation: str, fields: dict[str, Any]) -> bytes:
@@ -161,14 +177,20 @@ class Idempotency:
                         )
                     await request.record(conn, "replayed")
                     return bytes(row[1])
-                body = await work(conn)
-                # Goes out with what the work left unread, and the COMMIT.
+                done = await work(conn)
+                # The audit record and the response, in one statement that goes out with what
+                # the work left unread, and the COMMIT.
                 await conn.execute(
-                    "UPDATE vend_requests SET status = 200, response = %s"
-                    " WHERE vendor = %s AND request_id = %s",
-                    (body, vendor, request_id),
+                    f"WITH audit AS ({audit.INSERT}) UPDATE vend_requests SET status = 200,"
+                    " response = %s WHERE vendor = %s AND request_id = %s",
+                    (
+                        *request.audit_values(done.outcome, done.detail),
+                        done.body,
+                        vendor,
+                        request_id,
+                    ),
                 )
-                return body
+                return done.body
         except psycopg.errors.LockNotAvailable as exc:
             if recorded:
                 raise VendingUnavailableError(

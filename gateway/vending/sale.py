@@ -25,7 +25,7 @@ from gateway.vending.errors import (
     MeterNotConfiguredError,
     NoFreeUnitsDueError,
 )
-from gateway.vending.idempotency import VendRequest
+from gateway.vending.idempotency import Outcome, VendRequest
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import Debt, Quote, price
 from gateway.vending.receipt import IssuedToken, dumps, money, receipt
@@ -166,13 +166,14 @@ class Sales:
         meter_id: str,
         amount: Decimal,
         kind: str,
-    ) -> bytes:
+    ) -> Outcome:
         """Plan, issue and write one sale (``kind`` "sale" or "free_issue"); the receipt.
 
         In the caller's pipeline the sale waits for the database three times: for the meter's
         row, for what the sale reads (tariff, month so far, free units, supply group), and for
         the TIDs together with the float. Its writes are sent without waiting: they travel
-        with the caller's COMMIT, and an error among them surfaces there.
+        with the caller's audit record, response and COMMIT, and an error among them surfaces
+        there.
         """
         plan = await self.plan(conn, meter_id, amount, now, lock=True, want_credit=kind == "sale")
         if kind == "free_issue" and not plan.free_due:
@@ -238,8 +239,8 @@ class Sales:
             [(token.kind, token.token, token.tenths, token.tid) for token in issued],
             draft.new_key_json,
         )
-        await request.record(
-            conn,
+        return Outcome(
+            body,
             "issued",
             {
                 "receipt_no": receipt_no,
@@ -247,7 +248,6 @@ class Sales:
                 "tokens": [token.kind for token in issued],
             },
         )
-        return body
 
     async def draft(self, conn: AsyncConnection[Any], plan: SalePlan, now: datetime) -> Draft:
         """The sale's tokens up to their TIDs: the key change (when due) under the meter's

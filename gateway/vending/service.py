@@ -34,7 +34,7 @@ from gateway.vending.errors import (
     UnknownReceiptError,
     VendingError,
 )
-from gateway.vending.idempotency import Idempotency, VendRequest, Work
+from gateway.vending.idempotency import Idempotency, Outcome, VendRequest, Work
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import CENT
 from gateway.vending.receipt import dumps, money, rfc3339, units
@@ -139,7 +139,7 @@ class VendingService:
             vendor, request_id, "vend.credit", f"meter:{meter_id}", origin or Origin()
         )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             return await self._sales.issue(
                 conn, request, now=self._clock(), meter_id=meter_id, amount=amount, kind="sale"
             )
@@ -154,7 +154,7 @@ class VendingService:
             vendor, request_id, "vend.free_issue", f"meter:{meter_id}", origin or Origin()
         )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             return await self._sales.issue(
                 conn, request, now=self._clock(), meter_id=meter_id, amount=_ZERO,
                 kind="free_issue",
@@ -220,7 +220,7 @@ class VendingService:
             vendor, request_id, "vend.reverse", f"receipt:{receipt_no}", origin or Origin()
         )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             now = self._clock()
             cur = await conn.execute(
                 "SELECT sale_id, state, amount, issued_at, confirmed_at, debt_recovered,"
@@ -264,8 +264,7 @@ class VendingService:
                 balance = await store.move_float(
                     conn, vendor, "reversal", amount, balance, sale_id=sale_id, note=receipt_no
                 )
-            await request.record(conn, "reversed", {"amount": money(amount)})
-            return dumps(
+            body = dumps(
                 {
                     "receipt_no": receipt_no,
                     "request_id": request_id,
@@ -275,6 +274,7 @@ class VendingService:
                     "reversed_at": rfc3339(now),
                 }
             )
+            return Outcome(body, "reversed", {"amount": money(amount)})
 
         return await self._idempotent(request, "reverse", {"receipt_no": receipt_no}, work)
 
@@ -286,7 +286,7 @@ class VendingService:
             vendor, request_id, "vend.confirm", f"receipt:{receipt_no}", origin or Origin()
         )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             now = self._clock()
             cur = await conn.execute(
                 "UPDATE sales SET confirmed_at = coalesce(confirmed_at, %s)"
@@ -296,8 +296,7 @@ class VendingService:
             row = await cur.fetchone()
             if row is None:
                 raise UnknownReceiptError(f"no receipt {receipt_no} for this vendor")
-            await request.record(conn, "confirmed")
-            return dumps(
+            body = dumps(
                 {
                     "receipt_no": receipt_no,
                     "request_id": request_id,
@@ -305,6 +304,7 @@ class VendingService:
                     "confirmed_at": rfc3339(row[1]),
                 }
             )
+            return Outcome(body, "confirmed")
 
         return await self._idempotent(request, "confirm", {"receipt_no": receipt_no}, work)
 
