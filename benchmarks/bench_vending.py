@@ -1,10 +1,11 @@
 """Vending throughput and latency of the real gateway, each beside a baseline of the same run.
 
-Run:  .venv/bin/python -m benchmarks.bench_vending [--seconds 10] [--workers 2] [--rate R]
-          [--connections 32] [--vendors 32] [--fleet-meters 2000 --fleet-speed 120]
+Run:  .venv/bin/python -m benchmarks.bench_vending [--seconds 10] [--workers 2] [--rounds 2]
+          [--rate R] [--connections 32] [--vendors 32] [--fleet-meters 2000 --fleet-speed 120]
 
-Everything runs in one go on one machine (shared, noisy: the load averages are printed), on a
-fresh database with API-key vendors and an encrypted key store (:mod:`benchmarks.vending_rig`):
+Everything runs in one go on one machine (shared, noisy: the load average of each phase is
+printed, and the variants alternate for ``--rounds`` rounds, medians shown), on a fresh database
+with API-key vendors and an encrypted key store (:mod:`benchmarks.vending_rig`):
 
 1. **ceiling**: one sale's SQL through ``pgbench`` (:mod:`benchmarks.vending_ceiling`): what
    PostgreSQL alone sustains for the work of a sale.
@@ -14,8 +15,8 @@ fresh database with API-key vendors and an encrypted key store (:mod:`benchmarks
      the floor any authenticated request pays;
    * **saturated**: credit vends (a fresh ``request_id`` each) saturated with ``wrk``: sales/s,
      latency, and the CPU the gateway processes and their database backends spent per sale;
-   * **paced**: credit vends offered open loop at ``--rate`` per second (default: 60 % of the
-     saturated rate of the ``--workers`` processes, stated in the output): p50 / p95 / p99.
+   * **paced**: credit vends offered open loop at ``--rate`` per second (default: half the
+     lower of the two saturated rates, stated in the output): p50 / p95 / p99.
 3. **beside ingest**: with ``--workers`` API processes, paced vends at the same rate without
    and then with an ingest-only gateway (``GATEWAY_PARTS=ingest``) taking the simulated fleet's
    telemetry (``firmware-sim run --meters --speed``); the readings stored per second are shown.
@@ -30,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -97,11 +99,10 @@ def with_cpu(the_rig: Rig, pids: list[int], run: Any) -> tuple[Any, float, float
     return result, cpu_seconds(gateway) - before[0], cpu_seconds(backends) - before[1]
 
 
-def measure_workers(
-    the_rig: Rig, workers: int, args: argparse.Namespace, rate: float | None
-) -> dict[str, Any]:
+def saturated(the_rig: Rig, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``workers`` API processes saturated with the trivial request, then with credit vends."""
     keys, meters, sold = the_rig.api_keys, the_rig.meters, "SELECT count(*) FROM sales"
-    figures: dict[str, Any] = {"processes": workers}
+    figures: dict[str, Any] = {"load_average": os.getloadavg()[0]}
     with api_processes(the_rig, workers) as (port, pids):
         saturate(port, meters, keys, connections=args.connections, seconds=2)  # warm up
         trivial, cpu_gw, _ = with_cpu(
@@ -112,8 +113,8 @@ def measure_workers(
                 path="/vend/v1/float",
             ),
         )  # fmt: skip
-        figures["trivial"] = load_figures(trivial)
-        figures["trivial"]["gateway_cpu_ms"] = round(1000 * cpu_gw / max(1, trivial.requests), 3)
+        figures["trivial_per_s"] = round(trivial.per_s, 1)
+        figures["trivial_gateway_cpu_ms"] = round(1000 * cpu_gw / max(1, trivial.requests), 3)
         before = scalar(the_rig.database_url, sold)
         credit, cpu_gw, cpu_db = with_cpu(
             the_rig,
@@ -123,16 +124,28 @@ def measure_workers(
             ),
         )
         sales = scalar(the_rig.database_url, sold) - before
-        figures["saturated"] = load_figures(credit)
-        figures["saturated"]["sales"] = sales
-        figures["saturated"]["gateway_cpu_ms_per_sale"] = round(1000 * cpu_gw / max(1, sales), 3)
-        figures["saturated"]["db_cpu_ms_per_sale"] = round(1000 * cpu_db / max(1, sales), 3)
-        offered = rate if rate is not None else round(0.6 * credit.per_s)
-        figures["paced"] = {
-            "offered_per_s": offered,
-            **load_figures(paced(port, meters, keys, rate=offered, seconds=args.seconds)),
-        }
+        figures.update({f"sales_{k}": v for k, v in load_figures(credit).items()})
+        figures["gateway_cpu_ms_per_sale"] = round(1000 * cpu_gw / max(1, sales), 3)
+        figures["db_cpu_ms_per_sale"] = round(1000 * cpu_db / max(1, sales), 3)
     return figures
+
+
+def paced_run(the_rig: Rig, workers: int, args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """Credit vends offered open loop at ``rate`` to ``workers`` API processes."""
+    keys, meters = the_rig.api_keys, the_rig.meters
+    with api_processes(the_rig, workers) as (port, _):
+        saturate(port, meters, keys, connections=args.connections, seconds=2)  # warm up
+        load_average = os.getloadavg()[0]
+        figures = load_figures(paced(port, meters, keys, rate=rate, seconds=args.seconds))
+    return {"load_average": load_average, **figures}
+
+
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the rounds (the rounds themselves beside it)."""
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+    summary: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+    summary["rounds"] = runs
+    return summary
 
 
 def beside_ingest(the_rig: Rig, args: argparse.Namespace, rate: float) -> dict[str, Any]:
@@ -156,6 +169,7 @@ def beside_ingest(the_rig: Rig, args: argparse.Namespace, rate: float) -> dict[s
             try:
                 time.sleep(6)  # the fleet connected and the ingest gateway committing
                 stored = scalar(the_rig.database_url, readings)
+                load_average = os.getloadavg()[0]
                 started = time.monotonic()
                 load = paced(port, meters, keys, rate=rate, seconds=args.seconds)
                 elapsed = time.monotonic() - started
@@ -164,7 +178,7 @@ def beside_ingest(the_rig: Rig, args: argparse.Namespace, rate: float) -> dict[s
                 fleet.terminate()
                 fleet.wait(30)
                 the_rig.stop(ingest)
-        result["with_ingest"] = load_figures(load)
+        result["with_ingest"] = {"load_average": load_average, **load_figures(load)}
         result["with_ingest"]["readings_stored_per_s"] = round(stored / elapsed, 1)
     return result
 
@@ -173,36 +187,55 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2, help="API processes of the N run")
-    parser.add_argument("--rate", type=float, help="paced rate (default: 60 %% of saturated)")
+    parser.add_argument("--rate", type=float, help="paced rate (default: half the saturated)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--meters", type=int, default=2000)
     parser.add_argument("--vendors", type=int, default=32)
     parser.add_argument("--fleet-meters", type=int, default=2000)
     parser.add_argument("--fleet-speed", type=float, default=120.0)
     parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the variants")
     args = parser.parse_args()
     report: dict[str, Any] = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count()}
+    counts = (1, args.workers)
     with rig(args.meters, args.vendors) as the_rig:
         prepare_ceiling(the_rig.database_url, the_rig.meters)
         report["ceiling"] = pgbench_ceiling(
-            the_rig.database_url,
-            len(the_rig.meters),
-            args.vendors,
-            clients=16,
+            the_rig.database_url, len(the_rig.meters), args.vendors, clients=16,
             seconds=args.seconds,
-        )
-        one = measure_workers(the_rig, 1, args, args.rate)
-        many = measure_workers(the_rig, args.workers, args, args.rate)
-        report["workers_1"], report[f"workers_{args.workers}"] = one, many
-        rate = many["paced"]["offered_per_s"]
+        )  # fmt: skip
+        # The variants alternate, round after round: on a shared machine the load moves.
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                runs[n].append(saturated(the_rig, n, args))
+        sat = {n: medians(runs[n]) for n in counts}
+        rate = args.rate or round(0.5 * min(sat[n]["sales_per_s"] for n in counts))
+        paced_runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                paced_runs[n].append(paced_run(the_rig, n, args, rate))
+        for n in counts:
+            report[f"processes_{n}"] = {
+                "saturated": sat[n],
+                "paced": {"offered_per_s": rate, **medians(paced_runs[n])},
+            }
         if not args.skip_ingest:
-            report["beside_ingest"] = beside_ingest(the_rig, args, rate)
+            sides = [beside_ingest(the_rig, args, rate) for _ in range(args.rounds)]
+            report["beside_ingest"] = {
+                "offered_per_s": rate,
+                "without": medians([side["without"] for side in sides]),
+                "with_ingest": medians([side["with_ingest"] for side in sides]),
+            }
+    one, many = report["processes_1"], report[f"processes_{args.workers}"]
     ratios = {
-        "saturated_1_vs_ceiling": one["saturated"]["per_s"] / report["ceiling"]["sales_per_s"],
-        f"saturated_{args.workers}_vs_ceiling": many["saturated"]["per_s"]
+        "saturated_1_vs_ceiling": one["saturated"]["sales_per_s"]
         / report["ceiling"]["sales_per_s"],
-        f"saturated_{args.workers}_vs_1": many["saturated"]["per_s"] / one["saturated"]["per_s"],
-        "sale_vs_trivial_1": one["saturated"]["per_s"] / one["trivial"]["per_s"],
+        f"saturated_{args.workers}_vs_ceiling": many["saturated"]["sales_per_s"]
+        / report["ceiling"]["sales_per_s"],
+        f"saturated_{args.workers}_vs_1": many["saturated"]["sales_per_s"]
+        / one["saturated"]["sales_per_s"],
+        "sale_vs_trivial_1": one["saturated"]["sales_per_s"] / one["saturated"]["trivial_per_s"],
     }
     if "beside_ingest" in report:
         side = report["beside_ingest"]
