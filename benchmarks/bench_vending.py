@@ -155,7 +155,9 @@ def beside_ingest(the_rig: Rig, args: argparse.Namespace, rate: float) -> dict[s
     result: dict[str, Any] = {"offered_per_s": rate}
     with api_processes(the_rig, args.workers) as (port, _):
         saturate(port, meters, keys, connections=args.connections, seconds=2)
-        result["without"] = load_figures(paced(port, meters, keys, rate=rate, seconds=args.seconds))
+        load_average = os.getloadavg()[0]
+        without = paced(port, meters, keys, rate=rate, seconds=args.seconds)
+        result["without"] = {"load_average": load_average, **load_figures(without)}
         ingest = the_rig.start(GATEWAY_PARTS="ingest", GATEWAY_HTTP_PORT=str(free_port()))
         with tempfile.TemporaryDirectory() as tmp:
             fleet = subprocess.Popen(
