@@ -126,12 +126,16 @@ def profile(pid: int, seconds: int, out: Path, run_load: Any) -> None:
 
 
 def run_variant(
-    the_rig: Rig, source: Path | None, args: argparse.Namespace, paths: tuple[str, ...]
+    the_rig: Rig,
+    source: Path | None,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    paths: tuple[str, ...],
 ) -> list[dict[str, Any]]:
-    """Start a gateway (``source``: an exported revision, None: this tree), warm it up,
-    measure each of ``paths``, stop it."""
+    """Start a gateway (``source``: an exported revision, None: this tree; ``env``: more
+    settings), warm it up, measure each of ``paths``, stop it."""
     port = free_port()
-    process = the_rig.start(source, GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port))
+    process = the_rig.start(source, GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port), **env)
     try:
         wait_http(port, the_rig.api_keys[0])
         saturate(port, the_rig.meters, the_rig.api_keys, connections=args.connections, seconds=2)
@@ -146,7 +150,7 @@ def run_variant(
             )
             for path in paths
         ]
-        if args.py_spy is not None and source is None:
+        if args.py_spy is not None and source is None and not env:
             profile(
                 process.pid,
                 args.seconds,
@@ -176,20 +180,26 @@ def main() -> None:
         "--compare", metavar="REV", help="also measure the gateway at git revision REV"
     )
     parser.add_argument("--rounds", type=int, default=1, help="alternate the variants N times")
+    parser.add_argument(
+        "--socket-dir",
+        metavar="DIR",
+        help="also measure this tree reaching PostgreSQL over its Unix socket in DIR",
+    )
     args = parser.parse_args()
     paths = ("/vend/v1/float", "/vend/v1/credit")
     with tempfile.TemporaryDirectory() as tmp, rig(args.meters, args.vendors) as the_rig:
-        variants: dict[str, Path | None] = {"this tree": None}
+        variants: dict[str, tuple[Path | None, dict[str, str]]] = {}
         if args.compare:
-            variants = {
-                args.compare: export_revision(args.compare, Path(tmp) / "baseline"),
-                "this tree": None,
-            }
+            variants[args.compare] = (export_revision(args.compare, Path(tmp) / "old"), {})
+        variants["this tree"] = (None, {})
+        if args.socket_dir:
+            url = f"postgresql://postgres@/{the_rig.name}?host={args.socket_dir}"
+            variants["this tree, Unix socket"] = (None, {"GATEWAY_DATABASE_URL": url})
         runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in variants}
         for _ in range(args.rounds):
-            for name, source in variants.items():
-                runs[name].append(run_variant(the_rig, source, args, paths))
-                if args.py_spy is not None and source is None:
+            for name, (source, env) in variants.items():
+                runs[name].append(run_variant(the_rig, source, env, args, paths))
+                if args.py_spy is not None and source is None and not env:
                     args.py_spy = None  # one profile is enough
         report = {
             name: {
@@ -202,11 +212,11 @@ def main() -> None:
             }
             for name, rounds in runs.items()
         }
-        if args.compare:
-            report["this tree / baseline, CPU per sale"] = {
+        first = next(iter(variants))
+        for name in list(variants)[1:]:
+            report[f"{name} / {first}, CPU per sale"] = {
                 key: round(
-                    report["this tree"]["/vend/v1/credit"][key]
-                    / report[args.compare]["/vend/v1/credit"][key],
+                    report[name]["/vend/v1/credit"][key] / report[first]["/vend/v1/credit"][key],
                     3,
                 )
                 for key in ("gateway_cpu_ms_per_request", "db_backends_cpu_ms_per_request")
