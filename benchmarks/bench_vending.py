@@ -1,321 +1,252 @@
-"""Vending throughput and latency through HTTP, beside the database's own ceiling.
+"""Vending throughput and latency of the real gateway, each beside a baseline of the same run.
 
-Run:  .venv/bin/python -m benchmarks.bench_vending [--seconds 10] [--rate 500] [--connections 32]
+Run:  .venv/bin/python -m benchmarks.bench_vending [--seconds 10] [--workers 2] [--rounds 2]
+          [--rate R] [--connections 32] [--vendors 32] [--fleet-meters 2000 --fleet-speed 120]
 
-Everything runs in one go on one machine, so the figures read as ratios:
+Everything runs in one go on one machine (shared, noisy: the load average of each phase is
+printed, and the variants alternate for ``--rounds`` rounds, medians shown), on a fresh database
+with API-key vendors and an encrypted key store (:mod:`benchmarks.vending_rig`):
 
-1. **ceiling**: the sale transaction alone — ``VendingService.credit`` (idempotency record,
-   meter and float locks, tariff and month-to-date, TIDs, token encryption, ledger, stored
-   response, commit) called from ``--connections`` concurrent tasks, no HTTP.
-2. **saturated**: ``wrk`` (a C HTTP load generator) with ``--connections`` keep-alive
-   connections sending credit vends (a fresh ``request_id`` each) to the vending API served by
-   uvicorn in its own process: sales/s and latency percentiles.
-3. **paced**: the same at about ``--rate`` requests/s (each connection pauses between
-   requests), the latency a till sees at that load: p50 / p95 / p99.
+1. **ceiling**: one sale's SQL through ``pgbench`` (:mod:`benchmarks.vending_ceiling`): what
+   PostgreSQL alone sustains for the work of a sale.
+2. For 1 and ``--workers`` API processes (``GATEWAY_PARTS=http``, one port,
+   ``GATEWAY_HTTP_REUSE_PORT``):
+   * **trivial**: ``GET /vend/v1/float`` saturated with ``wrk``: API-key check and one read,
+     the floor any authenticated request pays;
+   * **saturated**: credit vends (a fresh ``request_id`` each) saturated with ``wrk``: sales/s,
+     latency, and the CPU the gateway processes and their database backends spent per sale;
+   * **paced**: credit vends offered open loop at ``--rate`` per second (default: half the
+     lower of the two saturated rates, stated in the output): p50 / p95 / p99.
+3. **beside ingest**: with ``--workers`` API processes, paced vends at the same rate without
+   and then with an ingest-only gateway (``GATEWAY_PARTS=ingest``) taking the simulated fleet's
+   telemetry (``firmware-sim run --meters --speed``); the readings stored per second are shown.
 
-Meters, vendors (each with its own float) and tariffs are created in a fresh database first.
-The server authenticates the bearer value as the vendor's name (access control is not part of
-this measurement). ``wrk`` is installed with apt-get when missing and running as root.
+Ratios in ``ratios`` compare figures of the same run. ``BENCH_PG_SOCKET_DIR=/var/run/postgresql``
+makes the gateways reach PostgreSQL over its Unix socket instead of loopback TCP.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
+import contextlib
 import json
 import os
-import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from decimal import Decimal
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import psycopg
-import uvicorn
-from fastapi import FastAPI, Request
-from psycopg_pool import AsyncConnectionPool
 
-from gateway.auth import store as access
-from gateway.db.migrate import apply_migrations
-from gateway.dev.services import LOCAL_PG_ADMIN, create_database, free_port, with_database
-from gateway.http.security import Principal, Role
-from gateway.http.vending import require_vendor
-from gateway.http.vending_admin import install_vending
-from gateway.settings import TimescaleMode
-from gateway.vending import tariffs, vendors
-from gateway.vending.keys import KeyStoreDecoderKeys
-from gateway.vending.service import VendingService
-from tokens.keys import VendingKey
-from tokens.meter_number import luhn_check_digit
-
-SGC = "123456"
-DEV_KEY = VendingKey.from_hex("02", "abababababababab")  # the simulated fleet's development key
-TARIFF = {
-    "utility": "electricity",
-    "customer_class": "domestic",
-    "effective_from": "2020-01-01",
-    "blocks": [
-        {"from": "0", "to": "100", "rate": "2.00"},
-        {"from": "100", "to": "400", "rate": "2.50"},
-        {"from": "400", "to": "650", "rate": "3.00"},
-        {"from": "650", "to": None, "rate": "3.50"},
-    ],
-}
+from benchmarks.vending_ceiling import pgbench_ceiling, prepare_ceiling
+from benchmarks.vending_load import LoadResult, paced, saturate
+from benchmarks.vending_rig import (
+    Rig,
+    backend_pids,
+    cpu_seconds,
+    free_port,
+    process_tree,
+    rig,
+    wait_http,
+)
 
 
-class DevKeys:
-    async def vending_key(
-        self, *, conn: psycopg.AsyncConnection[Any], sgc: str, krn: int, dkga: str
-    ) -> VendingKey | None:
-        del conn
-        return DEV_KEY if (sgc, krn, dkga) == (SGC, 1, "02") else None
+def scalar(url: str, query: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(query).fetchone()  # type: ignore[arg-type]
+        return int(row[0]) if row and row[0] is not None else 0
 
 
-def meter_ids(count: int) -> list[str]:
-    serials = (f"9{n:09d}" for n in range(count))
-    return [serial + str(luhn_check_digit(serial)) for serial in serials]
+def load_figures(load: LoadResult) -> dict[str, float]:
+    return {
+        "per_s": round(load.per_s, 1),
+        "p50_ms": round(load.p50_ms, 1),
+        "p95_ms": round(load.p95_ms, 1),
+        "p99_ms": round(load.p99_ms, 1),
+        "non_200": load.non_200,
+        "errors": load.errors,
+    }
 
 
-async def prepare(database_url: str, meters: list[str], vendor_count: int) -> None:
-    async with (
-        AsyncConnectionPool(database_url, min_size=1, max_size=2) as pool,
-        pool.connection() as conn,
-    ):
-        await tariffs.store_tariffs(conn, tariffs.tariffs_from_data({"tariffs": [TARIFF]}))
-        async with conn.transaction(), conn.cursor() as cur:
-            await cur.executemany(
-                "INSERT INTO meters (meter_id, utility, payment, verified)"
-                " VALUES (%s, 'electricity', 'prepaid', true)",
-                [(m,) for m in meters],
-            )
-            await cur.executemany(
-                "INSERT INTO meter_vending (meter_id, sgc, krn, ti, key_type, base_date, ea,"
-                " dkga) VALUES (%s, %s, 1, 1, 2, 2014, '07', '02')",
-                [(m, SGC) for m in meters],
-            )
-        for n in range(vendor_count):
-            await access.create_principal(conn, name=f"v{n}", role=Role.VENDOR, kind="machine")
-            await vendors.top_up(conn, f"v{n}", Decimal("100000000.00"), actor="bench")
-
-
-# -- the server process -------------------------------------------------------------------
-
-
-def bench_app(service: VendingService) -> FastAPI:
-    app = FastAPI()
-    install_vending(app, service)
-
-    def vendor(request: Request) -> Principal:
-        name = request.headers.get("authorization", "Bearer v0").removeprefix("Bearer ")
-        return Principal(1, name, Role.VENDOR, "machine")
-
-    app.dependency_overrides[require_vendor] = vendor
-    return app
-
-
-async def serve(database_url: str, port: int, pool_size: int) -> None:
-    async with AsyncConnectionPool(database_url, min_size=pool_size, max_size=pool_size) as pool:
-        app = bench_app(VendingService(pool, KeyStoreDecoderKeys(DevKeys())))
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False
+@contextlib.contextmanager
+def api_processes(the_rig: Rig, count: int) -> Iterator[tuple[int, list[int]]]:
+    """``count`` API-only gateways on one port; (port, their pids)."""
+    port = free_port()
+    processes = [
+        the_rig.start(
+            GATEWAY_PARTS="http", GATEWAY_HTTP_PORT=str(port), GATEWAY_HTTP_REUSE_PORT="true"
         )
-        await uvicorn.Server(config).serve()
+        for _ in range(count)
+    ]
+    try:
+        wait_http(port, the_rig.api_keys[0])
+        time.sleep(1.0)  # every process up, not only the first to answer
+        yield port, [p.pid for p in processes]
+    finally:
+        for process in processes:
+            the_rig.stop(process)
 
 
-# -- the measurements ---------------------------------------------------------------------
+def with_cpu(the_rig: Rig, pids: list[int], run: Any) -> tuple[Any, float, float]:
+    """``run()``, and the CPU seconds the gateway processes and their backends spent on it."""
+    gateway = [p for pid in pids for p in process_tree(pid)]
+    backends = backend_pids(the_rig.database_url, the_rig.name)
+    before = cpu_seconds(gateway), cpu_seconds(backends)
+    result = run()
+    return result, cpu_seconds(gateway) - before[0], cpu_seconds(backends) - before[1]
 
 
-async def ceiling(
-    database_url: str, meters: list[str], vendor_count: int, tasks: int, seconds: float
-) -> dict[str, float]:
-    """Sales/s of the service's own transaction, without HTTP."""
-    async with AsyncConnectionPool(database_url, min_size=tasks, max_size=tasks) as pool:
-        service = VendingService(pool, KeyStoreDecoderKeys(DevKeys()))
-        counter = itertools.count()
-        latencies: list[float] = []
-        deadline = time.perf_counter() + seconds
-
-        async def worker(index: int) -> None:
-            while time.perf_counter() < deadline:
-                n = next(counter)
-                started = time.perf_counter()
-                await service.credit(
-                    f"v{n % vendor_count}",
-                    f"c-{index}-{n}",
-                    meters[n % len(meters)],
-                    Decimal("20.00"),
-                )
-                latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker(i) for i in range(tasks)))
-        elapsed = time.perf_counter() - started
-    latencies.sort()
-    return {
-        "sales_per_s": len(latencies) / elapsed,
-        "p50_ms": latencies[len(latencies) // 2] * 1000,
-        "p99_ms": latencies[int(len(latencies) * 0.99)] * 1000,
-    }
+def saturated(the_rig: Rig, workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """``workers`` API processes saturated with the trivial request, then with credit vends."""
+    keys, meters, sold = the_rig.api_keys, the_rig.meters, "SELECT count(*) FROM sales"
+    figures: dict[str, Any] = {"load_average": os.getloadavg()[0]}
+    with api_processes(the_rig, workers) as (port, pids):
+        saturate(port, meters, keys, connections=args.connections, seconds=2)  # warm up
+        trivial, cpu_gw, _ = with_cpu(
+            the_rig,
+            pids,
+            lambda: saturate(
+                port, meters, keys, connections=args.connections, seconds=args.seconds,
+                path="/vend/v1/float",
+            ),
+        )  # fmt: skip
+        figures["trivial_per_s"] = round(trivial.per_s, 1)
+        figures["trivial_gateway_cpu_ms"] = round(1000 * cpu_gw / max(1, trivial.requests), 3)
+        before = scalar(the_rig.database_url, sold)
+        credit, cpu_gw, cpu_db = with_cpu(
+            the_rig,
+            pids,
+            lambda: saturate(
+                port, meters, keys, connections=args.connections, seconds=args.seconds
+            ),
+        )
+        sales = scalar(the_rig.database_url, sold) - before
+        figures.update({f"sales_{k}": v for k, v in load_figures(credit).items()})
+        figures["gateway_cpu_ms_per_sale"] = round(1000 * cpu_gw / max(1, sales), 3)
+        figures["db_cpu_ms_per_sale"] = round(1000 * cpu_db / max(1, sales), 3)
+    return figures
 
 
-LUA = """
-local meters = {%(meters)s}
-local vendors = %(vendors)d
-local pause = %(pause)d
-local counter = 0
-local threads = {}
-function setup(thread)
-  table.insert(threads, thread)
-  thread:set("tid", #threads)
-end
-function init(args)
-  prefix = "w" .. tid .. "-" .. math.random(1, 1000000000)
-end
-function request()
-  counter = counter + 1
-  local meter = meters[(counter * 7 + tid) %% #meters + 1]
-  local body = string.format(
-    '{"request_id":"%%s-%%d","meter":"%%s","amount":"20.00"}', prefix, counter, meter)
-  local headers = {}
-  headers["Content-Type"] = "application/json"
-  headers["Authorization"] = "Bearer v" .. ((counter + tid) %% vendors)
-  return wrk.format("POST", "/vend/v1/credit", headers, body)
-end
-if pause > 0 then
-  function delay() return pause end
-end
-function done(summary, latency, requests)
-  io.write(string.format("RESULT %%d %%d %%d %%d %%d %%d %%d\\n", summary.requests,
-    summary.duration, latency:percentile(50), latency:percentile(95), latency:percentile(99),
-    summary.errors.status, summary.errors.connect + summary.errors.read +
-    summary.errors.write + summary.errors.timeout))
-end
-"""
+def paced_run(the_rig: Rig, workers: int, args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """Credit vends offered open loop at ``rate`` to ``workers`` API processes."""
+    keys, meters = the_rig.api_keys, the_rig.meters
+    with api_processes(the_rig, workers) as (port, _):
+        saturate(port, meters, keys, connections=args.connections, seconds=2)  # warm up
+        load_average = os.getloadavg()[0]
+        figures = load_figures(paced(port, meters, keys, rate=rate, seconds=args.seconds))
+    return {"load_average": load_average, **figures}
 
 
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    if os.geteuid() == 0:
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True)
-        found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("wrk is needed: apt-get install wrk")
-    return found
+def medians(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each figure over the rounds (the rounds themselves beside it)."""
+    keys = [k for k in runs[0] if isinstance(runs[0][k], int | float)]
+    summary: dict[str, Any] = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
+    summary["rounds"] = runs
+    return summary
 
 
-def run_wrk(wrk: str, url: str, script: Path, connections: int, seconds: int) -> dict[str, float]:
-    result = subprocess.run(
-        [
-            wrk,
-            "-t2",
-            f"-c{connections}",
-            f"-d{seconds}s",
-            "--timeout",
-            "10s",
-            "-s",
-            str(script),
-            url,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    requests, duration_us, p50, p95, p99, bad_status, socket_errors = map(int, line.split()[1:])
-    return {
-        "requests_per_s": requests / (duration_us / 1e6),
-        "p50_ms": p50 / 1000,
-        "p95_ms": p95 / 1000,
-        "p99_ms": p99 / 1000,
-        "non_200": bad_status,
-        "socket_errors": socket_errors,
-    }
-
-
-def write_script(
-    directory: Path, name: str, meters: list[str], vendor_count: int, pause_ms: int
-) -> Path:
-    path = directory / name
-    path.write_text(
-        LUA
-        % {
-            "meters": ",".join(f'"{m}"' for m in meters),
-            "vendors": vendor_count,
-            "pause": pause_ms,
-        }
-    )
-    return path
+def beside_ingest(the_rig: Rig, args: argparse.Namespace, rate: float) -> dict[str, Any]:
+    """Paced vends without, then with, the simulated fleet's telemetry being ingested."""
+    keys, meters = the_rig.api_keys, the_rig.meters
+    readings = "SELECT count(*) FROM reading_data"
+    result: dict[str, Any] = {"offered_per_s": rate}
+    with api_processes(the_rig, args.workers) as (port, _):
+        saturate(port, meters, keys, connections=args.connections, seconds=2)
+        load_average = os.getloadavg()[0]
+        without = paced(port, meters, keys, rate=rate, seconds=args.seconds)
+        result["without"] = {"load_average": load_average, **load_figures(without)}
+        ingest = the_rig.start(GATEWAY_PARTS="ingest", GATEWAY_HTTP_PORT=str(free_port()))
+        with tempfile.TemporaryDirectory() as tmp:
+            fleet = subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "firmware-sim"), "run",
+                 "--meters", str(args.fleet_meters), "--speed", str(args.fleet_speed),
+                 "--broker", "mqtt://127.0.0.1:1883", "--prefix", f"bench-{the_rig.name}/",
+                 "--progress-every", "0", "--data-dir", tmp,
+                 "--duration", str(args.seconds + 12)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            try:
+                time.sleep(6)  # the fleet connected and the ingest gateway committing
+                stored = scalar(the_rig.database_url, readings)
+                load_average = os.getloadavg()[0]
+                started = time.monotonic()
+                load = paced(port, meters, keys, rate=rate, seconds=args.seconds)
+                elapsed = time.monotonic() - started
+                stored = scalar(the_rig.database_url, readings) - stored
+            finally:
+                fleet.terminate()
+                fleet.wait(30)
+                the_rig.stop(ingest)
+        result["with_ingest"] = {"load_average": load_average, **load_figures(load)}
+        result["with_ingest"]["readings_stored_per_s"] = round(stored / elapsed, 1)
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rate", type=int, default=500)
+    parser.add_argument("--workers", type=int, default=2, help="API processes of the N run")
+    parser.add_argument("--rate", type=float, help="paced rate (default: half the saturated)")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--meters", type=int, default=2000)
-    parser.add_argument("--vendors", type=int, default=8)
-    parser.add_argument(
-        "--serve", nargs=2, metavar=("DATABASE_URL", "PORT"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--vendors", type=int, default=32)
+    parser.add_argument("--fleet-meters", type=int, default=2000)
+    parser.add_argument("--fleet-speed", type=float, default=120.0)
+    parser.add_argument("--skip-ingest", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of the variants")
     args = parser.parse_args()
-    if args.serve:
-        asyncio.run(serve(args.serve[0], int(args.serve[1]), 8))
-        return
-    wrk = ensure_wrk()
-    name = f"gw_bench_vend_{uuid.uuid4().hex[:8]}"
-    create_database(LOCAL_PG_ADMIN, name)
-    url = with_database(LOCAL_PG_ADMIN, name)
-    apply_migrations(url, timescale=TimescaleMode.OFF)
-    meters = meter_ids(args.meters)
-    asyncio.run(prepare(url, meters, args.vendors))
-    results: dict[str, Any] = {}
-    results["ceiling"] = asyncio.run(
-        ceiling(url, meters, args.vendors, min(args.connections, 16), args.seconds)
-    )
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.bench_vending", "--serve", url, str(port)]
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/vend/v1/float", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        with tempfile.TemporaryDirectory() as tmp:
-            directory = Path(tmp)
-            flat_out = write_script(directory, "saturate.lua", meters, args.vendors, 0)
-            results["saturated"] = run_wrk(
-                wrk, f"http://127.0.0.1:{port}", flat_out, args.connections, args.seconds
-            )
-            # each connection pauses so the connections together offer about --rate requests/s
-            paced_connections = max(2, args.rate // 10)
-            pause_ms = max(1, 1000 * paced_connections // args.rate)
-            paced = write_script(directory, "paced.lua", meters, args.vendors, pause_ms)
-            results["paced"] = run_wrk(
-                wrk, f"http://127.0.0.1:{port}", paced, paced_connections, args.seconds
-            )
-    finally:
-        server.terminate()
-        server.wait(30)
-        with psycopg.connect(LOCAL_PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    results["http_vs_ceiling"] = (
-        results["saturated"]["requests_per_s"] / results["ceiling"]["sales_per_s"]
-    )
-    print(json.dumps(results, indent=2, default=lambda v: round(v, 3)))
+    report: dict[str, Any] = {"load_average_start": os.getloadavg(), "cpus": os.cpu_count()}
+    counts = (1, args.workers)
+    with rig(args.meters, args.vendors) as the_rig:
+        prepare_ceiling(the_rig.database_url, the_rig.meters)
+        report["ceiling"] = pgbench_ceiling(
+            the_rig.database_url, len(the_rig.meters), args.vendors, clients=16,
+            seconds=args.seconds,
+        )  # fmt: skip
+        # The variants alternate, round after round: on a shared machine the load moves.
+        runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                runs[n].append(saturated(the_rig, n, args))
+        sat = {n: medians(runs[n]) for n in counts}
+        rate = args.rate or round(0.5 * min(sat[n]["sales_per_s"] for n in counts))
+        paced_runs: dict[int, list[dict[str, Any]]] = {n: [] for n in counts}
+        for _ in range(args.rounds):
+            for n in counts:
+                paced_runs[n].append(paced_run(the_rig, n, args, rate))
+        for n in counts:
+            report[f"processes_{n}"] = {
+                "saturated": sat[n],
+                "paced": {"offered_per_s": rate, **medians(paced_runs[n])},
+            }
+        if not args.skip_ingest:
+            sides = [beside_ingest(the_rig, args, rate) for _ in range(args.rounds)]
+            report["beside_ingest"] = {
+                "offered_per_s": rate,
+                "without": medians([side["without"] for side in sides]),
+                "with_ingest": medians([side["with_ingest"] for side in sides]),
+            }
+    one, many = report["processes_1"], report[f"processes_{args.workers}"]
+    ratios = {
+        "saturated_1_vs_ceiling": one["saturated"]["sales_per_s"]
+        / report["ceiling"]["sales_per_s"],
+        f"saturated_{args.workers}_vs_ceiling": many["saturated"]["sales_per_s"]
+        / report["ceiling"]["sales_per_s"],
+        f"saturated_{args.workers}_vs_1": many["saturated"]["sales_per_s"]
+        / one["saturated"]["sales_per_s"],
+        "sale_vs_trivial_1": one["saturated"]["sales_per_s"] / one["saturated"]["trivial_per_s"],
+    }
+    if "beside_ingest" in report:
+        side = report["beside_ingest"]
+        ratios["p99_with_vs_without_ingest"] = (
+            side["with_ingest"]["p99_ms"] / side["without"]["p99_ms"]
+        )
+    report["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    report["load_average_end"] = os.getloadavg()
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

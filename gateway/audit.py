@@ -9,6 +9,7 @@ ids and outcomes, never keys, tokens or passwords.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
@@ -16,9 +17,18 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-__all__ = ["query", "record"]
+__all__ = ["INSERT", "Origin", "query", "record", "values"]
 
 _MAX_TEXT: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an HTTP request came from, for the record that the code serving it writes itself
+    (instead of the middleware's): the client's address and the request id (``X-Request-ID``)."""
+
+    address: str | None = None
+    http_request_id: str | None = None
 
 
 def _clip(value: str | None) -> str | None:
@@ -38,17 +48,46 @@ async def record(
 ) -> None:
     """Append one audit record (in the caller's transaction)."""
     await conn.execute(
-        "INSERT INTO audit_log (actor, action, object, outcome, source, request_id, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-        (
-            _clip(actor),
-            _clip(action),
-            _clip(object),
-            _clip(outcome),
-            _clip(source),
-            _clip(request_id),
-            Jsonb(dict(detail or {})),
+        INSERT,
+        values(
+            actor=actor,
+            action=action,
+            object=object,
+            outcome=outcome,
+            source=source,
+            request_id=request_id,
+            detail=detail,
         ),
+    )
+
+
+INSERT: Final = (
+    "INSERT INTO audit_log (actor, action, object, outcome, source, request_id, detail)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+"""The statement :func:`record` runs, for a caller that sends it within one of its own (a
+``WITH`` clause) with the parameters of :func:`values`."""
+
+
+def values(
+    *,
+    actor: str | None,
+    action: str,
+    object: str,
+    outcome: str,
+    source: str | None = None,
+    request_id: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT` for one record (texts clipped, detail as JSON)."""
+    return (
+        _clip(actor),
+        _clip(action),
+        _clip(object),
+        _clip(outcome),
+        _clip(source),
+        _clip(request_id),
+        Jsonb(dict(detail or {})),
     )
 
 

@@ -30,11 +30,17 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-def listen(host: str, port: int) -> socket.socket:
+def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on ``host:port`` (0 = a free port); ListenError saying what to
-    change when that is impossible (``GATEWAY_HTTP_PORT`` / ``GATEWAY_HTTP_HOST``)."""
+    change when that is impossible (``GATEWAY_HTTP_PORT`` / ``GATEWAY_HTTP_HOST``).
+
+    With ``reuse_port`` (SO_REUSEPORT) other processes of the same user may listen on the same
+    port too, and the kernel spreads incoming connections over them.
+    """
     try:
-        return socket.create_server((host, port))
+        return socket.create_server((host, port), reuse_port=reuse_port)
+    except ValueError as exc:  # the platform has no SO_REUSEPORT
+        raise ListenError(f"GATEWAY_HTTP_REUSE_PORT is not supported here: {exc}") from exc
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ListenError(

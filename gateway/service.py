@@ -383,7 +383,9 @@ async def run_gateway(
         if serve_http and settings.runs("http"):
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
-            sock = listen(settings.http_host, settings.http_port)
+            sock = listen(
+                settings.http_host, settings.http_port, reuse_port=settings.http_reuse_port
+            )
             server = _Server(_http_config(settings, services, keystore))
         await _run_tasks(
             settings,

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     http_host: str = "127.0.0.1"
     http_port: int = Field(8080, ge=0, le=65535)
     """0 picks a free port (printed at start)."""
+    http_reuse_port: bool = False
+    """Bind the HTTP port with SO_REUSEPORT (Linux), so that several gateway processes serve
+    one port and the kernel spreads connections over them: the way to use more than one core
+    for the API (``GATEWAY_PARTS=http`` processes beside one that runs the other parts, each
+    with its own ``GATEWAY_MQTT_CLIENT_ID``)."""
     http_max_body_bytes: int = Field(1_048_576, ge=1024, le=1 << 30)
     """Largest request body the HTTP API reads; a larger one is answered 413."""
     http_db_wait_ms: int = Field(1000, ge=10, le=60_000)
@@ -246,6 +251,11 @@ class Settings(BaseSettings):
     vending_free_electricity_kwh: Decimal = Field(Decimal(100), ge=0, le=10_000, decimal_places=1)
     vending_free_water_kl: Decimal = Field(Decimal(12), ge=0, le=1_000, decimal_places=1)
     vending_reversal_window_s: int = Field(600, ge=0, le=86_400)
+    vending_key_cache_size: int = Field(10_000, ge=0, le=1_000_000)
+    """Decoder keys (one per meter; never vending keys) a process keeps after deriving them,
+    so that a meter's next sale skips the key store; 0: derive on every sale."""
+    vending_key_cache_ttl_s: float = Field(300.0, gt=0, le=86_400)
+    """How long a cached decoder key is used before it is derived again."""
 
     @field_validator("database_url")
     @classmethod

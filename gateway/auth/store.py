@@ -151,27 +151,26 @@ async def revoke_api_key(conn: AsyncConnection[Any], key_id: int) -> str:
     return str(row[0])
 
 
+_API_KEY_LOOKUP: Final = (
+    "WITH found AS (SELECT k.id AS key_id, k.last_used_at, p.id, p.name, p.role, p.kind"
+    " FROM api_keys k JOIN principals p ON p.id = k.principal_id"
+    " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND p.disabled_at IS NULL),"
+    " touched AS (UPDATE api_keys k SET last_used_at = now() FROM found f"
+    " WHERE k.id = f.key_id AND (f.last_used_at IS NULL OR f.last_used_at < now() - %s))"
+    " SELECT id, name, role, kind FROM found"
+)
+
+
 async def principal_for_api_key(conn: AsyncConnection[Any], api_key: str) -> Principal | None:
-    """The enabled principal holding this unrevoked key, or None."""
+    """The enabled principal holding this unrevoked key, or None.
+
+    One statement (one round trip, and no transaction of its own needed): it finds the key and
+    refreshes its ``last_used_at`` when that is older than a minute.
+    """
     if not looks_like_api_key(api_key):
         return None
-    cur = await conn.execute(
-        "UPDATE api_keys k SET last_used_at = now() FROM principals p"
-        " WHERE k.key_hash = %s AND k.revoked_at IS NULL AND p.id = k.principal_id"
-        " AND p.disabled_at IS NULL"
-        " AND (k.last_used_at IS NULL OR k.last_used_at < now() - %s)"
-        " RETURNING p.id, p.name, p.role, p.kind",
-        (hash_secret(api_key), _LAST_USED_GRANULARITY),
-    )
+    cur = await conn.execute(_API_KEY_LOOKUP, (hash_secret(api_key), _LAST_USED_GRANULARITY))
     row = await cur.fetchone()
-    if row is None:  # unknown, revoked, disabled, or used within the last minute
-        cur = await conn.execute(
-            "SELECT p.id, p.name, p.role, p.kind FROM api_keys k JOIN principals p"
-            " ON p.id = k.principal_id WHERE k.key_hash = %s AND k.revoked_at IS NULL"
-            " AND p.disabled_at IS NULL",
-            (hash_secret(api_key),),
-        )
-        row = await cur.fetchone()
     return _principal(row) if row is not None else None
 
 

@@ -38,7 +38,7 @@ Technician = Annotated[Principal, Depends(require(Role.TECHNICIAN))]
 Operator = Annotated[Principal, Depends(require(Role.OPERATOR))]
 
 
-def get_policy(request: Request) -> BillingPolicy:
+async def get_policy(request: Request) -> BillingPolicy:
     policy: BillingPolicy = request.app.state.billing_policy
     return policy
 

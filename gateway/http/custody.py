@@ -21,7 +21,7 @@ class Custody:
     provisioning_dir: Path | None = None
 
 
-def _custody(request: Request) -> Custody:
+async def _custody(request: Request) -> Custody:
     custody: Custody = request.app.state.custody
     return custody
 

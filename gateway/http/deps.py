@@ -34,4 +34,10 @@ def get_services(request: Request) -> Services:
     return services
 
 
-ServicesDep = Annotated[Services, Depends(get_services)]
+async def _services(request: Request) -> Services:
+    # async: FastAPI runs a plain ``def`` dependency in its thread pool, a thread hand-off
+    # per request for a dictionary lookup.
+    return get_services(request)
+
+
+ServicesDep = Annotated[Services, Depends(_services)]

@@ -3,7 +3,10 @@
 Every request carries the vendor's own ``request_id``; credit vends, free issues, reversals
 and confirmations are idempotent per vendor and ``request_id`` (a retry gets the byte-identical
 stored response). A vendor sees only its own transactions. Refusals are 4xx with
-``{"error": {"code", "message"}}``; see docs/vending.md.
+``{"error": {"code", "message"}}``; see docs/vending.md. The vending service audits every
+operation itself, with the client's address and the request id; the audit middleware adds a
+record of its own only for what never reached it (bad input, credentials, rate limits) and
+for refusals.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.audit import Origin
 from gateway.http.models import ApiModel
-from gateway.http.security import Principal, Role, require
+from gateway.http.security import Principal, Role, request_id_of, require, source_of
 from gateway.vending.errors import VendingUnavailableError
 from gateway.vending.service import VendingService
 
@@ -37,7 +41,7 @@ Amount = Annotated[str, Field(pattern=_AMOUNT, description='Decimal rand, e.g. "
 ReceiptNo = Annotated[str, Field(pattern=_RECEIPT)]
 
 
-def get_vending(request: Request) -> VendingService:
+async def get_vending(request: Request) -> VendingService:
     service: VendingService | None = getattr(request.app.state, "vending", None)
     if service is None:
         raise VendingUnavailableError("vending is not set up on this gateway")
@@ -238,6 +242,17 @@ def _json(body: bytes) -> Response:
     return Response(content=body, media_type="application/json")
 
 
+def _origin(request: Request) -> Origin:
+    """Who called, for the vending service's own audit record."""
+    return Origin(source_of(request), request_id_of(request))
+
+
+def _audited(request: Request) -> None:
+    """The vending service recorded this request (with its origin), in the same transaction as
+    its effect: the middleware need not add a second, less specific record."""
+    request.state.audited = True
+
+
 @router.post("/quote", response_model=QuoteOut)
 async def quote(body: QuoteIn, vendor: VendorDep, vending: VendingDep) -> dict[str, Any]:
     """Trial vend: checks the meter (known, prepaid, not blocked) and shows what the amount
@@ -246,23 +261,35 @@ async def quote(body: QuoteIn, vendor: VendorDep, vending: VendingDep) -> dict[s
 
 
 @router.post("/credit", response_model=ReceiptOut)
-async def credit(body: CreditIn, vendor: VendorDep, vending: VendingDep) -> Response:
+async def credit(
+    request: Request, body: CreditIn, vendor: VendorDep, vending: VendingDep
+) -> Response:
     """Credit vend. Tokens come key-change first (when due), then free basic units (when
     due), then the credit token. Retrying with the same ``request_id`` returns the stored
     receipt byte for byte; the same ``request_id`` with another body is ``request_id_reused``."""
-    return _json(
-        await vending.credit(vendor.name, body.request_id, body.meter, Decimal(body.amount))
+    receipt = await vending.credit(
+        vendor.name, body.request_id, body.meter, Decimal(body.amount), origin=_origin(request)
     )
+    _audited(request)
+    return _json(receipt)
 
 
 @router.post("/free-issue", response_model=ReceiptOut)
-async def free_issue(body: FreeIssueIn, vendor: VendorDep, vending: VendingDep) -> Response:
+async def free_issue(
+    request: Request, body: FreeIssueIn, vendor: VendorDep, vending: VendingDep
+) -> Response:
     """This month's free basic units for an indigent meter, without a purchase."""
-    return _json(await vending.free_issue(vendor.name, body.request_id, body.meter))
+    receipt = await vending.free_issue(
+        vendor.name, body.request_id, body.meter, origin=_origin(request)
+    )
+    _audited(request)
+    return _json(receipt)
 
 
 @router.post("/reprint", response_model=ReprintOut)
-async def reprint(body: ReprintIn, vendor: VendorDep, vending: VendingDep) -> dict[str, Any]:
+async def reprint(
+    request: Request, body: ReprintIn, vendor: VendorDep, vending: VendingDep
+) -> dict[str, Any]:
     """The original receipt(s) again, by ``receipt_no`` or the meter's ``last`` N sales by
     this vendor, marked ``reprint`` and showing the current state. Never a new token."""
     receipts = await vending.reprint(
@@ -271,21 +298,35 @@ async def reprint(body: ReprintIn, vendor: VendorDep, vending: VendingDep) -> di
         meter_id=body.meter,
         last=1 if body.receipt_no is not None else body.last,
         request_id=body.request_id,
+        origin=_origin(request),
     )
+    _audited(request)
     return {"receipts": receipts}
 
 
 @router.post("/reverse", response_model=ReversalOut)
-async def reverse(body: AdviceIn, vendor: VendorDep, vending: VendingDep) -> Response:
+async def reverse(
+    request: Request, body: AdviceIn, vendor: VendorDep, vending: VendingDep
+) -> Response:
     """Reversal advice: accepted within the reversal window while no meter has accepted the
     sale's tokens and the sale is not confirmed; credits the float back."""
-    return _json(await vending.reverse(vendor.name, body.request_id, body.receipt_no))
+    answer = await vending.reverse(
+        vendor.name, body.request_id, body.receipt_no, origin=_origin(request)
+    )
+    _audited(request)
+    return _json(answer)
 
 
 @router.post("/confirm", response_model=ConfirmationOut)
-async def confirm(body: AdviceIn, vendor: VendorDep, vending: VendingDep) -> Response:
+async def confirm(
+    request: Request, body: AdviceIn, vendor: VendorDep, vending: VendingDep
+) -> Response:
     """Confirmation advice: the customer got the receipt; the reversal window closes."""
-    return _json(await vending.confirm(vendor.name, body.request_id, body.receipt_no))
+    answer = await vending.confirm(
+        vendor.name, body.request_id, body.receipt_no, origin=_origin(request)
+    )
+    _audited(request)
+    return _json(answer)
 
 
 @router.get("/transactions", response_model=TransactionsOut)

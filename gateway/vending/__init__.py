@@ -18,10 +18,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.settings import Settings
 from gateway.vending.errors import VendingError
-from gateway.vending.keys import DecoderKeySource, KeyStoreDecoderKeys, NoDecoderKeys
+from gateway.vending.keys import (
+    CachedDecoderKeys,
+    DecoderKeySource,
+    KeyStoreDecoderKeys,
+    NoDecoderKeys,
+)
 from gateway.vending.service import VendingConfig, VendingService
 
 __all__ = [
+    "CachedDecoderKeys",
     "DecoderKeySource",
     "KeyStoreDecoderKeys",
     "NoDecoderKeys",
@@ -36,5 +42,15 @@ def build_vending(
     pool: AsyncConnectionPool[Any], settings: Settings, keys: DecoderKeySource | None = None
 ) -> VendingService:
     """The service's vending part: its pool, the key source (none: sales are refused with
-    ``vending_unavailable``) and the ``GATEWAY_VENDING_*`` settings."""
-    return VendingService(pool, keys or NoDecoderKeys(), VendingConfig.from_settings(settings))
+    ``vending_unavailable``; its decoder keys are cached as the settings say) and the
+    ``GATEWAY_VENDING_*`` settings."""
+    source: DecoderKeySource = NoDecoderKeys()
+    if keys is not None:
+        source = keys
+        if settings.vending_key_cache_size > 0:
+            source = CachedDecoderKeys(
+                keys,
+                size=settings.vending_key_cache_size,
+                ttl_s=settings.vending_key_cache_ttl_s,
+            )
+    return VendingService(pool, source, VendingConfig.from_settings(settings))

@@ -4,7 +4,8 @@ The vending service never holds vending keys. It asks a :class:`DecoderKeySource
 meter's decoder key, derived from its supply group's vending key (per SGC, KRN and DKGA);
 only the derived decoder key reaches the service, in memory, for the token being issued.
 
-:class:`GatewayKeyStoreKeys` is what the service uses: it asks the gateway's key store
+:class:`GatewayKeyStoreKeys` is what the service uses (behind :class:`CachedDecoderKeys`,
+which keeps derived decoder keys for a while): it asks the gateway's key store
 (:class:`gateway.keystore.KeyStore`, the HSM-shaped interface) to derive the decoder key, so the
 vending key never leaves the store. :class:`KeyStoreDecoderKeys` derives in software from a
 :class:`VendingKeyStore` that hands out vending keys (tests, and stores without a derive
@@ -13,9 +14,12 @@ operation). None of them logs, returns or puts key material in an error.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import psycopg
+from cachetools import TTLCache
 from psycopg import AsyncConnection
 
 from gateway.errors import KeyStoreError
@@ -25,6 +29,7 @@ from tokens.errors import TokenError
 from tokens.keys import DecoderKey, Dkga, KeyParameters, VendingKey, derive_decoder_key
 
 __all__ = [
+    "CachedDecoderKeys",
     "DecoderKeySource",
     "GatewayKeyStoreKeys",
     "KeyStoreDecoderKeys",
@@ -133,6 +138,55 @@ class GatewayKeyStoreKeys:
             raise KeyUnavailableError(
                 f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
             ) from None
+
+
+class CachedDecoderKeys:
+    """A :class:`DecoderKeySource` that keeps the decoder keys it derived, for a while.
+
+    Without it every sale asks the key store again: a read through the sale's connection (a
+    round trip while the meter is locked), the vending key's unwrapping and the DKGA. A decoder
+    key depends only on the meter's key data and on the vending key named by its SGC, KRN and
+    DKGA, and a stored vending key never changes (another key needs another key revision); so
+    the cache is keyed by every input of the derivation and returns what the source would.
+    It holds at most ``size`` keys, each for at most ``ttl_s`` (least recently used go first),
+    in this process only; never a vending key, and never a refusal (a vending key imported a
+    moment ago serves the next sale).
+    """
+
+    def __init__(
+        self,
+        source: DecoderKeySource,
+        *,
+        size: int,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._keys: TTLCache[tuple[str, int, str, str, KeyParameters], DecoderKey] = TTLCache(
+            maxsize=size, ttl=ttl_s, timer=clock
+        )
+
+    def __repr__(self) -> str:
+        return f"CachedDecoderKeys({self._source!r}, <{len(self._keys)} keys hidden>)"
+
+    async def decoder_key(
+        self,
+        *,
+        conn: AsyncConnection[Any],
+        sgc: str,
+        krn: int,
+        dkga: str,
+        params: KeyParameters,
+        ea: str,
+    ) -> DecoderKey:
+        slot = (sgc, krn, dkga, ea, params)
+        key = self._keys.get(slot)
+        if key is None:
+            key = await self._source.decoder_key(
+                conn=conn, sgc=sgc, krn=krn, dkga=dkga, params=params, ea=ea
+            )
+            self._keys[slot] = key
+        return key
 
 
 class NoDecoderKeys:

@@ -2,21 +2,19 @@
 key change), issue its tokens (key change, free basic units, credit, with their TIDs) and write
 it (sale, tokens, float movement, arrears, audit) — returning the receipt bytes.
 
-The caller (:class:`~gateway.vending.service.VendingService`) owns the transaction and its
+The caller (:class:`~gateway.vending.idempotency.Idempotency`) owns the transaction and its
 idempotency record; nothing here commits.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, Final
 
 from psycopg import AsyncConnection
-from psycopg.types.json import Jsonb
 
-from gateway import audit
 from gateway.vending import store
 from gateway.vending.config import VendingConfig
 from gateway.vending.errors import (
@@ -27,6 +25,7 @@ from gateway.vending.errors import (
     MeterNotConfiguredError,
     NoFreeUnitsDueError,
 )
+from gateway.vending.idempotency import Outcome, VendRequest
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import Debt, Quote, price
 from gateway.vending.receipt import IssuedToken, dumps, money, receipt
@@ -45,9 +44,34 @@ from tokens.records import Medium, TransferCredit
 from tokens.tid import BaseDate, tid_from_datetime
 from tokens.vending import key_change_tokens, random_rnd
 
-__all__ = ["SalePlan", "Sales"]
+__all__ = ["Draft", "SalePlan", "Sales"]
 
 _ZERO: Final = Decimal(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A sale's tokens before their TIDs are allocated."""
+
+    key: DecoderKey = field(repr=False)
+    """The key the free basic and credit tokens go under (the new one after a key change)."""
+    medium: Medium
+    base: BaseDate
+    minute: int
+    """This minute's TID under ``base``: the lowest TID the tokens may get."""
+    sections: tuple[IssuedToken, ...]
+    """Key-change tokens, first on the receipt (none when no key change is due)."""
+    wanted: tuple[tuple[str, int], ...]
+    """``(kind, tenths)`` of each free basic or credit token, in receipt order."""
+    new_key_json: dict[str, Any] | None
+
+    def issue(self, tids: list[int]) -> list[IssuedToken]:
+        """Every token of the receipt, given one TID per wanted token."""
+        issued = list(self.sections)
+        for (kind, tenths), tid in zip(self.wanted, tids, strict=True):
+            record = TransferCredit(medium=self.medium, tenths=tenths, tid=tid, rnd=random_rnd())
+            issued.append(IssuedToken(kind, encode(record, self.key), tenths, tid))
+        return issued
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,18 +109,19 @@ class Sales:
     ) -> SalePlan:
         """Check the meter and work out the sale; with ``lock`` the meter is held until the
         transaction ends. Refusals raise their :class:`VendingError`."""
-        meter = await store.load_meter(conn, meter_id, lock=lock)
         today = local_date(now, self._config.zone)
         month = month_of(today)
+        reads = await store.request_sale(
+            conn, meter_id, lock=lock, day=today, month=month, want_tariff=want_credit
+        )
+        meter = await store.meter_of(conn, reads)
         account = meter.account
         if want_credit:
             if amount > self._config.max_amount:
                 raise AmountTooLargeError(f"the largest purchase is {self._config.max_amount}")
             if 0 < amount < self._config.min_amount:
                 raise AmountTooSmallError(f"the smallest purchase is {self._config.min_amount}")
-        context = await store.sale_context(
-            conn, meter, day=today, month=month, want_tariff=want_credit
-        )
+        context = await store.context_of(reads, meter, day=today)
         free_due = account is not None and free_units_due(
             indigent_from=account.indigent_from,
             indigent_to=account.indigent_to,
@@ -135,23 +160,35 @@ class Sales:
     async def issue(
         self,
         conn: AsyncConnection[Any],
+        request: VendRequest,
         *,
         now: datetime,
-        vendor: str,
-        request_id: str,
         meter_id: str,
         amount: Decimal,
         kind: str,
-    ) -> bytes:
-        """Plan, issue and write one sale (``kind`` "sale" or "free_issue"); the receipt."""
+    ) -> Outcome:
+        """Plan, issue and write one sale (``kind`` "sale" or "free_issue"); the receipt.
+
+        In the caller's pipeline the sale waits for the database three times: for the meter's
+        row, for what the sale reads (tariff, month so far, free units, supply group), and for
+        the TIDs together with the float. Its writes are sent without waiting: they travel
+        with the caller's audit record, response and COMMIT, and an error among them surfaces
+        there.
+        """
         plan = await self.plan(conn, meter_id, amount, now, lock=True, want_credit=kind == "sale")
         if kind == "free_issue" and not plan.free_due:
             raise NoFreeUnitsDueError(f"no free basic units are due to meter {meter_id} this month")
         meter = plan.meter
-        issued, new_key_json = await self.tokens(conn, plan, now)
+        draft = await self.draft(conn, plan, now)
+        vendor = request.vendor
+        base = int(draft.base)
+        tids_asked = await store.request_tids(conn, meter_id, base, draft.minute, len(draft.wanted))
+        float_asked = await store.request_float_lock(conn, vendor)
+        tids = await store.tids_granted(tids_asked, meter_id, base, len(draft.wanted))
+        balance, sale_id = await store.float_locked(conn, float_asked)
+        issued = draft.issue(tids)
         quote = plan.quote
         free_tenths = sum(t.tenths or 0 for t in issued if t.kind == "free_basic")
-        balance, sale_id = await store.lock_float_for_sale(conn, vendor)
         if amount > balance:
             raise InsufficientFloatError(
                 f"the vendor float holds {money(balance)}; this sale needs {money(amount)}"
@@ -162,7 +199,7 @@ class Sales:
         body = dumps(
             receipt(
                 receipt_no=receipt_no,
-                request_id=request_id,
+                request_id=request.request_id or "",
                 meter=meter_id,
                 utility=meter.utility,
                 state="issued",
@@ -177,82 +214,44 @@ class Sales:
                 issued_at=now,
             )
         )
-        # The writes go out together: one round trip to the database.
-        async with conn.pipeline():
-            await conn.execute(
-                "INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
-                " account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered,"
-                " units_tenths, free_tenths, issued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
-                " %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (
-                    sale_id,
-                    receipt_no,
-                    vendor,
-                    request_id,
-                    kind,
-                    meter_id,
-                    account_id,
-                    meter.utility,
-                    plan.tariff_id,
-                    plan.month,
-                    amount,
-                    _ZERO if quote is None else quote.vat,
-                    _ZERO if quote is None else quote.fixed,
-                    _ZERO if quote is None else quote.debt_recovered,
-                    0 if quote is None else quote.tenths,
-                    free_tenths,
-                    now,
-                ),
-            )
-            async with conn.cursor() as cur:
-                await cur.executemany(
-                    "INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
-                    " fbe_month, new_key) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                    [
-                        (
-                            sale_id,
-                            seq,
-                            meter_id,
-                            token.kind,
-                            token.token,
-                            token.tenths,
-                            token.tid,
-                            plan.month if token.kind == "free_basic" else None,
-                            Jsonb(new_key_json) if token.kind == "key_change" else None,
-                        )
-                        for seq, token in enumerate(issued, start=1)
-                    ],
-                )
-            if amount > 0:
-                await store.move_float(
-                    conn, vendor, "sale", -amount, balance, sale_id=sale_id, note=receipt_no
-                )
-            if quote is not None and quote.debt_recovered > 0 and account_id is not None:
-                await conn.execute(
-                    "UPDATE accounts SET arrears = arrears - %s, updated_at = now()"
-                    " WHERE account_id = %s",
-                    (quote.debt_recovered, account_id),
-                )
-        await audit.record(
+        await store.write_sale(
             conn,
-            actor=vendor,
-            action="vend.credit" if kind == "sale" else "vend.free_issue",
-            object=f"meter:{meter_id}",
-            outcome="issued",
-            source="vending",
-            request_id=request_id,
-            detail={
+            store.SaleRecord(
+                sale_id=sale_id,
+                receipt_no=receipt_no,
+                vendor=vendor,
+                request_id=request.request_id,
+                kind=kind,
+                meter_id=meter_id,
+                account_id=account_id,
+                utility=meter.utility,
+                tariff_id=plan.tariff_id,
+                month=plan.month,
+                amount=amount,
+                vat=_ZERO if quote is None else quote.vat,
+                fixed=_ZERO if quote is None else quote.fixed,
+                debt_recovered=_ZERO if quote is None else quote.debt_recovered,
+                units_tenths=0 if quote is None else quote.tenths,
+                free_tenths=free_tenths,
+                issued_at=now,
+                balance_after=balance_after,
+            ),
+            [(token.kind, token.token, token.tenths, token.tid) for token in issued],
+            draft.new_key_json,
+        )
+        return Outcome(
+            body,
+            "issued",
+            {
                 "receipt_no": receipt_no,
                 "amount": money(amount),
                 "tokens": [token.kind for token in issued],
             },
         )
-        return body
 
-    async def tokens(
-        self, conn: AsyncConnection[Any], plan: SalePlan, now: datetime
-    ) -> tuple[list[IssuedToken], dict[str, Any] | None]:
-        """Key change (when due), free basic units (when due), then credit, with their TIDs."""
+    async def draft(self, conn: AsyncConnection[Any], plan: SalePlan, now: datetime) -> Draft:
+        """The sale's tokens up to their TIDs: the key change (when due) under the meter's
+        key, then what free basic units (when due) and credit are to be issued under."""
         meter = plan.meter
         meter_id = meter.meter_id
         quote = plan.quote
@@ -263,7 +262,7 @@ class Sales:
                 f"meter id {meter_id} is not an STS meter number: {exc.message}"
             ) from None
         key = await self.decoder_key(conn, number, meter.sts)
-        issued: list[IssuedToken] = []
+        sections: tuple[IssuedToken, ...] = ()
         new_key_json: dict[str, Any] | None = None
         base = BaseDate(meter.sts.base_date)
         if plan.target is not None:
@@ -274,7 +273,7 @@ class Sales:
                     f"meter {meter_id} needs a key change but supply group {target.sgc} has no "
                     "new key revision for it yet"
                 )
-            sections = key_change_tokens(
+            digits = key_change_tokens(
                 key,
                 new_key,
                 key_type=target.key_type,
@@ -284,25 +283,20 @@ class Sales:
                 ken=self._config.key_expiry,
                 ro=1 if target.base_date != meter.sts.base_date else 0,
             )
-            issued.extend(IssuedToken("key_change", digits, None, 0) for digits in sections)
+            sections = tuple(IssuedToken("key_change", section, None, 0) for section in digits)
             new_key_json = target.as_json()
             key, base = new_key, BaseDate(target.base_date)
-        medium = _medium(meter.utility)
         free_tenths = self._config.free_tenths(meter.utility) if plan.free_due else 0
         credit_tenths = 0 if quote is None else quote.tenths
-        wanted = [
+        wanted = tuple(
             (kind, t)
             for kind, t in (("free_basic", free_tenths), ("credit", credit_tenths))
             if t > 0
-        ]
+        )
         try:
             minute = tid_from_datetime(now, base)
         except TokenError as exc:
             raise MeterNotConfiguredError(
                 f"meter {meter_id}'s base date {int(base)} gives no TID now: {exc.message}"
             ) from None
-        tids = await store.allocate_tids(conn, meter_id, int(base), minute, len(wanted))
-        for (kind, tenths), tid in zip(wanted, tids, strict=True):
-            record = TransferCredit(medium=medium, tenths=tenths, tid=tid, rnd=random_rnd())
-            issued.append(IssuedToken(kind, encode(record, key), tenths, tid))
-        return issued, new_key_json
+        return Draft(key, _medium(meter.utility), base, minute, sections, wanted, new_key_json)

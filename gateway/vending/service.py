@@ -1,50 +1,40 @@
 """The vending service: quotes, credit vends, free issues, reprints, reversals, confirmations.
 
-Each money-moving request runs in **one** database transaction that starts by inserting its
-idempotency record ``(vendor, request_id)``; the sale, its tokens, the TIDs, the float movement,
-the arrears and the stored response bytes commit together. So:
+Money-moving requests (credit, free issue, reversal, confirmation) are idempotent per vendor
+and ``request_id``: :mod:`gateway.vending.idempotency` runs each in one transaction with its
+idempotency record, its audit record and its stored response. Sales of one meter serialise on
+the meter's vending row (month-to-date blocks, free units, TIDs, arrears); float debits on the
+vendor's row. No in-process lock is involved.
 
-* a retry of a completed request finds the record and gets the stored bytes back;
-* a retry of a request still in flight waits on the record's unique key until the first
-  transaction ends (then gets its bytes), or gives up after ``retry_wait`` with ``in_progress``;
-* once its record is in, a request waits for the meter and float rows up to ``lock_wait``
-  (a sale of the same meter or vendor ahead of it), never answering ``in_progress`` for that;
-* a crash before the commit leaves nothing, one after it leaves the whole sale and its reply;
-* a refusal rolls everything back (nothing is stored: a retry is judged afresh).
-
-Sales of one meter serialise on the meter's vending row (month-to-date blocks, free units,
-TIDs, arrears); float debits on the vendor's row. No in-process lock is involved.
+Every operation writes its own audit record (the vendor, the request id, the outcome, and the
+HTTP :class:`~gateway.audit.Origin` when it came over HTTP): refusals too, in a transaction of
+their own once the request's has rolled back.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
 
 import orjson
-import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
-from gateway import audit
-from gateway.errors import StorageError
+from gateway.audit import Origin
 from gateway.vending import store
 from gateway.vending.config import VendingConfig
 from gateway.vending.errors import (
     AlreadyAcceptedError,
     AlreadyReversedError,
-    InProgressError,
     InvalidAmountError,
-    RequestIdReusedError,
     ReversalWindowClosedError,
     UnknownReceiptError,
     VendingError,
-    VendingUnavailableError,
 )
+from gateway.vending.idempotency import Idempotency, Outcome, VendRequest, Work
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import CENT
 from gateway.vending.receipt import dumps, money, rfc3339, units
@@ -55,13 +45,6 @@ __all__ = ["VendingConfig", "VendingService"]
 log = logging.getLogger(__name__)
 
 _ZERO: Final = Decimal(0)
-_ATTEMPTS: Final = 3
-
-
-def _fingerprint(operation: str, fields: dict[str, Any]) -> bytes:
-    return hashlib.sha256(
-        orjson.dumps({"operation": operation, **fields}, option=orjson.OPT_SORT_KEYS)
-    ).digest()
 
 
 def _check_amount(amount: Decimal) -> Decimal:
@@ -88,108 +71,17 @@ class VendingService:
         self.config = config or VendingConfig()
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sales = Sales(keys, self.config)
-
-    # -- helpers ---------------------------------------------------------------------------
+        self._idempotency = Idempotency(pool, self.config)
 
     async def _idempotent(
-        self,
-        vendor: str,
-        request_id: str,
-        operation: str,
-        fields: dict[str, Any],
-        work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
+        self, request: VendRequest, operation: str, fields: dict[str, Any], work: Work
     ) -> bytes:
-        fingerprint = _fingerprint(operation, fields)
-        for attempt in range(_ATTEMPTS):
-            try:
-                return await self._attempt(vendor, request_id, operation, fingerprint, work)
-            except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation) as exc:
-                # A deadlock, a serialisation failure or a lost race on a unique key rolled
-                # the whole transaction back: running it again is safe and decides afresh.
-                if attempt == _ATTEMPTS - 1:
-                    raise StorageError(
-                        f"vending transaction kept conflicting: {type(exc).__name__}"
-                    ) from exc
-                log.info("vending transaction retried after %s", type(exc).__name__)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _attempt(
-        self,
-        vendor: str,
-        request_id: str,
-        operation: str,
-        fingerprint: bytes,
-        work: Callable[[AsyncConnection[Any]], Awaitable[bytes]],
-    ) -> bytes:
-        wait_ms = int(self.config.retry_wait.total_seconds() * 1000)
-        lock_wait_ms = max(1, int(self.config.lock_wait.total_seconds() * 1000))
-        recorded = False
+        """Run ``work`` once per request id; a refusal is audited and raised."""
         try:
-            async with self.pool.connection() as conn, conn.transaction():
-                # Only the wait for the idempotency record (the same request still in flight)
-                # is bounded by retry_wait; once the record is in, the request is this one's
-                # and waits for the meter and float rows as long as lock_wait allows. All
-                # three statements go out in one round trip.
-                async with conn.pipeline():
-                    await conn.execute(f"SET LOCAL lock_timeout = {wait_ms}")
-                    cur = await conn.execute(
-                        "INSERT INTO vend_requests (vendor, request_id, operation, body_hash,"
-                        " status, response) VALUES (%s, %s, %s, %s, 0, '')"
-                        " ON CONFLICT DO NOTHING",
-                        (vendor, request_id, operation, fingerprint),
-                    )
-                    await conn.execute(f"SET LOCAL lock_timeout = {lock_wait_ms}")
-                recorded = True
-                if cur.rowcount == 0:
-                    cur = await conn.execute(
-                        "SELECT body_hash, response FROM vend_requests"
-                        " WHERE vendor = %s AND request_id = %s",
-                        (vendor, request_id),
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    if bytes(row[0]) != fingerprint:
-                        raise RequestIdReusedError(
-                            f"request_id {request_id!r} was already used for a different request"
-                        )
-                    return bytes(row[1])
-                body = await work(conn)
-                await conn.execute(
-                    "UPDATE vend_requests SET status = 200, response = %s"
-                    " WHERE vendor = %s AND request_id = %s",
-                    (body, vendor, request_id),
-                )
-                return body
-        except psycopg.errors.LockNotAvailable as exc:
-            if recorded:
-                raise VendingUnavailableError(
-                    "the vending database is busy right now; retry the request shortly"
-                ) from exc
-            raise InProgressError(
-                f"request {request_id!r} is still being processed; retry it shortly"
-            ) from exc
-        except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
+            return await self._idempotency.run(request, operation, fields, work)
+        except VendingError as exc:
+            await self._idempotency.record_refusal(request, exc)
             raise
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StorageError(f"vending database unavailable: {type(exc).__name__}") from exc
-
-    async def _audit_refusal(
-        self, vendor: str, action: str, obj: str, request_id: str | None, error: VendingError
-    ) -> None:
-        try:
-            async with self.pool.connection() as conn, conn.transaction():
-                await audit.record(
-                    conn,
-                    actor=vendor,
-                    action=action,
-                    object=obj,
-                    outcome=error.code,
-                    source="vending",
-                    request_id=request_id,
-                    detail={"message": error.message},
-                )
-        except (psycopg.Error, PoolTimeout):
-            log.warning("could not audit a refused %s", action, extra={"vendor": vendor})
 
     # -- operations ------------------------------------------------------------------------
 
@@ -197,7 +89,7 @@ class VendingService:
         """Trial vend: what ``amount`` buys now. No token, no charge, nothing written."""
         amount = _check_amount(amount)
         now = self._clock()
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             plan = await self._sales.plan(conn, meter_id, amount, now, lock=False, want_credit=True)
             balance = await store.float_balance(conn, vendor, lock=False)
         quote = plan.quote
@@ -231,51 +123,44 @@ class VendingService:
             "float_balance": money(balance),
         }
 
-    async def credit(self, vendor: str, request_id: str, meter_id: str, amount: Decimal) -> bytes:
+    async def credit(
+        self,
+        vendor: str,
+        request_id: str,
+        meter_id: str,
+        amount: Decimal,
+        *,
+        origin: Origin | None = None,
+    ) -> bytes:
         """Credit vend: the receipt bytes (stored; a retry gets the same bytes)."""
         amount = _check_amount(amount)
         fields = {"meter": meter_id, "amount": money(amount)}
+        request = VendRequest(
+            vendor, request_id, "vend.credit", f"meter:{meter_id}", origin or Origin()
+        )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             return await self._sales.issue(
-                conn,
-                now=self._clock(),
-                vendor=vendor,
-                request_id=request_id,
-                meter_id=meter_id,
-                amount=amount,
-                kind="sale",
+                conn, request, now=self._clock(), meter_id=meter_id, amount=amount, kind="sale"
             )
 
-        try:
-            return await self._idempotent(vendor, request_id, "credit", fields, work)
-        except VendingError as exc:
-            await self._audit_refusal(vendor, "vend.credit", f"meter:{meter_id}", request_id, exc)
-            raise
+        return await self._idempotent(request, "credit", fields, work)
 
-    async def free_issue(self, vendor: str, request_id: str, meter_id: str) -> bytes:
+    async def free_issue(
+        self, vendor: str, request_id: str, meter_id: str, *, origin: Origin | None = None
+    ) -> bytes:
         """This month's free basic units without a purchase (``no_free_units_due`` if none)."""
+        request = VendRequest(
+            vendor, request_id, "vend.free_issue", f"meter:{meter_id}", origin or Origin()
+        )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             return await self._sales.issue(
-                conn,
-                now=self._clock(),
-                vendor=vendor,
-                request_id=request_id,
-                meter_id=meter_id,
-                amount=_ZERO,
+                conn, request, now=self._clock(), meter_id=meter_id, amount=_ZERO,
                 kind="free_issue",
-            )
+            )  # fmt: skip
 
-        try:
-            return await self._idempotent(
-                vendor, request_id, "free_issue", {"meter": meter_id}, work
-            )
-        except VendingError as exc:
-            await self._audit_refusal(
-                vendor, "vend.free_issue", f"meter:{meter_id}", request_id, exc
-            )
-            raise
+        return await self._idempotent(request, "free_issue", {"meter": meter_id}, work)
 
     async def reprint(
         self,
@@ -285,8 +170,16 @@ class VendingService:
         meter_id: str | None,
         last: int,
         request_id: str | None = None,
+        origin: Origin | None = None,
     ) -> list[dict[str, Any]]:
         """Original receipts, marked ``reprint`` with their current state; never a new token."""
+        request = VendRequest(
+            vendor,
+            request_id,
+            "vend.reprint",
+            f"receipt:{receipt_no}" if receipt_no else f"meter:{meter_id}",
+            origin or Origin(),
+        )
         query = (
             "SELECT r.response, s.state FROM sales s JOIN vend_requests r"
             " ON r.vendor = s.vendor AND r.request_id = s.request_id WHERE s.vendor = %s"
@@ -300,7 +193,7 @@ class VendingService:
             params.append(meter_id)
         query += " ORDER BY s.sale_id DESC LIMIT %s"
         params.append(last)
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
             if not rows:
@@ -310,16 +203,7 @@ class VendingService:
                     else f"no sale to meter {meter_id} by this vendor"
                 )
                 raise error
-            await audit.record(
-                conn,
-                actor=vendor,
-                action="vend.reprint",
-                object=f"receipt:{receipt_no}" if receipt_no else f"meter:{meter_id}",
-                outcome="reprinted",
-                source="vending",
-                request_id=request_id,
-                detail={"count": len(rows)},
-            )
+            await request.record(conn, "reprinted", {"count": len(rows)})
         receipts = []
         for response, state in rows:
             document = orjson.loads(bytes(response))
@@ -328,10 +212,15 @@ class VendingService:
             receipts.append(document)
         return receipts
 
-    async def reverse(self, vendor: str, request_id: str, receipt_no: str) -> bytes:
+    async def reverse(
+        self, vendor: str, request_id: str, receipt_no: str, *, origin: Origin | None = None
+    ) -> bytes:
         """Reversal advice: refund the float and mark the sale reversed, while still safe."""
+        request = VendRequest(
+            vendor, request_id, "vend.reverse", f"receipt:{receipt_no}", origin or Origin()
+        )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             now = self._clock()
             cur = await conn.execute(
                 "SELECT sale_id, state, amount, issued_at, confirmed_at, debt_recovered,"
@@ -375,17 +264,7 @@ class VendingService:
                 balance = await store.move_float(
                     conn, vendor, "reversal", amount, balance, sale_id=sale_id, note=receipt_no
                 )
-            await audit.record(
-                conn,
-                actor=vendor,
-                action="vend.reverse",
-                object=f"receipt:{receipt_no}",
-                outcome="reversed",
-                source="vending",
-                request_id=request_id,
-                detail={"amount": money(amount)},
-            )
-            return dumps(
+            body = dumps(
                 {
                     "receipt_no": receipt_no,
                     "request_id": request_id,
@@ -395,21 +274,19 @@ class VendingService:
                     "reversed_at": rfc3339(now),
                 }
             )
+            return Outcome(body, "reversed", {"amount": money(amount)})
 
-        try:
-            return await self._idempotent(
-                vendor, request_id, "reverse", {"receipt_no": receipt_no}, work
-            )
-        except VendingError as exc:
-            await self._audit_refusal(
-                vendor, "vend.reverse", f"receipt:{receipt_no}", request_id, exc
-            )
-            raise
+        return await self._idempotent(request, "reverse", {"receipt_no": receipt_no}, work)
 
-    async def confirm(self, vendor: str, request_id: str, receipt_no: str) -> bytes:
+    async def confirm(
+        self, vendor: str, request_id: str, receipt_no: str, *, origin: Origin | None = None
+    ) -> bytes:
         """The customer got the receipt: closes the reversal window."""
+        request = VendRequest(
+            vendor, request_id, "vend.confirm", f"receipt:{receipt_no}", origin or Origin()
+        )
 
-        async def work(conn: AsyncConnection[Any]) -> bytes:
+        async def work(conn: AsyncConnection[Any]) -> Outcome:
             now = self._clock()
             cur = await conn.execute(
                 "UPDATE sales SET confirmed_at = coalesce(confirmed_at, %s)"
@@ -419,16 +296,7 @@ class VendingService:
             row = await cur.fetchone()
             if row is None:
                 raise UnknownReceiptError(f"no receipt {receipt_no} for this vendor")
-            await audit.record(
-                conn,
-                actor=vendor,
-                action="vend.confirm",
-                object=f"receipt:{receipt_no}",
-                outcome="confirmed",
-                source="vending",
-                request_id=request_id,
-            )
-            return dumps(
+            body = dumps(
                 {
                     "receipt_no": receipt_no,
                     "request_id": request_id,
@@ -436,16 +304,9 @@ class VendingService:
                     "confirmed_at": rfc3339(row[1]),
                 }
             )
+            return Outcome(body, "confirmed")
 
-        try:
-            return await self._idempotent(
-                vendor, request_id, "confirm", {"receipt_no": receipt_no}, work
-            )
-        except VendingError as exc:
-            await self._audit_refusal(
-                vendor, "vend.confirm", f"receipt:{receipt_no}", request_id, exc
-            )
-            raise
+        return await self._idempotent(request, "confirm", {"receipt_no": receipt_no}, work)
 
     async def float_balance(self, vendor: str) -> str:
         """The vendor's float balance as a decimal string."""

@@ -1,16 +1,22 @@
 """SQL of the vending service: reading a meter's vending context, tariffs, the month so far,
 float ledgers and the TID allocator. Every function runs in the caller's transaction.
+
+A sale's statements are asked for (``request_…``) and read (``…_of``, ``…_granted``,
+``…_locked``) in separate steps, so that in pipeline mode the statements asked for together
+travel to the database together and the sale waits once for all of them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 import orjson
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, AsyncCursor
+from psycopg.types.json import Jsonb
 
 from gateway.vending.errors import (
     MeterBlockedError,
@@ -26,16 +32,25 @@ from tokens.tid import TID_LIMIT
 
 __all__ = [
     "Account",
+    "FloatLock",
     "MeterContext",
     "SaleContext",
+    "SaleReads",
+    "SaleRecord",
     "allocate_tids",
+    "context_of",
     "ensure_vendor",
     "float_balance",
-    "load_meter",
+    "float_locked",
     "lock_float_for_sale",
+    "meter_of",
     "move_float",
-    "sale_context",
+    "request_float_lock",
+    "request_sale",
+    "request_tids",
     "tariff_from_row",
+    "tids_granted",
+    "write_sale",
 ]
 
 
@@ -72,31 +87,93 @@ _METER_COLUMNS = (
     " v.target_sgc, v.target_ti, v.blocked_reason, a.account_id, a.customer_class,"
     " a.indigent_from, a.indigent_to, a.arrears, a.debt_recovery_share"
 )
+_LOCK_METER: Final = (
+    f"SELECT {_METER_COLUMNS} FROM meter_vending v JOIN meters m USING (meter_id)"
+    " LEFT JOIN accounts a USING (account_id) WHERE v.meter_id = %s FOR UPDATE OF v"
+)
+_READ_METER: Final = (
+    f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_vending v USING (meter_id)"
+    " LEFT JOIN accounts a USING (account_id) WHERE m.meter_id = %s"
+)
 
 
-async def load_meter(conn: AsyncConnection[Any], meter_id: str, *, lock: bool) -> MeterContext:
-    """The meter's vending context, checked for sale.
+@dataclass(frozen=True, slots=True)
+class SaleContext:
+    """Everything a sale reads besides the meter."""
 
-    With ``lock`` the meter's vending row is locked until the transaction ends (one sale per
-    meter at a time), and so is its account when it is in arrears (debt recovery updates it).
+    tariff: Tariff | None
+    month: MonthToDate
+    free_issued: bool
+    group: SupplyGroup | None
+
+
+# What a sale reads besides the meter, in one statement and from the meter id alone, so that
+# it can follow the meter's lock without waiting for the meter's row: the tariff in force for
+# the meter's utility and its account's customer class, the month so far (reversed sales
+# excluded), whether free units went out this month, and the supply group the meter is in or
+# is moving to. Sent after the lock, it reads what the sale before it committed.
+_CONTEXT: Final = (
+    "SELECT t.tariff_id, t.utility, t.customer_class, t.effective_from, t.vat_rate,"
+    " t.fixed_monthly, t.blocks, md.units, md.fixed, fb.issued, g.sgc, g.krn, g.base_date"
+    " FROM meters m"
+    " LEFT JOIN meter_vending v ON v.meter_id = m.meter_id"
+    " LEFT JOIN accounts a ON a.account_id = v.account_id"
+    " LEFT JOIN LATERAL (SELECT tariff_id, utility, customer_class, effective_from, vat_rate,"
+    "  fixed_monthly, blocks FROM tariffs WHERE %(want_tariff)s AND utility = m.utility"
+    "  AND customer_class = coalesce(a.customer_class, 'domestic')"
+    "  AND effective_from <= %(day)s ORDER BY effective_from DESC LIMIT 1) t ON true"
+    " CROSS JOIN LATERAL (SELECT coalesce(sum(units_tenths), 0) AS units,"
+    "  coalesce(sum(fixed), 0) AS fixed FROM sales WHERE meter_id = m.meter_id"
+    "  AND month = %(month)s AND kind = 'sale' AND state <> 'reversed') md"
+    " CROSS JOIN LATERAL (SELECT EXISTS (SELECT 1 FROM vend_tokens WHERE meter_id = m.meter_id"
+    "  AND fbe_month = %(month)s) AS issued) fb"
+    " LEFT JOIN supply_groups g ON g.sgc = coalesce(v.target_sgc, v.sgc)"
+    " WHERE m.meter_id = %(meter)s"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SaleReads:
+    """A sale's reads, asked for (:func:`request_sale`) and not yet waited for."""
+
+    meter_id: str
+    lock: bool
+    want_tariff: bool
+    meter: AsyncCursor[Any]
+    context: AsyncCursor[Any]
+
+
+async def request_sale(
+    conn: AsyncConnection[Any],
+    meter_id: str,
+    *,
+    lock: bool,
+    day: date,
+    month: date,
+    want_tariff: bool,
+) -> SaleReads:
+    """Ask for the meter's vending row (locked until the transaction ends with ``lock``: one
+    sale per meter at a time) and for the sale's context, in one round trip in pipeline mode.
+    Read them with :func:`meter_of` and :func:`context_of`."""
+    meter = await conn.execute(_LOCK_METER if lock else _READ_METER, (meter_id,))
+    context = await conn.execute(
+        _CONTEXT, {"meter": meter_id, "day": day, "month": month, "want_tariff": want_tariff}
+    )
+    return SaleReads(meter_id, lock, want_tariff, meter, context)
+
+
+async def meter_of(conn: AsyncConnection[Any], reads: SaleReads) -> MeterContext:
+    """The meter's vending context, checked for sale (refusals raise).
+
+    With ``lock`` its account is locked too when it is in arrears (debt recovery updates it).
     """
-    row = None
-    if lock:
-        cur = await conn.execute(
-            f"SELECT {_METER_COLUMNS} FROM meter_vending v JOIN meters m USING (meter_id)"
-            " LEFT JOIN accounts a USING (account_id) WHERE v.meter_id = %s FOR UPDATE OF v",
-            (meter_id,),
-        )
+    meter_id, lock = reads.meter_id, reads.lock
+    row = await reads.meter.fetchone()
+    if row is None and lock:  # not vendable: find out why
+        cur = await conn.execute(_READ_METER, (meter_id,))
         row = await cur.fetchone()
     if row is None:
-        cur = await conn.execute(
-            f"SELECT {_METER_COLUMNS} FROM meters m LEFT JOIN meter_vending v USING (meter_id)"
-            " LEFT JOIN accounts a USING (account_id) WHERE m.meter_id = %s",
-            (meter_id,),
-        )
-        row = await cur.fetchone()
-        if row is None:
-            raise UnknownMeterError(f"meter {meter_id} is not known")
+        raise UnknownMeterError(f"meter {meter_id} is not known")
     utility, payment = row[0], row[1]
     if payment != "prepaid":
         raise NotPrepaidError(f"meter {meter_id} is not a prepaid meter")
@@ -124,65 +201,21 @@ async def load_meter(conn: AsyncConnection[Any], meter_id: str, *, lock: bool) -
     return MeterContext(meter_id, utility, sts, row[9], row[10], account)
 
 
-@dataclass(frozen=True, slots=True)
-class SaleContext:
-    """Everything a sale reads besides the meter, fetched in one round trip."""
-
-    tariff: Tariff | None
-    month: MonthToDate
-    free_issued: bool
-    group: SupplyGroup | None
-
-
-async def sale_context(
-    conn: AsyncConnection[Any],
-    meter: MeterContext,
-    *,
-    day: date,
-    month: date,
-    want_tariff: bool,
-) -> SaleContext:
-    """The tariff in force, the month so far, whether free units went out, the supply group."""
-    async with conn.pipeline():
-        tariff_cur = (
-            await conn.execute(
-                f"SELECT {TARIFF_COLUMNS} FROM tariffs WHERE utility = %s"
-                " AND customer_class = %s AND effective_from <= %s"
-                " ORDER BY effective_from DESC LIMIT 1",
-                (meter.utility, meter.customer_class, day),
-            )
-            if want_tariff
-            else None
+async def context_of(reads: SaleReads, meter: MeterContext, *, day: date) -> SaleContext:
+    """The sale's context (:class:`NoTariffError` when a tariff was wanted and none is in
+    force)."""
+    row = await reads.context.fetchone()
+    assert row is not None  # the meter exists: meter_of checked it
+    tariff = None if row[0] is None else tariff_from_row(row[0:7])
+    if tariff is None and reads.want_tariff:
+        raise NoTariffError(
+            f"no {meter.utility} tariff for class {meter.customer_class!r} on {day}"
         )
-        month_cur = await conn.execute(
-            "SELECT coalesce(sum(units_tenths), 0), coalesce(sum(fixed), 0) FROM sales"
-            " WHERE meter_id = %s AND month = %s AND kind = 'sale' AND state <> 'reversed'",
-            (meter.meter_id, month),
-        )
-        free_cur = await conn.execute(
-            "SELECT 1 FROM vend_tokens WHERE meter_id = %s AND fbe_month = %s",
-            (meter.meter_id, month),
-        )
-        group_cur = await conn.execute(
-            "SELECT sgc, krn, base_date FROM supply_groups WHERE sgc = %s",
-            (meter.target_sgc or meter.sts.sgc,),
-        )
-    tariff = None
-    if tariff_cur is not None:
-        tariff_row = await tariff_cur.fetchone()
-        if tariff_row is None:
-            raise NoTariffError(
-                f"no {meter.utility} tariff for class {meter.customer_class!r} on {day}"
-            )
-        tariff = tariff_from_row(tariff_row)
-    month_row = await month_cur.fetchone()
-    assert month_row is not None
-    group_row = await group_cur.fetchone()
     return SaleContext(
         tariff=tariff,
-        month=MonthToDate(units_tenths=int(month_row[0]), fixed_paid=Decimal(month_row[1])),
-        free_issued=await free_cur.fetchone() is not None,
-        group=None if group_row is None else SupplyGroup(*group_row),
+        month=MonthToDate(units_tenths=int(row[7]), fixed_paid=Decimal(row[8])),
+        free_issued=bool(row[9]),
+        group=None if row[10] is None else SupplyGroup(row[10], row[11], row[12]),
     )
 
 
@@ -243,32 +276,60 @@ async def float_balance(conn: AsyncConnection[Any], vendor: str, *, lock: bool) 
     return Decimal(0) if row is None else Decimal(row[0])
 
 
-async def lock_float_for_sale(conn: AsyncConnection[Any], vendor: str) -> tuple[Decimal, int]:
-    """Lock the vendor's float (creating the vendor on its first sale); its balance and the
-    id of the sale about to be written.
+_FLOAT_LOCK: Final = (
+    "SELECT nextval(pg_get_serial_sequence('sales', 'sale_id')) FROM vendors WHERE vendor = %s"
+    " FOR UPDATE"
+)
+_FLOAT_BALANCE: Final = (
+    "SELECT balance_after FROM float_movements WHERE vendor = %s ORDER BY movement_id DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FloatLock:
+    """The float lock of a sale, asked for (:func:`request_float_lock`), not yet read."""
+
+    vendor: str
+    lock: AsyncCursor[Any]
+    balance: AsyncCursor[Any]
+
+
+async def request_float_lock(conn: AsyncConnection[Any], vendor: str) -> FloatLock:
+    """Ask for the vendor's float lock, its balance and the id of the sale about to be written
+    (read them with :func:`float_locked`). In pipeline mode nothing is waited for yet, so the
+    request travels with whatever else the sale sends before it reads.
 
     The balance is read by a statement of its own *after* the lock is granted: under READ
     COMMITTED only a statement started after the lock sees the movement of the transaction
-    that held it. Both go out in one pipeline, one round trip.
+    that held it.
     """
-    for _ in range(2):
-        async with conn.pipeline():
-            lock = await conn.execute(
-                "SELECT nextval(pg_get_serial_sequence('sales', 'sale_id'))"
-                " FROM vendors WHERE vendor = %s FOR UPDATE",
-                (vendor,),
-            )
-            balance = await conn.execute(
-                "SELECT balance_after FROM float_movements WHERE vendor = %s"
-                " ORDER BY movement_id DESC LIMIT 1",
-                (vendor,),
-            )
-        locked = await lock.fetchone()
-        if locked is not None:
-            row = await balance.fetchone()
-            return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
-        await ensure_vendor(conn, vendor)
-    raise AssertionError("unreachable: the vendor row exists after ensure_vendor")
+    lock = await conn.execute(_FLOAT_LOCK, (vendor,))
+    balance = await conn.execute(_FLOAT_BALANCE, (vendor,))
+    return FloatLock(vendor, lock, balance)
+
+
+async def float_locked(conn: AsyncConnection[Any], asked: FloatLock) -> tuple[Decimal, int]:
+    """The locked float's balance and the new sale's id (creating the vendor on its first
+    sale, which asks again)."""
+    locked = await asked.lock.fetchone()
+    if locked is None:
+        await ensure_vendor(conn, asked.vendor)
+        return await lock_float_for_sale(conn, asked.vendor)
+    row = await asked.balance.fetchone()
+    return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
+
+
+async def lock_float_for_sale(conn: AsyncConnection[Any], vendor: str) -> tuple[Decimal, int]:
+    """Lock the vendor's float (which must exist); its balance and the id of the sale about to
+    be written."""
+    async with conn.pipeline():
+        lock = await conn.execute(_FLOAT_LOCK, (vendor,))
+        balance = await conn.execute(_FLOAT_BALANCE, (vendor,))
+    locked = await lock.fetchone()
+    if locked is None:
+        raise AssertionError("unreachable: the vendor row exists after ensure_vendor")
+    row = await balance.fetchone()
+    return (Decimal(0) if row is None else Decimal(row[0])), int(locked[0])
 
 
 async def move_float(
@@ -291,24 +352,102 @@ async def move_float(
     return balance
 
 
-async def allocate_tids(
+@dataclass(frozen=True, slots=True)
+class SaleRecord:
+    """A sale as :func:`write_sale` stores it."""
+
+    sale_id: int
+    receipt_no: str
+    vendor: str
+    request_id: str | None
+    kind: str
+    meter_id: str
+    account_id: str | None
+    utility: str
+    tariff_id: int | None
+    month: date
+    amount: Decimal
+    vat: Decimal
+    fixed: Decimal
+    debt_recovered: Decimal
+    units_tenths: int
+    free_tenths: int
+    issued_at: datetime
+    balance_after: Decimal
+    """The vendor's float after the sale."""
+
+
+# The sale, its tokens (from arrays, in receipt order), the float movement and the arrears
+# recovered: one statement. Foreign keys are checked at its end, when the sale row is there.
+_WRITE_SALE: Final = (
+    "WITH sale AS (INSERT INTO sales (sale_id, receipt_no, vendor, request_id, kind, meter_id,"
+    "  account_id, utility, tariff_id, month, amount, vat, fixed, debt_recovered, units_tenths,"
+    "  free_tenths, issued_at) VALUES (%(sale_id)s, %(receipt_no)s, %(vendor)s, %(request_id)s,"
+    "  %(kind)s, %(meter_id)s, %(account_id)s, %(utility)s, %(tariff_id)s, %(month)s,"
+    "  %(amount)s, %(vat)s, %(fixed)s, %(debt_recovered)s, %(units_tenths)s, %(free_tenths)s,"
+    "  %(issued_at)s)),"
+    " tokens AS (INSERT INTO vend_tokens (sale_id, seq, meter_id, kind, token, tenths, tid,"
+    "  fbe_month, new_key) SELECT %(sale_id)s, t.seq, %(meter_id)s, t.kind, t.token, t.tenths,"
+    "  t.tid, CASE WHEN t.kind = 'free_basic' THEN %(month)s::date END,"
+    "  CASE WHEN t.kind = 'key_change' THEN %(new_key)s::jsonb END"
+    "  FROM unnest(%(token_kinds)s::text[], %(tokens)s::text[], %(token_tenths)s::int[],"
+    "  %(tids)s::int[]) WITH ORDINALITY AS t(kind, token, tenths, tid, seq)),"
+    " movement AS (INSERT INTO float_movements (vendor, kind, amount, balance_after, sale_id,"
+    "  note) SELECT %(vendor)s, 'sale', -%(amount)s::numeric, %(balance_after)s, %(sale_id)s,"
+    "  %(receipt_no)s WHERE %(amount)s::numeric > 0)"
+    " UPDATE accounts SET arrears = arrears - %(debt_recovered)s, updated_at = now()"
+    " WHERE account_id = %(account_id)s AND %(debt_recovered)s::numeric > 0"
+)
+
+
+async def write_sale(
+    conn: AsyncConnection[Any],
+    sale: SaleRecord,
+    tokens: Sequence[tuple[str, str, int | None, int]],
+    new_key: dict[str, Any] | None,
+) -> None:
+    """Store a sale with its ``tokens`` (kind, digits, tenths, TID; a key change's new key
+    data in ``new_key``), debit the float and take the arrears recovered. The vendor's float
+    and, with arrears, the account must be locked by this transaction. Nothing is waited for:
+    in pipeline mode an error surfaces at the next read or the commit."""
+    params = {name: getattr(sale, name) for name in SaleRecord.__slots__}
+    params.update(
+        token_kinds=[t[0] for t in tokens],
+        tokens=[t[1] for t in tokens],
+        token_tenths=[t[2] for t in tokens],
+        tids=[t[3] for t in tokens],
+        new_key=None if new_key is None else Jsonb(new_key),
+    )
+    await conn.execute(_WRITE_SALE, params)
+
+
+async def request_tids(
     conn: AsyncConnection[Any], meter_id: str, base_date: int, tid: int, count: int
-) -> list[int]:
-    """The meter's next ``count`` TIDs: from ``tid`` (this minute) or above the last one.
+) -> AsyncCursor[Any] | None:
+    """Ask for the meter's next ``count`` TIDs, from ``tid`` (this minute) or above the last
+    one; read them with :func:`tids_granted`. In pipeline mode nothing is waited for yet.
 
     One row per meter and base date, updated in the sale's transaction: strictly increasing
     across processes and restarts, even for several tokens in one minute.
     """
     if count == 0:
-        return []
-    cur = await conn.execute(
+        return None
+    return await conn.execute(
         "INSERT INTO meter_tids (meter_id, base_date, last_tid) VALUES (%s, %s, %s)"
         " ON CONFLICT (meter_id, base_date) DO UPDATE"
         " SET last_tid = greatest(meter_tids.last_tid + %s, excluded.last_tid)"
         " RETURNING last_tid",
         (meter_id, base_date, tid + count - 1, count),
     )
-    row = await cur.fetchone()
+
+
+async def tids_granted(
+    asked: AsyncCursor[Any] | None, meter_id: str, base_date: int, count: int
+) -> list[int]:
+    """The TIDs :func:`request_tids` allocated, lowest first."""
+    if asked is None:
+        return []
+    row = await asked.fetchone()
     assert row is not None
     last = int(row[0])
     if last >= TID_LIMIT:
@@ -316,3 +455,11 @@ async def allocate_tids(
             f"meter {meter_id} has no TID left under base date {base_date}: it needs a key change"
         )
     return list(range(last - count + 1, last + 1))
+
+
+async def allocate_tids(
+    conn: AsyncConnection[Any], meter_id: str, base_date: int, tid: int, count: int
+) -> list[int]:
+    """The meter's next ``count`` TIDs (:func:`request_tids` and :func:`tids_granted`)."""
+    asked = await request_tids(conn, meter_id, base_date, tid, count)
+    return await tids_granted(asked, meter_id, base_date, count)

@@ -17,6 +17,7 @@ from decimal import Decimal
 import uvicorn
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.audit import Origin
 from gateway.http.security import Principal, Role
 from gateway.http.vending import require_vendor
 from gateway.vending.keys import KeyStoreDecoderKeys
@@ -27,8 +28,16 @@ VENDOR = Principal(7, "till-vendor", Role.VENDOR, "machine")
 
 
 class CrashingService(VendingService):
-    async def credit(self, vendor: str, request_id: str, meter_id: str, amount: Decimal) -> bytes:
-        body = await super().credit(vendor, request_id, meter_id, amount)
+    async def credit(
+        self,
+        vendor: str,
+        request_id: str,
+        meter_id: str,
+        amount: Decimal,
+        *,
+        origin: Origin | None = None,
+    ) -> bytes:
+        body = await super().credit(vendor, request_id, meter_id, amount, origin=origin)
         os.kill(os.getpid(), signal.SIGKILL)
         return body
 
