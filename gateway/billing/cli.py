@@ -1,7 +1,9 @@
-"""``gateway export billing|corrections`` and ``gateway import reads``.
+"""``gateway export billing|corrections|verify`` and ``gateway import reads``.
 
 Exports go to ``--out FILE`` (written beside it and renamed into place when complete, so a
-failed export leaves no partial file) or to standard output. ``import reads`` prints one line
+failed export leaves no partial file) or to standard output. ``export verify FILE…`` says of
+each file whether it is complete (CSV trailer, Parquet footer); it exits 0 when all are and
+1 otherwise. ``import reads`` prints one line
 per line of the file that was not accepted, then a summary; it exits 0 when every line was
 loaded (accepted, rejected for review, or already there), 3 when some lines had errors.
 """
@@ -22,7 +24,7 @@ from typing import IO, Any
 
 import psycopg
 
-from gateway.billing.errors import ReadFileError
+from gateway.billing.errors import IncompleteFileError, ReadFileError
 from gateway.billing.period import Period
 from gateway.billing.settings import load_policy
 from gateway.errors import StorageError
@@ -145,6 +147,25 @@ async def _import_reads(settings: Settings, path: Path, handle: IO[str]) -> int:
     return EXIT_BAD_LINES if counts["error"] else 0
 
 
+def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.billing.verify import check_file  # noqa: PLC0415 - pyarrow is heavy
+
+    del settings
+    failed = 0
+    for name in args.files:
+        try:
+            check = check_file(Path(name))
+        except IncompleteFileError as exc:
+            failed += 1
+            print(f"{name}: incomplete: {exc}")
+        except OSError as exc:
+            failed += 1
+            print(f"{name}: cannot be read: {exc.strerror}")
+        else:
+            print(f"{name}: complete ({check.format}, {check.rows} rows)")
+    return 1 if failed else 0
+
+
 def _cmd_import_reads(settings: Settings, args: argparse.Namespace, run: Runner) -> int:
     path = Path(args.file)
     try:
@@ -185,6 +206,11 @@ def add_commands(sub: Any, run: Runner) -> Any:
     corrections.add_argument("--format", choices=("csv", "parquet"), default="csv")
     corrections.add_argument("--out", help="output file (default: standard output)")
     corrections.set_defaults(func=runs(_export_corrections))
+    verify = export.add_parser(
+        "verify", help="check that export files are complete (CSV trailer, Parquet footer)"
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.set_defaults(func=_cmd_verify)
     imports = sub.add_parser("import", help="load billing data").add_subparsers(
         dest="import_kind", required=True
     )
