@@ -26,9 +26,11 @@ from datetime import timedelta
 from typing import Annotated, Any, Final
 
 import psycopg
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import audit
 from gateway.auth.authenticators import (
@@ -226,33 +228,61 @@ def _outcome(status: int) -> str:
     )
 
 
-def install_audit(app: FastAPI, access: AccessControl) -> None:
-    """Request ids for every request; an audit record for every state-changing one."""
+class _Audit:
+    """Request ids for every request; an audit record for every state-changing one.
 
-    @app.middleware("http")
-    async def _audit(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+    A pure ASGI middleware: response messages pass through as they come, so a streamed
+    download that fails midway still reaches the client as a transfer that did not complete
+    (Starlette's ``BaseHTTPMiddleware`` would end it as if it were whole).
+    """
+
+    def __init__(self, app: ASGIApp, access: AccessControl) -> None:
+        self.app = app
+        self.access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         given = request.headers.get("x-request-id", "")
-        request.state.request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        response = await call_next(request)
-        response.headers["X-Request-ID"] = request.state.request_id
-        if request.method in SAFE_METHODS or getattr(request.state, "audited", False):
-            return response
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request.state.request_id = request_id
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            elif (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and request.method not in SAFE_METHODS
+                and not getattr(request.state, "audited", False)
+            ):
+                # Recorded before the response ends: a client that has the whole answer can
+                # find its record.
+                await self._record(request, status)
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+    async def _record(self, request: Request, status: int) -> None:
         principal: Principal | None = getattr(request.state, "principal", None)
         route = request.scope.get("route")
         template = getattr(route, "path", None) or "(no route)"
         try:
-            async with access.pool.connection(timeout=5.0) as conn:
+            async with self.access.pool.connection(timeout=5.0) as conn:
                 await audit.record(
                     conn,
                     actor=principal.name if principal is not None else None,
                     action=f"{request.method} {template}",
                     object=request.url.path,
-                    outcome=_outcome(response.status_code),
+                    outcome=_outcome(status),
                     source=source_of(request),
                     request_id=request.state.request_id,
-                    detail={"status": response.status_code},
+                    detail={"status": status},
                 )
         except (psycopg.Error, PoolTimeout) as exc:
             # The request already took effect; losing its record must be loud, not silent.
@@ -263,4 +293,8 @@ def install_audit(app: FastAPI, access: AccessControl) -> None:
                 type(exc).__name__,
                 extra={"request_id": request.state.request_id},
             )
-        return response
+
+
+def install_audit(app: FastAPI, access: AccessControl) -> None:
+    """Request ids for every request; an audit record for every state-changing one."""
+    app.add_middleware(_Audit, access=access)

@@ -19,6 +19,8 @@ import psycopg
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.middleware.base import BaseHTTPMiddleware, DispatchFunction
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticators import SAFE_METHODS
 from gateway.errors import GatewayError
@@ -29,6 +31,7 @@ __all__ = ["HEADER", "install_idempotency"]
 log = logging.getLogger(__name__)
 
 HEADER: Final = "Idempotency-Key"
+_HEADER_BYTES: Final = HEADER.lower().encode("ascii")
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,100}$")
 _MAX_STORED_BYTES: Final = 256 * 1024
 
@@ -45,12 +48,34 @@ def _keepable(status: int) -> bool:
     return status < 500 and status not in (401, 403, 408, 429)
 
 
+class _KeyedOnly:
+    """Sends only unsafe requests that carry the header through ``dispatch``.
+
+    ``dispatch`` buffers the answer it stores; every other response passes straight through,
+    streamed as it comes (a ``BaseHTTPMiddleware`` around a download would also end a stream
+    that failed midway as if it were whole).
+    """
+
+    def __init__(self, app: ASGIApp, dispatch: DispatchFunction) -> None:
+        self.app = app
+        self.keyed = BaseHTTPMiddleware(app, dispatch=dispatch)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and scope["method"] not in SAFE_METHODS
+            and any(name == _HEADER_BYTES for name, _ in scope["headers"])
+        ):
+            await self.keyed(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def install_idempotency(
     app: FastAPI, pool_of: Callable[[Request], AsyncConnectionPool[Any]]
 ) -> None:
     """Honour ``Idempotency-Key`` on every unsafe request of ``app``."""
 
-    @app.middleware("http")
     async def _idempotency(
         request: Request, call_next: Callable[[Request], Awaitable[Response]]
     ) -> Response:
@@ -125,3 +150,5 @@ def install_idempotency(
             log.error("could not store the answer of an idempotent request: %s", type(exc).__name__)
         headers = {k: v for k, v in response.headers.items() if k.lower() != "content-length"}
         return Response(content=body, status_code=response.status_code, headers=headers)
+
+    app.add_middleware(_KeyedOnly, dispatch=_idempotency)
