@@ -1,9 +1,9 @@
 """Billing endpoints: person's reads, the review list, the billing export and corrections.
 
-``POST /meters/{id}/reads`` needs a technician (or higher); the review list, the export and
-the corrections report need an operator. Files are streamed as they are produced, on the
-downloads' own connections (:mod:`gateway.http.exports`); the other endpoints take theirs
-with the API's short wait (:mod:`gateway.http.db`).
+``POST /meters/{id}/reads`` needs a technician (or higher); the review list, the plausibility
+limits, the export and the corrections report need an operator. Files are streamed as they
+are produced, on the downloads' own connections (:mod:`gateway.http.exports`); the other
+endpoints take theirs with the API's short wait (:mod:`gateway.http.db`).
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from gateway.billing.core import BillingPolicy, ReadSource
 from gateway.billing.corrections import correction_bytes
 from gateway.billing.export import export_bytes
 from gateway.billing.formats import MEDIA_TYPES
+from gateway.billing.limits import MAX_LIMIT, SIZE_PATTERN, Limit, list_limits, set_limit
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.http.db import DbConn
 from gateway.http.exports import ExportDownload
 from gateway.http.models import ApiModel
-from gateway.http.security import Principal, Role, require
+from gateway.http.security import Principal, Role, request_id_of, require, source_of
 
 __all__ = ["router"]
 
@@ -185,6 +186,69 @@ async def post_review(
         conn, read_id, accept=body.decision == "accept", actor=principal.name, policy=policy
     )
     return _out(read)
+
+
+class LimitIn(ApiModel):
+    """A plausibility limit: the most consumption per day (kWh or m3) a read may imply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_day: float = Field(gt=0, le=MAX_LIMIT, examples=[250])
+
+    @field_validator("max_per_day")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("max_per_day must be a finite number")
+        return value
+
+
+class LimitOut(BaseModel):
+    utility: Literal["electricity", "water"]
+    size: str
+    max_per_day: float
+    unit: str
+
+
+def _limit(limit: Limit) -> LimitOut:
+    return LimitOut(
+        utility=limit.utility,
+        size=limit.size,
+        max_per_day=limit.max_per_day,
+        unit=limit.unit,
+    )
+
+
+@router.get("/billing/limits", response_model=list[LimitOut])
+async def get_limits(conn: DbConn, principal: Operator) -> list[LimitOut]:
+    """Plausibility limits of person's reads, per utility and meter size (``*``: default)."""
+    del principal
+    return [_limit(limit) for limit in await list_limits(conn)]
+
+
+@router.put("/billing/limits/{utility}/{size}", response_model=LimitOut)
+async def put_limit(
+    *,
+    utility: Literal["electricity", "water"],
+    size: Annotated[str, Path(pattern=SIZE_PATTERN, examples=["*", "20mm"])],
+    body: LimitIn,
+    conn: DbConn,
+    principal: Operator,
+    request: Request,
+) -> LimitOut:
+    """Create or change the limit of ``utility`` meters of ``size`` (``*``: the default for
+    meters of unknown size). Reads already decided are not re-checked. Audited."""
+    request.state.audited = True  # the record below names the limit and the value it replaced
+    limit, _previous = await set_limit(
+        conn,
+        utility,
+        size,
+        body.max_per_day,
+        actor=principal.name,
+        source=source_of(request),
+        request_id=request_id_of(request),
+    )
+    return _limit(limit)
 
 
 def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> StreamingResponse:

@@ -40,6 +40,8 @@ ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
     ("POST", "/billing/reviews/1", {"decision": "accept"}),
     ("GET", "/billing/export?period=2026-11", None),
     ("GET", "/billing/corrections", None),
+    ("GET", "/billing/limits", None),
+    ("PUT", "/billing/limits/water/20mm", {"max_per_day": 12}),
     # administration
     ("GET", "/admin/principals", None),
     ("POST", "/admin/principals", {"name": "till-9", "role": "vendor", "kind": "machine"}),
