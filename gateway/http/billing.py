@@ -131,8 +131,8 @@ async def post_read(
     meter_id: MeterId,
     body: ReadIn,
     response: Response,
-    conn: DbConn,
     principal: Technician,
+    conn: DbConn,
     policy: PolicyDep,
 ) -> ReadOut:
     """Store a read after checking it against the meter's history.
@@ -158,8 +158,8 @@ async def post_read(
 
 @router.get("/billing/reviews", response_model=list[ReadOut])
 async def get_reviews(
-    conn: DbConn,
     principal: Operator,
+    conn: DbConn,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> list[ReadOut]:
@@ -177,8 +177,8 @@ async def post_review(
     *,
     read_id: Annotated[int, Path(ge=1)],
     body: ReviewIn,
-    conn: DbConn,
     principal: Operator,
+    conn: DbConn,
     policy: PolicyDep,
 ) -> ReadOut:
     """Decide on a rejected read: ``accept`` it for billing or confirm the rejection."""
@@ -220,7 +220,7 @@ def _limit(limit: Limit) -> LimitOut:
 
 
 @router.get("/billing/limits", response_model=list[LimitOut])
-async def get_limits(conn: DbConn, principal: Operator) -> list[LimitOut]:
+async def get_limits(principal: Operator, conn: DbConn) -> list[LimitOut]:
     """Plausibility limits of person's reads, per utility and meter size (``*``: default)."""
     del principal
     return [_limit(limit) for limit in await list_limits(conn)]
@@ -232,8 +232,8 @@ async def put_limit(
     utility: Literal["electricity", "water"],
     size: Annotated[str, Path(pattern=SIZE_PATTERN, examples=["*", "20mm"])],
     body: LimitIn,
-    conn: DbConn,
     principal: Operator,
+    conn: DbConn,
     request: Request,
 ) -> LimitOut:
     """Create or change the limit of ``utility`` meters of ``size`` (``*``: the default for
@@ -266,8 +266,8 @@ def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> Stre
 )
 async def get_export(
     *,
-    download: ExportDownload,
     principal: Operator,
+    download: ExportDownload,
     policy: PolicyDep,
     period: PeriodText,
     utility: Literal["electricity", "water"] | None = None,
@@ -291,8 +291,8 @@ async def get_export(
 )
 async def get_corrections(
     *,
-    download: ExportDownload,
     principal: Operator,
+    download: ExportDownload,
     period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
     format: Literal["csv", "parquet"] = "csv",

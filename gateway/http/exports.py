@@ -2,7 +2,7 @@
 
 A billing export streams for as long as the client reads, and holds one connection (and one
 transaction) all that time. Downloads therefore take their connections from a small pool of
-their own (``GATEWAY_EXPORT_CONNECTIONS``, opened on first use), never from the pool the API
+their own (``GATEWAY_HTTP_EXPORT_CONNECTIONS``, opened on first use), never from the pool the API
 and the ingest path share: however many downloads run, the rest of the API keeps its
 connections. A download that finds the budget spent is answered at once 503 with
 ``Retry-After``, before any byte of the file is sent.
@@ -48,7 +48,8 @@ APPLICATION_NAME: Final = "gateway-export"
 
 
 def export_pool(conninfo: str, slots: int) -> AsyncConnectionPool[Any]:
-    """The downloads' own pool (not yet open): at most ``slots`` connections, none kept idle."""
+    """The downloads' own pool (not yet open): at most ``slots`` connections, none opened
+    before the first download."""
     return AsyncConnectionPool(
         conninfo,
         min_size=0,

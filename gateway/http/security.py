@@ -254,6 +254,7 @@ class _Audit:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message.setdefault("headers", [])
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
             elif (
                 message["type"] == "http.response.body"

@@ -209,6 +209,9 @@ async def test_downloads_beyond_their_budget_are_503_and_leave_the_api_alone(
     assert int(refused.headers["retry-after"]) >= 1
     corrections = await http.get("/billing/corrections")
     assert corrections.status_code == 503  # the same budget
+    # Credentials are checked before a slot is taken: a stranger is told 401, not 503.
+    stranger = await http.get(EXPORT, headers={"Authorization": "Bearer not-a-key"})
+    assert stranger.status_code == 401
     # The API's own pool (two connections here) is untouched by the downloads.
     for _ in range(5):
         assert (await http.get("/billing/reviews")).status_code == 200
