@@ -28,6 +28,7 @@ from gateway.errors import GatewayError
 from gateway.http.app import create_app
 from gateway.http.custody import Custody
 from gateway.http.deps import Services
+from gateway.http.exports import ExportConnections, export_pool
 from gateway.http.security import access_from_settings
 from gateway.ingest.consumer import MessageDecoder
 from gateway.ingest.intake import MessageIntake
@@ -188,19 +189,26 @@ def _build_services(settings: Settings, zones: MeterZones) -> Services:
 
 
 def _http_config(
-    settings: Settings, services: Services, keystore: SoftwareKeyStore | None
+    settings: Settings,
+    services: Services,
+    keystore: SoftwareKeyStore | None,
+    downloads: AsyncConnectionPool,
 ) -> uvicorn.Config:
+    db_wait_s = settings.http_db_wait_ms / 1000
     return uvicorn.Config(
         create_app(
             services,
             access_from_settings(settings, services.pool),
             Custody(keystore=keystore, provisioning_dir=settings.provisioning_dir),
             max_body_bytes=settings.http_max_body_bytes,
-            db_wait_s=settings.http_db_wait_ms / 1000,
+            db_wait_s=db_wait_s,
             vending=build_vending(
                 services.pool,
                 settings,
                 GatewayKeyStoreKeys(keystore) if keystore is not None else None,
+            ),
+            exports=ExportConnections(
+                downloads, slots=settings.http_export_connections, wait_s=db_wait_s
             ),
         ),
         log_config=None,
@@ -375,18 +383,23 @@ async def run_gateway(
     zones = MeterZones()
     services = _build_services(settings, zones)
     keystore = open_keystore(settings.master_key_file)
+    # File downloads hold a connection for minutes: they get a small pool of their own.
+    downloads = export_pool(
+        settings.database_url.get_secret_value(), settings.http_export_connections
+    )
     server: _Server | None = None
     sock: socket.socket | None = None
     try:
         await services.pool.open(wait=False)
         await verify_keystore(services.pool, keystore)
         if serve_http and settings.runs("http"):
+            await downloads.open(wait=False)
             # Bind before serving so that the port is listening (and known, when 0 was asked
             # for) by the time ``started`` resolves.
             sock = listen(
                 settings.http_host, settings.http_port, reuse_port=settings.http_reuse_port
             )
-            server = _Server(_http_config(settings, services, keystore))
+            server = _Server(_http_config(settings, services, keystore, downloads))
         await _run_tasks(
             settings,
             services,
@@ -399,6 +412,7 @@ async def run_gateway(
         )
     finally:
         await services.mqtt.close()
+        await downloads.close()
         await services.pool.close()
         if sock is not None:
             sock.close()

@@ -150,6 +150,9 @@ class Settings(BaseSettings):
     http_db_wait_ms: int = Field(1000, ge=10, le=60_000)
     """How long an HTTP request waits for a database connection before it is answered 503
     with ``Retry-After`` (the ingest path has its own, longer patience)."""
+    http_export_connections: int = Field(2, ge=1, le=50)
+    """File downloads (billing export, corrections) streaming at once, each on a connection
+    of their own pool (not the API's); one more is answered 503 with ``Retry-After``."""
     tls_cert_file: Path | None = None
     """PEM certificate (chain) to serve HTTPS with; needs ``GATEWAY_TLS_KEY_FILE``."""
     tls_key_file: Path | None = None

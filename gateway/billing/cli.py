@@ -1,7 +1,12 @@
-"""``gateway export billing|corrections`` and ``gateway import reads``.
+"""``gateway export billing|corrections|verify``, ``gateway import reads`` and
+``gateway billing limits list|set``.
 
 Exports go to ``--out FILE`` (written beside it and renamed into place when complete, so a
-failed export leaves no partial file) or to standard output. ``import reads`` prints one line
+failed export leaves no partial file) or to standard output. ``export verify FILE…`` says of
+each file whether it is complete (CSV trailer, Parquet footer); it exits 0 when all are and
+1 otherwise. ``billing limits`` lists or sets the plausibility limits of person's reads, one
+JSON line per limit (a change is audited, with the caller's login as actor). ``import reads``
+prints one line
 per line of the file that was not accepted, then a summary; it exits 0 when every line was
 loaded (accepted, rejected for review, or already there), 3 when some lines had errors.
 """
@@ -10,8 +15,11 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import json
 import logging
+import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
@@ -22,7 +30,8 @@ from typing import IO, Any
 
 import psycopg
 
-from gateway.billing.errors import ReadFileError
+from gateway.billing.errors import IncompleteFileError, ReadFileError
+from gateway.billing.limits import MAX_LIMIT, SIZE_PATTERN, UTILITIES, Limit, list_limits, set_limit
 from gateway.billing.period import Period
 from gateway.billing.settings import load_policy
 from gateway.errors import StorageError
@@ -79,6 +88,22 @@ def _period(text: str) -> Period:
         return Period.parse(text)
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> str:
+    if not re.fullmatch(SIZE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not '*' or a size class like 20mm")
+    return text
+
+
+def _max_per_day(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_LIMIT):
+        raise argparse.ArgumentTypeError(f"the limit must be above 0 and at most {MAX_LIMIT:g}")
+    return value
 
 
 def _instant(text: str) -> datetime:
@@ -145,6 +170,52 @@ async def _import_reads(settings: Settings, path: Path, handle: IO[str]) -> int:
     return EXIT_BAD_LINES if counts["error"] else 0
 
 
+def _cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.billing.verify import check_file  # noqa: PLC0415 - pyarrow is heavy
+
+    del settings
+    failed = 0
+    for name in args.files:
+        try:
+            check = check_file(Path(name))
+        except IncompleteFileError as exc:
+            failed += 1
+            print(f"{name}: incomplete: {exc}")
+        except OSError as exc:
+            failed += 1
+            print(f"{name}: cannot be read: {exc.strerror}")
+        else:
+            print(f"{name}: complete ({check.format}, {check.rows} rows)")
+    return 1 if failed else 0
+
+
+def _limit_json(limit: Limit, **extra: Any) -> str:
+    fields = {"utility": limit.utility, "size": limit.size, "max_per_day": limit.max_per_day}
+    return json.dumps({**fields, "unit": limit.unit, **extra})
+
+
+async def _limits_list(settings: Settings, args: argparse.Namespace) -> int:
+    del args
+    async with _connect(settings) as conn:
+        for limit in await list_limits(conn):
+            print(_limit_json(limit))
+    return 0
+
+
+async def _limits_set(settings: Settings, args: argparse.Namespace) -> int:
+    async with _connect(settings) as conn:
+        limit, previous = await set_limit(
+            conn,
+            args.utility,
+            args.size,
+            args.max_per_day,
+            actor=f"cli:{getpass.getuser()}",
+            source="cli",
+        )
+    print(_limit_json(limit, previous=previous))
+    return 0
+
+
 def _cmd_import_reads(settings: Settings, args: argparse.Namespace, run: Runner) -> int:
     path = Path(args.file)
     try:
@@ -185,6 +256,30 @@ def add_commands(sub: Any, run: Runner) -> Any:
     corrections.add_argument("--format", choices=("csv", "parquet"), default="csv")
     corrections.add_argument("--out", help="output file (default: standard output)")
     corrections.set_defaults(func=runs(_export_corrections))
+    verify = export.add_parser(
+        "verify", help="check that export files are complete (CSV trailer, Parquet footer)"
+    )
+    verify.add_argument("files", nargs="+", metavar="FILE")
+    verify.set_defaults(func=_cmd_verify)
+    billing_cmd = sub.add_parser("billing", help="billing settings").add_subparsers(
+        dest="billing", required=True
+    )
+    limits = billing_cmd.add_parser(
+        "limits", help="plausibility limits of person's reads (most use per day)"
+    ).add_subparsers(dest="limits", required=True)
+    limits.add_parser("list", help="every limit, one JSON line each").set_defaults(
+        func=runs(_limits_list)
+    )
+    limit_set = limits.add_parser(
+        "set",
+        help="create or change a limit (audited)",
+        description="Limits are per day, in kWh for electricity and m3 for water;"
+        " SIZE '*' is the utility's default.",
+    )
+    limit_set.add_argument("utility", choices=UTILITIES)
+    limit_set.add_argument("size", type=_size, help="meter size class, e.g. 20mm, or '*'")
+    limit_set.add_argument("max_per_day", type=_max_per_day, metavar="MAX_PER_DAY")
+    limit_set.set_defaults(func=runs(_limits_set))
     imports = sub.add_parser("import", help="load billing data").add_subparsers(
         dest="import_kind", required=True
     )

@@ -8,7 +8,8 @@ of the period as billing sees it now), and the difference billing must adjust.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -50,7 +51,7 @@ async def correction_rows(
     since: datetime | None = None,
     now: datetime,
     policy: BillingPolicy | None = None,
-) -> AsyncIterator[list[CorrectionRow]]:
+) -> AsyncGenerator[list[CorrectionRow], None]:
     """Rows for estimates superseded since ``since`` and/or touching billing ``period``."""
     policy = policy or BillingPolicy()
     margin = policy.rollover_margin
@@ -123,9 +124,10 @@ async def correction_bytes(
     now: datetime,
     period: Period | None = None,
     since: datetime | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     enc = encoder(CORRECTION_SCHEMA, file_format)
-    async for batch in correction_rows(conn, period=period, since=since, now=now):
-        if data := enc.encode(batch):
-            yield data
+    async with aclosing(correction_rows(conn, period=period, since=since, now=now)) as batches:
+        async for batch in batches:
+            if data := enc.encode(batch):
+                yield data
     yield enc.finish()

@@ -3,14 +3,15 @@
 gateway.errors.GatewayError
 └── BillingError
     ├── ReadConflictError    a read with the same key is stored with another value
-    └── ReadFileError        a bulk read file cannot be read at all (not a bad line)
+    ├── ReadFileError        a bulk read file cannot be read at all (not a bad line)
+    └── IncompleteFileError  an export file is cut off or damaged (no valid trailer / footer)
 """
 
 from __future__ import annotations
 
 from gateway.errors import ConflictError, GatewayError
 
-__all__ = ["BillingError", "ReadConflictError", "ReadFileError"]
+__all__ = ["BillingError", "IncompleteFileError", "ReadConflictError", "ReadFileError"]
 
 
 class BillingError(GatewayError):
@@ -24,3 +25,7 @@ class ReadConflictError(BillingError, ConflictError):
 
 class ReadFileError(BillingError):
     """A bulk read file is unusable as a whole (missing header columns, not UTF-8 text)."""
+
+
+class IncompleteFileError(BillingError):
+    """An export file is not the whole file the gateway wrote: cut off or damaged."""

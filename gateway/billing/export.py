@@ -11,7 +11,8 @@ estimated and stored in the same transaction, so an export bills exactly what it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from datetime import datetime
 from typing import Any, Final
 
@@ -223,7 +224,7 @@ async def export_rows(
     utility: str | None = None,
     policy: BillingPolicy | None = None,
     batch_rows: int = BATCH_ROWS,
-) -> AsyncIterator[list[ExportRow]]:
+) -> AsyncGenerator[list[ExportRow], None]:
     """The export's rows in (meter, register) order, ``batch_rows`` at a time.
 
     Runs in one transaction on ``conn``: the estimates it stores commit with the export's end.
@@ -269,10 +270,12 @@ async def export_bytes(
     file_format: FileFormat,
     utility: str | None = None,
     policy: BillingPolicy | None = None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The export as a file, produced batch by batch."""
     enc = encoder(EXPORT_SCHEMA, file_format)
-    async for batch in export_rows(conn, period, utility=utility, policy=policy):
-        if data := enc.encode(batch):
-            yield data
+    # aclosing: a reader that stops early ends the export's transaction (a rollback) at once.
+    async with aclosing(export_rows(conn, period, utility=utility, policy=policy)) as batches:
+        async for batch in batches:
+            if data := enc.encode(batch):
+                yield data
     yield enc.finish()

@@ -5,11 +5,21 @@ ready, so an export of any size is written in bounded memory. CSV is UTF-8 with 
 ``,``-separated, RFC 4180 quoting, ``\\r\\n`` line ends, empty fields for nulls, ISO 8601 UTC
 times (``2026-11-01T00:00:00Z``) and plain decimals. Parquet is written with pyarrow, one row
 group per batch, decimals as ``decimal128(18, 3)`` and times as ``timestamp[us, UTC]``.
+
+A file is only complete with its end. A CSV file's last line is its trailer::
+
+    # end rows=1234 sha256=<64 hex digits>
+
+the number of data rows (header not counted) and the SHA-256 of every byte before the
+trailer line. A Parquet file ends with its footer (the schema and row groups, then the magic
+``PAR1``), written last; without it the file cannot be opened. :mod:`gateway.billing.verify`
+checks both.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import astuple, dataclass, fields
@@ -24,6 +34,7 @@ __all__ = [
     "CORRECTION_SCHEMA",
     "EXPORT_SCHEMA",
     "MEDIA_TYPES",
+    "TRAILER_PREFIX",
     "CorrectionRow",
     "ExportRow",
     "FileFormat",
@@ -34,6 +45,9 @@ __all__ = [
 FileFormat = Literal["csv", "parquet"]
 
 MEDIA_TYPES: Final = {"csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+TRAILER_PREFIX: Final = b"# end "
+"""How a CSV file's last line, its trailer, starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +175,8 @@ class _Sink(io.RawIOBase):
 
 
 class RowEncoder:
-    """Turns batches of rows into bytes of one file; ``finish`` returns the last bytes."""
+    """Turns batches of rows into bytes of one file; ``finish`` returns the last bytes (the
+    CSV trailer, the Parquet footer)."""
 
     def __init__(self, schema: pa.Schema, file_format: FileFormat) -> None:
         self.schema = schema
@@ -171,6 +186,8 @@ class RowEncoder:
         self._csv = csv.writer(self._text, lineterminator="\r\n")
         self._sink = _Sink()
         self._parquet: pq.ParquetWriter | None = None
+        self._digest = hashlib.sha256()
+        self._rows = 0
         if file_format == "csv":
             self._csv.writerow(schema.names)
         else:
@@ -182,12 +199,14 @@ class RowEncoder:
         data = self._text.getvalue().encode("utf-8")
         self._text.seek(0)
         self._text.truncate()
+        self._digest.update(data)
         return data
 
     def encode(self, rows: Sequence[Any]) -> bytes:
         """Bytes for one batch of rows (a Parquet row group, or CSV lines)."""
         if not rows:
             return b""
+        self._rows += len(rows)
         if self._parquet is None:
             self._csv.writerows([_csv_field(v) for v in astuple(row)] for row in rows)
         else:
@@ -200,9 +219,13 @@ class RowEncoder:
         return self._take()
 
     def finish(self) -> bytes:
+        """The file's last bytes: the Parquet footer, or the rest of the CSV and its trailer."""
         if self._parquet is not None:
             self._parquet.close()
-        return self._take()
+            return self._take()
+        data = self._take()
+        trailer = f"rows={self._rows} sha256={self._digest.hexdigest()}\r\n".encode("ascii")
+        return data + TRAILER_PREFIX + trailer
 
 
 def encoder(schema: pa.Schema, file_format: FileFormat) -> RowEncoder:

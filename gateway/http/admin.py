@@ -18,8 +18,9 @@ from gateway.auth import store
 from gateway.auth.model import NAME_PATTERN, Principal, Role
 from gateway.auth.passwords import check_password_policy, hash_password
 from gateway.errors import ValidationError
+from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText
-from gateway.http.security import AccessControl, request_id_of, require, source_of
+from gateway.http.security import request_id_of, require, source_of
 
 __all__ = ["router"]
 
@@ -94,10 +95,8 @@ class AuditOut(BaseModel):
     detail: dict[str, Any]
 
 
-def _access(request: Request) -> AccessControl:
-    access: AccessControl = request.app.state.access
+def _own_audit(request: Request) -> None:
     request.state.audited = True  # these handlers write their own, more specific record
-    return access
 
 
 async def _audit(
@@ -116,14 +115,15 @@ async def _audit(
 
 
 @router.get("/principals", response_model=list[PrincipalOut])
-async def list_principals(request: Request, admin: Admin) -> list[dict[str, Any]]:
+async def list_principals(admin: Admin, conn: DbConn) -> list[dict[str, Any]]:
     del admin
-    async with _access(request).pool.connection() as conn:
-        return await store.list_principals(conn)
+    return await store.list_principals(conn)
 
 
 @router.post("/principals", response_model=PrincipalCreated, status_code=201)
-async def create_principal(body: PrincipalIn, request: Request, admin: Admin) -> PrincipalCreated:
+async def create_principal(
+    body: PrincipalIn, request: Request, admin: Admin, conn: DbConn
+) -> PrincipalCreated:
     """Create a person (with a password) or a machine client (an API key is returned once)."""
     password_hash = None
     if body.password is not None:
@@ -131,7 +131,8 @@ async def create_principal(body: PrincipalIn, request: Request, admin: Admin) ->
         if problem is not None:
             raise ValidationError(problem)
         password_hash = await hash_password(body.password.get_secret_value())
-    async with _access(request).pool.connection() as conn, conn.transaction():
+    _own_audit(request)
+    async with conn.transaction():
         created = await store.create_principal(
             conn, name=body.name, role=body.role, kind=body.kind, password_hash=password_hash
         )
@@ -148,24 +149,29 @@ async def create_principal(body: PrincipalIn, request: Request, admin: Admin) ->
 
 
 @router.post("/principals/{name}/disable", status_code=204)
-async def disable_principal(name: PrincipalName, request: Request, admin: Admin) -> None:
+async def disable_principal(
+    name: PrincipalName, request: Request, admin: Admin, conn: DbConn
+) -> None:
     """Disable a principal: its API keys stop working and its sessions end."""
-    async with _access(request).pool.connection() as conn, conn.transaction():
+    _own_audit(request)
+    async with conn.transaction():
         await store.disable_principal(conn, name)
         await _audit(conn, request, admin, "principal.disable", f"principal/{name}")
 
 
 @router.get("/principals/{name}/keys", response_model=list[KeyOut])
-async def list_keys(name: PrincipalName, request: Request, admin: Admin) -> list[dict[str, Any]]:
+async def list_keys(name: PrincipalName, admin: Admin, conn: DbConn) -> list[dict[str, Any]]:
     del admin
-    async with _access(request).pool.connection() as conn:
-        return await store.list_api_keys(conn, name)
+    return await store.list_api_keys(conn, name)
 
 
 @router.post("/principals/{name}/keys", response_model=KeyCreated, status_code=201)
-async def add_key(name: PrincipalName, body: KeyIn, request: Request, admin: Admin) -> KeyCreated:
+async def add_key(
+    name: PrincipalName, body: KeyIn, request: Request, admin: Admin, conn: DbConn
+) -> KeyCreated:
     """Another API key for a machine client (rotation: add, switch the client, revoke the old)."""
-    async with _access(request).pool.connection() as conn, conn.transaction():
+    _own_audit(request)
+    async with conn.transaction():
         key_id, api_key = await store.add_api_key(conn, name, label=body.label)
         await _audit(conn, request, admin, "api_key.create", f"principal/{name}", key_id=key_id)
     return KeyCreated(principal=name, key_id=key_id, api_key=api_key)
@@ -173,9 +179,10 @@ async def add_key(name: PrincipalName, body: KeyIn, request: Request, admin: Adm
 
 @router.post("/keys/{key_id}/revoke", status_code=204)
 async def revoke_key(
-    key_id: Annotated[int, Path(ge=1, le=2**62)], request: Request, admin: Admin
+    key_id: Annotated[int, Path(ge=1, le=2**62)], request: Request, admin: Admin, conn: DbConn
 ) -> None:
-    async with _access(request).pool.connection() as conn, conn.transaction():
+    _own_audit(request)
+    async with conn.transaction():
         owner = await store.revoke_api_key(conn, key_id)
         await _audit(conn, request, admin, "api_key.revoke", f"principal/{owner}", key_id=key_id)
 
@@ -183,8 +190,8 @@ async def revoke_key(
 @router.get("/audit", response_model=list[AuditOut])
 async def audit_log(
     *,
-    request: Request,
     admin: Admin,
+    conn: DbConn,
     actor: Annotated[StorableText | None, Query(max_length=200)] = None,
     action: Annotated[StorableText | None, Query(max_length=200)] = None,
     outcome: Annotated[StorableText | None, Query(max_length=200)] = None,
@@ -195,8 +202,7 @@ async def audit_log(
 ) -> list[dict[str, Any]]:
     """Audit records, newest first; pass the last id of a page as ``before_id`` for the next."""
     del admin
-    async with _access(request).pool.connection() as conn:
-        return await audit.query(
-            conn, actor=actor, action=action, outcome=outcome, since=since, until=until,
-            before_id=before_id, limit=limit,
-        )  # fmt: skip
+    return await audit.query(
+        conn, actor=actor, action=action, outcome=outcome, since=since, until=until,
+        before_id=before_id, limit=limit,
+    )  # fmt: skip

@@ -28,6 +28,7 @@ from gateway.http.control import router as control_router
 from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
 from gateway.http.errors import install_error_handlers
+from gateway.http.exports import ExportConnections
 from gateway.http.limits import BodyLimit
 from gateway.http.meters import router as meters_router
 from gateway.http.security import AccessControl, Role, install_audit, require
@@ -47,6 +48,7 @@ __all__ = [
 
 DEFAULT_MAX_BODY_BYTES = 1_048_576
 DEFAULT_DB_WAIT_S = 1.0
+DEFAULT_EXPORT_SLOTS = 2
 
 
 async def _database_ok(pool: AsyncConnectionPool) -> str | None:
@@ -66,9 +68,13 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     db_wait_s: float = DEFAULT_DB_WAIT_S,
     vending: VendingService | None = None,
+    exports: ExportConnections | None = None,
 ) -> FastAPI:
     """The API over ``services``, guarded by ``access``; bodies over ``max_body_bytes`` get 413,
-    and a request that waits more than ``db_wait_s`` for a database connection gets 503."""
+    and a request that waits more than ``db_wait_s`` for a database connection gets 503.
+
+    File downloads stream on ``exports`` (the service gives them a pool of their own); without
+    it they are budgeted :data:`DEFAULT_EXPORT_SLOTS` connections of the services' pool."""
     app = FastAPI(
         title="Meter gateway",
         summary="Smart-meter telemetry and STS prepaid token gateway",
@@ -76,6 +82,9 @@ def create_app(
     )
     app.state.services = services
     app.state.db_wait_s = db_wait_s
+    app.state.exports = exports or ExportConnections(
+        services.pool, slots=DEFAULT_EXPORT_SLOTS, wait_s=db_wait_s
+    )
     app.state.access = access
     app.state.custody = custody or Custody()
     install_error_handlers(app)

@@ -1,7 +1,9 @@
 """Billing endpoints: person's reads, the review list, the billing export and corrections.
 
-``POST /meters/{id}/reads`` needs a technician (or higher); the review list, the export and
-the corrections report need an operator. Files are streamed as they are produced.
+``POST /meters/{id}/reads`` needs a technician (or higher); the review list, the plausibility
+limits, the export and the corrections report need an operator. Files are streamed as they
+are produced, on the downloads' own connections (:mod:`gateway.http.exports`); the other
+endpoints take theirs with the API's short wait (:mod:`gateway.http.db`).
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ from gateway.billing.core import BillingPolicy, ReadSource
 from gateway.billing.corrections import correction_bytes
 from gateway.billing.export import export_bytes
 from gateway.billing.formats import MEDIA_TYPES
+from gateway.billing.limits import MAX_LIMIT, SIZE_PATTERN, Limit, list_limits, set_limit
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
-from gateway.http.deps import ServicesDep
+from gateway.http.db import DbConn
+from gateway.http.exports import ExportDownload
 from gateway.http.models import ApiModel
-from gateway.http.security import Principal, Role, require
+from gateway.http.security import Principal, Role, request_id_of, require, source_of
 
 __all__ = ["router"]
 
@@ -127,8 +131,8 @@ async def post_read(
     meter_id: MeterId,
     body: ReadIn,
     response: Response,
-    svc: ServicesDep,
     principal: Technician,
+    conn: DbConn,
     policy: PolicyDep,
 ) -> ReadOut:
     """Store a read after checking it against the meter's history.
@@ -146,8 +150,7 @@ async def post_read(
         photo_ref=body.photo_ref,
         origin="api",
     )
-    async with svc.pool.connection() as conn:
-        result = await submit_read(conn, sub, actor=principal.name, policy=policy)
+    result = await submit_read(conn, sub, actor=principal.name, policy=policy)
     if not result.created:
         response.status_code = 200
     return _out(result.read)
@@ -155,15 +158,14 @@ async def post_read(
 
 @router.get("/billing/reviews", response_model=list[ReadOut])
 async def get_reviews(
-    svc: ServicesDep,
     principal: Operator,
+    conn: DbConn,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> list[ReadOut]:
     """Rejected reads waiting for a decision, oldest first; page with ``after`` = last id."""
     del principal
-    async with svc.pool.connection() as conn:
-        return [_out(r) for r in await review_list(conn, limit=limit, after=after)]
+    return [_out(r) for r in await review_list(conn, limit=limit, after=after)]
 
 
 class ReviewIn(ApiModel):
@@ -175,16 +177,78 @@ async def post_review(
     *,
     read_id: Annotated[int, Path(ge=1)],
     body: ReviewIn,
-    svc: ServicesDep,
     principal: Operator,
+    conn: DbConn,
     policy: PolicyDep,
 ) -> ReadOut:
     """Decide on a rejected read: ``accept`` it for billing or confirm the rejection."""
-    async with svc.pool.connection() as conn:
-        read = await decide_review(
-            conn, read_id, accept=body.decision == "accept", actor=principal.name, policy=policy
-        )
+    read = await decide_review(
+        conn, read_id, accept=body.decision == "accept", actor=principal.name, policy=policy
+    )
     return _out(read)
+
+
+class LimitIn(ApiModel):
+    """A plausibility limit: the most consumption per day (kWh or m3) a read may imply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_per_day: float = Field(gt=0, le=MAX_LIMIT, examples=[250])
+
+    @field_validator("max_per_day")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("max_per_day must be a finite number")
+        return value
+
+
+class LimitOut(BaseModel):
+    utility: Literal["electricity", "water"]
+    size: str
+    max_per_day: float
+    unit: str
+
+
+def _limit(limit: Limit) -> LimitOut:
+    return LimitOut(
+        utility=limit.utility,
+        size=limit.size,
+        max_per_day=limit.max_per_day,
+        unit=limit.unit,
+    )
+
+
+@router.get("/billing/limits", response_model=list[LimitOut])
+async def get_limits(principal: Operator, conn: DbConn) -> list[LimitOut]:
+    """Plausibility limits of person's reads, per utility and meter size (``*``: default)."""
+    del principal
+    return [_limit(limit) for limit in await list_limits(conn)]
+
+
+@router.put("/billing/limits/{utility}/{size}", response_model=LimitOut)
+async def put_limit(
+    *,
+    utility: Literal["electricity", "water"],
+    size: Annotated[str, Path(pattern=SIZE_PATTERN, examples=["*", "20mm"])],
+    body: LimitIn,
+    principal: Operator,
+    conn: DbConn,
+    request: Request,
+) -> LimitOut:
+    """Create or change the limit of ``utility`` meters of ``size`` (``*``: the default for
+    meters of unknown size). Reads already decided are not re-checked. Audited."""
+    request.state.audited = True  # the record below names the limit and the value it replaced
+    limit, _previous = await set_limit(
+        conn,
+        utility,
+        size,
+        body.max_per_day,
+        actor=principal.name,
+        source=source_of(request),
+        request_id=request_id_of(request),
+    )
+    return _limit(limit)
 
 
 def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> StreamingResponse:
@@ -202,25 +266,22 @@ def _download(chunks: AsyncIterator[bytes], name: str, file_format: str) -> Stre
 )
 async def get_export(
     *,
-    svc: ServicesDep,
     principal: Operator,
+    download: ExportDownload,
     policy: PolicyDep,
     period: PeriodText,
     utility: Literal["electricity", "water"] | None = None,
     format: Literal["csv", "parquet"] = "csv",
 ) -> StreamingResponse:
-    """The billing export of ``period`` (docs/billing.md), streamed."""
+    """The billing export of ``period`` (docs/billing.md), streamed.
+
+    A CSV file ends with its trailer line; a Parquet file with its footer. Downloads have a
+    connection budget of their own: beyond it the answer is 503 with ``Retry-After``.
+    """
     del principal
     billed = Period.parse(period)
-
-    async def body() -> AsyncIterator[bytes]:
-        async with svc.pool.connection() as conn:
-            async for chunk in export_bytes(
-                conn, billed, file_format=format, utility=utility, policy=policy
-            ):
-                yield chunk
-
-    return _download(body(), f"billing-{billed}", format)
+    chunks = export_bytes(download.conn, billed, file_format=format, utility=utility, policy=policy)
+    return _download(download.stream(chunks), f"billing-{billed}", format)
 
 
 @router.get(
@@ -230,8 +291,8 @@ async def get_export(
 )
 async def get_corrections(
     *,
-    svc: ServicesDep,
     principal: Operator,
+    download: ExportDownload,
     period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
     format: Literal["csv", "parquet"] = "csv",
@@ -239,12 +300,7 @@ async def get_corrections(
     """Superseded estimates: estimated vs actual consumption per billed period."""
     del principal
     billed = Period.parse(period) if period else None
-
-    async def body() -> AsyncIterator[bytes]:
-        async with svc.pool.connection() as conn:
-            async for chunk in correction_bytes(
-                conn, file_format=format, now=datetime.now(UTC), period=billed, since=since
-            ):
-                yield chunk
-
-    return _download(body(), f"corrections-{billed or 'all'}", format)
+    chunks = correction_bytes(
+        download.conn, file_format=format, now=datetime.now(UTC), period=billed, since=since
+    )
+    return _download(download.stream(chunks), f"corrections-{billed or 'all'}", format)

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import audit
+from gateway.http.db import DbConn
 from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
 from gateway.http.vending import Amount, VendingDep
@@ -106,10 +107,11 @@ async def put_account(
     body: AccountIn,
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> dict[str, Any]:
     """Create or replace an account's vending terms: indigent register dates, arrears and the
     share of each purchase recovered against them."""
-    async with vending.pool.connection() as conn, conn.transaction():
+    async with conn.transaction():
         cur = await conn.execute(
             "INSERT INTO accounts (account_id, customer_class, indigent_from, indigent_to,"
             " arrears, debt_recovery_share) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -144,13 +146,13 @@ async def get_account(
     account_id: Annotated[str, Path(pattern=_ACCOUNT_ID)],
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> dict[str, Any]:
     del operator
-    async with vending.pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = %s", (account_id,)
-        )
-        row = await cur.fetchone()
+    cur = await conn.execute(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE account_id = %s", (account_id,)
+    )
+    row = await cur.fetchone()
     if row is None:
         raise NotFoundAccountError(f"account {account_id} is not known")
     return _account(row)
@@ -209,21 +211,20 @@ class LoadOut(BaseModel):
 
 @router.post("/tariffs", response_model=LoadOut)
 async def load_tariffs(
-    body: TariffsIn, operator: OperatorDep, vending: VendingDep
+    body: TariffsIn, operator: OperatorDep, vending: VendingDep, conn: DbConn
 ) -> dict[str, int]:
     """Load tariff versions (as ``gateway tariffs load`` does); versions never change."""
     parsed = tariff_files.tariffs_from_data(body.model_dump(mode="json", by_alias=True))
-    async with vending.pool.connection() as conn:
-        result = await tariff_files.store_tariffs(conn, parsed)
-        async with conn.transaction():
-            await audit.record(
-                conn,
-                actor=operator.name,
-                action="tariffs.load",
-                object="tariffs",
-                outcome="loaded",
-                detail={"added": result.added, "unchanged": result.unchanged},
-            )
+    result = await tariff_files.store_tariffs(conn, parsed)
+    async with conn.transaction():
+        await audit.record(
+            conn,
+            actor=operator.name,
+            action="tariffs.load",
+            object="tariffs",
+            outcome="loaded",
+            detail={"added": result.added, "unchanged": result.unchanged},
+        )
     return {"added": result.added, "unchanged": result.unchanged}
 
 
@@ -231,18 +232,18 @@ async def load_tariffs(
 async def list_tariffs(
     operator: StaffDep,
     vending: VendingDep,
+    conn: DbConn,
     utility: Annotated[str | None, Query(pattern=r"^(electricity|water)$")] = None,
 ) -> list[dict[str, Any]]:
     """Every tariff version, newest first per utility and class."""
     del operator
-    async with vending.pool.connection() as conn:
-        cur = await conn.execute(
-            f"SELECT {TARIFF_COLUMNS}, name FROM tariffs"
-            " WHERE %(u)s::text IS NULL OR utility = %(u)s"
-            " ORDER BY utility, customer_class, effective_from DESC",
-            {"u": utility},
-        )
-        rows = await cur.fetchall()
+    cur = await conn.execute(
+        f"SELECT {TARIFF_COLUMNS}, name FROM tariffs"
+        " WHERE %(u)s::text IS NULL OR utility = %(u)s"
+        " ORDER BY utility, customer_class, effective_from DESC",
+        {"u": utility},
+    )
+    rows = await cur.fetchall()
     return [tariff_files.tariff_json(tariff_from_row(row[:-1]), row[-1]) for row in rows]
 
 
@@ -263,12 +264,12 @@ async def top_up(
     body: TopUpIn,
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> dict[str, str]:
     """Credit a vendor's float (a ledger movement)."""
-    async with vending.pool.connection() as conn:
-        balance = await vendors.top_up(
-            conn, vendor, Decimal(body.amount), actor=operator.name, note=body.note
-        )
+    balance = await vendors.top_up(
+        conn, vendor, Decimal(body.amount), actor=operator.name, note=body.note
+    )
     return {"vendor": vendor, "float_balance": money(balance)}
 
 
@@ -278,11 +279,11 @@ async def statement(
     day: Annotated[date, Query(alias="date")],
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> Response:
     """The vendor's daily float statement (CSV): opening, each movement, totals, closing."""
     del operator
-    async with vending.pool.connection() as conn:
-        text = await vendors.daily_statement(conn, vendor, day, vending.config.zone)
+    text = await vendors.daily_statement(conn, vendor, day, vending.config.zone)
     return Response(text, media_type="text/csv")
 
 
@@ -304,10 +305,11 @@ async def put_supply_group(
     body: SupplyGroupIn,
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> SupplyGroupIn:
     """Set a supply group's current key revision: its meters get a key change at their next
     sale (the vending key for the revision must be in the key store)."""
-    async with vending.pool.connection() as conn, conn.transaction():
+    async with conn.transaction():
         await conn.execute(
             "INSERT INTO supply_groups (sgc, krn, base_date) VALUES (%s, %s, %s)"
             " ON CONFLICT (sgc) DO UPDATE SET krn = excluded.krn,"
@@ -338,11 +340,12 @@ async def block_meter(
     body: BlockMeterIn,
     operator: OperatorDep,
     vending: VendingDep,
+    conn: DbConn,
 ) -> dict[str, str | None]:
     """Block (or with a null reason unblock) vending to a meter."""
     if body.reason is not None and not body.reason.strip():
         raise InvalidInputError("a block needs a reason the customer can be told")
-    async with vending.pool.connection() as conn, conn.transaction():
+    async with conn.transaction():
         cur = await conn.execute("SELECT 1 FROM meters WHERE meter_id = %s", (meter_id,))
         if await cur.fetchone() is None:
             raise UnknownMeterError(f"meter {meter_id} is not known")

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
@@ -46,3 +50,29 @@ def series(
         out.append((ts, first + per_hour * (ts - start).total_seconds() / 3600))
         ts += step
     return out
+
+
+_TRAILER = re.compile(r"# end rows=(\d+) sha256=([0-9a-f]{64})\r\n")
+
+
+def split_trailer(data: bytes) -> tuple[bytes, int, str] | None:
+    """A CSV file's body, and the rows and hash its trailer states; None without a trailer."""
+    if not data.endswith(b"\r\n"):
+        return None
+    start = data.rfind(b"\n", 0, len(data) - 2) + 1
+    match = _TRAILER.fullmatch(data[start:].decode("ascii", "replace"))
+    if match is None:
+        return None
+    return data[:start], int(match[1]), match[2]
+
+
+def csv_rows(data: bytes) -> list[dict[str, str]]:
+    """The records of a complete CSV export, after checking its trailer the way a consumer
+    would: the SHA-256 of the bytes before it, and the record count."""
+    parts = split_trailer(data)
+    assert parts is not None, f"no trailer at the end of {data[-200:]!r}"
+    body, rows, digest = parts
+    assert hashlib.sha256(body).hexdigest() == digest
+    records = list(csv.DictReader(io.StringIO(body.decode("utf-8"), newline="")))
+    assert len(records) == rows
+    return records

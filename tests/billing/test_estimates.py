@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -15,7 +13,15 @@ from gateway.billing.corrections import correction_bytes
 from gateway.billing.export import export_bytes
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, submit_read
-from tests.billing.helpers import NOV_CLOSE, NOV_OPEN, add_meter, add_readings, series, utc
+from tests.billing.helpers import (
+    NOV_CLOSE,
+    NOV_OPEN,
+    add_meter,
+    add_readings,
+    csv_rows,
+    series,
+    utc,
+)
 
 NOV = Period(2026, 11)
 LATER = datetime(2027, 1, 15, tzinfo=UTC)  # a "now" after December is billed too
@@ -38,7 +44,7 @@ def silent_meter(database_url: str) -> str:
 async def _export(url: str, period: Period = NOV) -> dict[str, str]:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         data = b"".join([c async for c in export_bytes(conn, period, file_format="csv")])
-    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    rows = csv_rows(data)
     assert len(rows) == 1
     return rows[0]
 
@@ -48,7 +54,7 @@ async def _corrections(url: str, **kw: object) -> list[dict[str, str]]:
         data = b"".join(
             [c async for c in correction_bytes(conn, file_format="csv", now=LATER, **kw)]  # type: ignore[arg-type]
         )
-    return list(csv.DictReader(io.StringIO(data.decode())))
+    return csv_rows(data)
 
 
 async def test_estimate_then_correction_by_a_later_read(silent_meter: str) -> None:

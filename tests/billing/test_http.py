@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -15,7 +14,7 @@ import pytest
 from gateway.http.security import Role
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
-from tests.billing.helpers import NOV_CLOSE, NOV_OPEN, add_meter, add_readings
+from tests.billing.helpers import NOV_CLOSE, NOV_OPEN, add_meter, add_readings, csv_rows
 
 Auth = Callable[[str, Role], Awaitable[dict[str, str]]]
 
@@ -118,7 +117,7 @@ async def test_export_download(seeded: str, gateway: GatewayHandle, auth_headers
             assert response.headers["content-type"].startswith("text/csv")
             assert 'filename="billing-2026-11.csv"' in response.headers["content-disposition"]
             data = b"".join([chunk async for chunk in response.aiter_bytes()])
-        rows = list(csv.DictReader(io.StringIO(data.decode())))
+        rows = csv_rows(data)
         assert [(r["meter_id"], r["consumption"]) for r in rows] == [
             ("E1", "360.000"),
             ("W1", "12.500"),

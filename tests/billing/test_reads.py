@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import subprocess
@@ -17,7 +16,7 @@ from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.readfile import import_reads, parse_reads
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.errors import NotFoundError
-from tests.billing.helpers import add_meter, add_readings, utc
+from tests.billing.helpers import add_meter, add_readings, csv_rows, utc
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -186,7 +185,7 @@ def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
         meters, "export", "billing", "--period", "2026-11", "--utility", "water", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
-    rows = list(csv.DictReader(out.open(encoding="utf-8", newline="")))
+    rows = csv_rows(out.read_bytes())
     assert [(r["meter_id"], r["register"]) for r in rows] == [("W1", "24.2.1"), ("W2", "24.2.1")]
     assert not list(tmp_path.glob(".*partial"))
 
