@@ -21,7 +21,7 @@ from gateway.http.db import DbConn
 from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
 
-__all__ = ["router"]
+__all__ = ["plain", "router"]
 
 router = APIRouter(prefix="/control/v1", tags=["credit control"])
 
@@ -30,14 +30,14 @@ AccountId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 _AMOUNT = r"^[0-9]{1,12}(\.[0-9]{1,2})?$"
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON values with money as exact decimal strings."""
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     if isinstance(value, datetime | date):
         return value.isoformat()
     return value
@@ -122,7 +122,7 @@ async def put_policy(body: PolicyIn, operator: Operator, conn: DbConn) -> dict[s
 async def get_account(account_id: AccountId, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """An account's credit-control terms, meters, payments and audit history."""
     del operator
-    return dict(_plain(await accounts.account_view(conn, account_id)))
+    return dict(plain(await accounts.account_view(conn, account_id)))
 
 
 @router.put("/accounts/{account_id}")
@@ -144,7 +144,7 @@ async def put_account(
         }
     )
     await accounts.apply_account(conn, record, actor=operator.name, source="api")
-    return dict(_plain(await accounts.account_view(conn, account_id)))
+    return dict(plain(await accounts.account_view(conn, account_id)))
 
 
 @router.put("/accounts/{account_id}/arrears")
@@ -161,7 +161,7 @@ async def put_arrears(
         }
     )
     outcome = await accounts.apply_arrears(conn, record, actor=operator.name, source="api")
-    return {"outcome": outcome, "account": _plain(await accounts.account_view(conn, account_id))}
+    return {"outcome": outcome, "account": plain(await accounts.account_view(conn, account_id))}
 
 
 @router.post("/payments")
@@ -193,7 +193,7 @@ async def put_dispute(
         actor=operator.name,
         reason=body.reason,
     )
-    return dict(_plain(row))
+    return dict(plain(row))
 
 
 @router.put("/accounts/{account_id}/arrangement")
@@ -210,7 +210,7 @@ async def put_arrangement(
         actor=operator.name,
         reason=body.reason,
     )
-    return dict(_plain(row))
+    return dict(plain(row))
 
 
 class RunIn(ApiModel):
@@ -249,38 +249,38 @@ async def post_run(body: RunIn, operator: Operator, conn: DbConn) -> dict[str, A
         if body.fleet_share_limit is None
         else Decimal(body.fleet_share_limit),
     )
-    return dict(_plain(run))
+    return dict(plain(run))
 
 
 @router.get("/runs/{run_id}")
 async def get_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """A run, its items and what became of each."""
     del operator
-    return dict(_plain(await runs.get_run(conn, run_id)))
+    return dict(plain(await runs.get_run(conn, run_id)))
 
 
 @router.post("/runs/{run_id}/approve")
 async def approve_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Approve a planned run and execute it; exclusions are checked again for every item."""
-    return dict(_plain(await runs.approve_run(conn, run_id, actor=operator.name, today=_today())))
+    return dict(plain(await runs.approve_run(conn, run_id, actor=operator.name, today=_today())))
 
 
 @router.get("/review")
 async def get_review(operator: Operator, conn: DbConn) -> dict[str, Any]:
     """The review list: meters of essential accounts a run would have acted on."""
     del operator
-    return {"items": _plain(await runs.review_list(conn))}
+    return {"items": plain(await runs.review_list(conn))}
 
 
 @router.get("/halt")
 async def get_halt(operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Whether credit-control execution is halted."""
     del operator
-    return dict(_plain(await runs.halt_state(conn)))
+    return dict(plain(await runs.halt_state(conn)))
 
 
 @router.put("/halt")
 async def put_halt(body: HaltIn, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Halt (or resume) all credit-control execution at once."""
     state = await runs.set_halt(conn, halted=body.halted, actor=operator.name, reason=body.reason)
-    return dict(_plain(state))
+    return dict(plain(state))

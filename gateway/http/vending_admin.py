@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway import audit
+from gateway.control import accounts as credit_accounts
+from gateway.http.control import plain
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel
 from gateway.http.security import Principal, Role, require
@@ -83,6 +85,12 @@ class AccountOut(BaseModel):
     indigent_to: date | None
     arrears: str
     debt_recovery_share: str
+    credit_control: dict[str, Any] | None = Field(
+        default=None,
+        description="on GET: the account's whole credit-control history: its terms, meters,"
+        " payments, commands to its meters, notices, charges and audit records (as"
+        " GET /control/v1/accounts/{id})",
+    )
 
 
 def _account(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -155,7 +163,8 @@ async def get_account(
     row = await cur.fetchone()
     if row is None:
         raise NotFoundAccountError(f"account {account_id} is not known")
-    return _account(row)
+    history = await credit_accounts.account_view(conn, account_id)
+    return _account(row) | {"credit_control": plain(history)}
 
 
 class BlockIn(ApiModel):

@@ -185,6 +185,10 @@ async def test_a_run_over_1000_accounts_ends_with_every_command_confirmed(
             assert [(c["kind"], c["amount"]) for c in view["charges"]] == [
                 ("reconnection_fee", "150.00")
             ]
+            # The account shared with vending shows the same history.
+            shared = (await http.get("/accounts/EP0007")).json()
+            assert shared["credit_control"]["commands"] == view["commands"]
+            assert shared["arrears"] == "150.00"
             actions = [h["action"] for h in view["history"]]
             for expected in (
                 "control.order.disconnect",
