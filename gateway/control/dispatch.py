@@ -89,6 +89,9 @@ class CommandLoop:
         self._publish = publish
         self._topics = topics
         self._options = options or LoopOptions()
+        self._confirm_after = 0
+        """Where the next confirmation pass starts: each pass takes the next ``batch`` live
+        commands, so commands waiting on silent meters cannot keep the others from a look."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop``; a failing pass is logged once and retried."""
@@ -238,10 +241,13 @@ class CommandLoop:
                 " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
                 "   FROM command_messages WHERE command_id = c.command_id) f ON true"
                 " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
-                " AND f.created_at IS NOT NULL"
+                " AND f.created_at IS NOT NULL AND c.command_id > %s"
                 " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-                (CLOCK_SKEW, CLOCK_SKEW, self._options.batch),
+                (CLOCK_SKEW, CLOCK_SKEW, self._confirm_after, self._options.batch),
             )
+            rows = await cur.fetchall()
+            # A full batch: the next pass goes on after it; otherwise it starts again.
+            self._confirm_after = rows[-1][0] if len(rows) == self._options.batch else 0
             for (
                 command_id,
                 action,
@@ -250,7 +256,7 @@ class CommandLoop:
                 fresh,
                 relay_code,
                 valve_code,
-            ) in await cur.fetchall():
+            ) in rows:
                 reports = [report_from_channels(relay_code, valve_code)]
                 if fresh:
                     reports.insert(0, MeterReport(relay, valve))
@@ -284,7 +290,10 @@ class CommandLoop:
                 " JOIN LATERAL (SELECT expires_at FROM command_messages"
                 "   WHERE command_id = c.command_id ORDER BY created_at DESC LIMIT 1) l ON true"
                 " WHERE ((c.state IN ('sent', 'acknowledged') AND c.due_at <= now())"
-                "        OR (c.state = 'expired' AND m.online))"
+                # An expired command whose meter is back, unless told to wait (an order for
+                # its window): otherwise a batch of those would be taken again on every pass.
+                "        OR (c.state = 'expired' AND m.online"
+                "            AND (c.due_at IS NULL OR c.due_at <= now())))"
                 " AND NOT EXISTS (SELECT 1 FROM command_messages u"
                 "   WHERE u.command_id = c.command_id AND u.published_at IS NULL)"
                 " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
