@@ -1,7 +1,8 @@
 """The command loop: signs, publishes and follows commands to meters until each is confirmed
 from the meter's own state, or ends with a reason.
 
-One pass (:meth:`CommandLoop.tick`), each step its own transaction:
+One pass (:meth:`CommandLoop.tick`), each step its own transaction with its statements in
+pipeline mode (only a fetch waits for the server: read results by fetching, never ``rowcount``):
 
 1. apply the meters' replies (``ok`` acknowledges; a refusal is recorded and escalated);
 2. confirm commands whose meter has since reported the ordered state;
@@ -138,7 +139,7 @@ class CommandLoop:
     # -------------------------------------------------------------- 1. replies
 
     async def _apply_replies(self, conn: Conn) -> int:
-        async with conn.transaction():
+        async with conn.transaction(), conn.pipeline():
             cur = await conn.execute(
                 "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
                 " m.command_id, m.action, m.publishes, m.expires_at, c.state, c.action"
@@ -227,7 +228,7 @@ class CommandLoop:
 
     async def _confirm(self, conn: Conn) -> int:
         confirmed = 0
-        async with conn.transaction():
+        async with conn.transaction(), conn.pipeline():
             cur = await conn.execute(
                 "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
                 " m.status_received_at >= f.created_at,"
@@ -281,7 +282,7 @@ class CommandLoop:
     async def _supervise(self, conn: Conn, policy: Policy) -> int:
         handled = 0
         now = datetime.now(UTC)
-        async with conn.transaction():
+        async with conn.transaction(), conn.pipeline():
             halted = await _halted(conn)
             cur = await conn.execute(
                 "SELECT c.command_id, c.meter_id, c.action, c.state, c.attempts, c.probes,"
@@ -395,7 +396,7 @@ class CommandLoop:
 
     async def _dispatch(self, conn: Conn, policy: Policy) -> int:
         now = datetime.now(UTC)
-        async with conn.transaction():
+        async with conn.transaction(), conn.pipeline():
             budget = self._options.batch
             windowed_budget = 0
             if in_window(now, policy) and not await _halted(conn):
