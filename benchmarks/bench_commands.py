@@ -25,8 +25,9 @@ Mosquitto of its own, and measures, in this order:
    published, and confirmed per second from the start of ordering (and signed+published from
    the gateway's first signed message), order-to-confirmed latency p50 / p95 / p99 and the
    medians of its parts (ordered → signed, signed → the meter's reply stored, reply stored →
-   confirmed), the gateway's and the fleet's CPU seconds, commands by state and messages by
-   action (``read_state`` probes would show confirmations that came late).
+   confirmed), the CPU seconds of the gateway, of the database server processes serving it, of
+   the broker and of the fleet, commands by state and messages by action (``read_state``
+   probes would show confirmations that came late).
 
 Every command must end ``confirmed`` (checked for this tree's runs). ``--silent K`` makes the
 first K meters ignore commands, as meters off the network do: the run then ends when every
@@ -155,9 +156,26 @@ async def raw_publish(port: int, ids: list[str], size: int) -> float:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU time of a process (Linux /proc; 0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def backends_cpu(url: str) -> dict[int, float]:
+    """CPU seconds of the server processes connected to the run's database (the gateway's)."""
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        return {int(pid): cpu_seconds(int(pid)) for (pid,) in await cur.fetchall()}
+
+
+def used_since(before: dict[int, float], after: dict[int, float]) -> float:
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
 
 
 @dataclass(slots=True)
@@ -338,13 +356,15 @@ async def one_run(
         gateway_log = work / f"gateway-{build}.log"
         procs.gateway = start_gateway(tree, url, broker.port, prepared.master_key, gateway_log)
         await wait_online(url, len(ids), args.timeout, procs)
-        cpu0 = (cpu_seconds(procs.gateway.pid), cpu_seconds(procs.fleet.pid))
+        assert broker.process is not None
+        pids = (procs.gateway.pid, procs.fleet.pid, broker.process.pid)
+        cpu0, db0 = [cpu_seconds(p) for p in pids], await backends_cpu(url)
         wall0 = time.perf_counter()
         t0, run["order_s"] = await order_all(url, ids, args.order_chunk)
         run["finished"] = await wait_settled(url, answering, args.timeout, procs)
         run["wall"] = time.perf_counter() - wall0
-        run["gateway_cpu"] = cpu_seconds(procs.gateway.pid) - cpu0[0]
-        run["fleet_cpu"] = cpu_seconds(procs.fleet.pid) - cpu0[1]
+        run["db_cpu"] = used_since(db0, await backends_cpu(url))
+        run["cpu"] = [cpu_seconds(p) - c for p, c in zip(pids, cpu0, strict=True)]
         run |= await outcome(url, t0, answering)
         run["load_after"] = os.getloadavg()[0]
     finally:
@@ -394,8 +414,9 @@ def report(args: argparse.Namespace, runs: list[dict[str, Any]]) -> None:
         ),
         ("confirmed (answering meters)", lambda r: f"{len(r['latencies'])}/{n}"),
         ("finished within --timeout", lambda r: "yes" if r["finished"] else "NO"),
-        ("gateway CPU s / wall s", lambda r: f"{r['gateway_cpu']:.0f}/{r['wall']:.0f}"),
-        ("fleet CPU s", lambda r: f"{r['fleet_cpu']:.0f}"),
+        ("wall s", lambda r: f"{r['wall']:.1f}"),
+        ("CPU s: gateway / its DB backends", lambda r: f"{r['cpu'][0]:.1f}/{r['db_cpu']:.1f}"),
+        ("CPU s: broker / fleet", lambda r: f"{r['cpu'][2]:.1f}/{r['cpu'][1]:.1f}"),
         (
             "load average 1 min before/after",
             lambda r: f"{r['load_before']:.1f}/{r['load_after']:.1f}",
