@@ -91,8 +91,7 @@ class CommandLoop:
         self._topics = topics
         self._options = options or LoopOptions()
         self._confirm_after = 0
-        """Where the next confirmation pass starts: each pass takes the next ``batch`` live
-        commands, so commands waiting on silent meters cannot keep the others from a look."""
+        """The last command of the batch of live commands looked at after the oldest ones."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Pass after pass until ``stop``; a failing pass is logged once and retried."""
@@ -229,26 +228,14 @@ class CommandLoop:
     async def _confirm(self, conn: Conn) -> int:
         confirmed = 0
         async with conn.transaction(), conn.pipeline():
-            cur = await conn.execute(
-                "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
-                " m.status_received_at >= f.created_at,"
-                " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-                "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %s"
-                "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1),"
-                " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
-                "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %s"
-                "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1)"
-                " FROM meter_commands c JOIN meters m USING (meter_id)"
-                " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
-                "   FROM command_messages WHERE command_id = c.command_id) f ON true"
-                " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
-                " AND f.created_at IS NOT NULL AND c.command_id > %s"
-                " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
-                (CLOCK_SKEW, CLOCK_SKEW, self._confirm_after, self._options.batch),
-            )
-            rows = await cur.fetchall()
-            # A full batch: the next pass goes on after it; otherwise it starts again.
-            self._confirm_after = rows[-1][0] if len(rows) == self._options.batch else 0
+            rows = await self._confirmable(conn, 0)
+            if len(rows) == self._options.batch:
+                # A full batch of the oldest: also the batch after the one looked at last (from
+                # the top again once through), so that commands waiting on silent meters
+                # cannot keep the others from ever being looked at.
+                more = await self._confirmable(conn, max(self._confirm_after, rows[-1][0]))
+                self._confirm_after = more[-1][0] if len(more) == self._options.batch else 0
+                rows += more
             for (
                 command_id,
                 action,
@@ -276,6 +263,27 @@ class CommandLoop:
                 ):
                     confirmed += 1
         return confirmed
+
+    async def _confirmable(self, conn: Conn, after: int) -> list[tuple[Any, ...]]:
+        """A batch of live commands after ``after`` (by id), each with what its meter reported."""
+        cur = await conn.execute(
+            "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
+            " m.status_received_at >= f.created_at,"
+            " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
+            "   AND r.channel = '96.3.10' AND r.ts >= f.issued_at - %s"
+            "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1),"
+            " (SELECT r.value FROM reading_data r WHERE r.meter_id = c.meter_id"
+            "   AND r.channel = '24.4.0' AND r.ts >= f.issued_at - %s"
+            "   AND r.received_at >= f.created_at ORDER BY r.ts DESC LIMIT 1)"
+            " FROM meter_commands c JOIN meters m USING (meter_id)"
+            " JOIN LATERAL (SELECT min(created_at) AS created_at, min(issued_at) AS issued_at"
+            "   FROM command_messages WHERE command_id = c.command_id) f ON true"
+            " WHERE c.state IN ('sent', 'acknowledged', 'expired')"
+            " AND f.created_at IS NOT NULL AND c.command_id > %s"
+            " ORDER BY c.command_id LIMIT %s FOR UPDATE OF c SKIP LOCKED",
+            (CLOCK_SKEW, CLOCK_SKEW, after, self._options.batch),
+        )
+        return await cur.fetchall()
 
     # -------------------------------------------------------------- 3. supervision
 
