@@ -55,8 +55,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -70,6 +70,15 @@ import psycopg
 
 from benchmarks.bench_ingest import drop_database, fresh_database, mqtt_client
 from benchmarks.command_fleet import identities
+from benchmarks.processes import (
+    TREE,
+    Processes,
+    backends_cpu,
+    cpu_seconds,
+    start_fleet,
+    start_gateway,
+    used_since,
+)
 from gateway.control.commands import order_command
 from gateway.control.dispatch import LoopOptions
 from gateway.dev.services import (
@@ -85,7 +94,6 @@ from gateway.keystore.provisioning import export_provisioning
 from protocols.commands import CommandAction
 from protocols.topics import Topics
 
-TREE = Path(__file__).resolve().parents[1]
 TOPICS = Topics("")
 LIVE = ["planned", "sent", "acknowledged", "expired"]
 
@@ -158,81 +166,6 @@ async def raw_publish(port: int, ids: list[str], size: int) -> float:
 
 
 # ------------------------------------------------------------------ the product path
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc; 0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def backends_cpu(url: str) -> dict[int, float]:
-    """CPU seconds of the server processes connected to the run's database (the gateway's)."""
-    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT pid FROM pg_stat_activity"
-            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
-        return {int(pid): cpu_seconds(int(pid)) for (pid,) in await cur.fetchall()}
-
-
-def used_since(before: dict[int, float], after: dict[int, float]) -> float:
-    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
-
-
-@dataclass(slots=True)
-class Processes:
-    gateway: subprocess.Popen[bytes] | None = None
-    fleet: subprocess.Popen[bytes] | None = None
-
-    def check(self) -> None:
-        for name, proc in (("gateway", self.gateway), ("fleet", self.fleet)):
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"the {name} exited; see its log")
-
-    def stop(self) -> None:
-        for proc in (self.gateway, self.fleet):
-            if proc is None or proc.poll() is not None:
-                continue
-            proc.terminate()
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def start_gateway(
-    tree: Path, url: str, port: int, master: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-    env.update(
-        PYTHONPATH=str(tree),
-        GATEWAY_DATABASE_URL=url,
-        GATEWAY_MQTT_URL=f"mqtt://127.0.0.1:{port}",
-        GATEWAY_MQTT_CLIENT_ID=f"bench-gateway-{uuid.uuid4().hex[:6]}",
-        GATEWAY_HTTP_PORT=str(free_port()),
-        GATEWAY_LOG_LEVEL="WARNING",
-        GATEWAY_MASTER_KEY_FILE=str(master),
-    )
-    out = log.open("ab")
-    # From the tree's own directory: `python -m` puts the working directory first on the path.
-    command = [sys.executable, "-m", "gateway", "run"]
-    return subprocess.Popen(command, cwd=tree, env=env, stdout=out, stderr=out)
-
-
-def start_fleet(
-    args: argparse.Namespace, port: int, provisioning: Path, log: Path
-) -> subprocess.Popen[bytes]:
-    out = log.open("ab")
-    command = [sys.executable, "-m", "benchmarks.command_fleet"]
-    command += ["--meters", str(args.meters), "--seed", str(args.seed)]
-    command += ["--per-connection", str(args.per_connection), "--silent", str(args.silent)]
-    command += ["--broker", f"mqtt://127.0.0.1:{port}", "--provisioning", str(provisioning)]
-    return subprocess.Popen(command, cwd=TREE, stdout=out, stderr=out)
 
 
 async def scalar(conn: psycopg.AsyncConnection[Any], sql: str, *args: Any) -> Any:
@@ -464,6 +397,9 @@ async def bench(args: argparse.Namespace) -> None:
                 runs.append(await one_run(args, prepared, build, tree, work))
     finally:
         drop_database(with_database(LOCAL_PG_ADMIN, prepared.template))
+        # The logs stay; the throw-away keys do not.
+        prepared.master_key.unlink()
+        shutil.rmtree(prepared.provisioning)
     report(args, runs)
     n = args.meters - args.silent
     for r in runs:
