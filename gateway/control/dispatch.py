@@ -19,7 +19,9 @@ published after the broker's PUBACK. A crash in between publishes the same bytes
 next pass: the meter refuses a repeat as ``replayed``, which for a message published more than
 once counts as its acknowledgement. Nothing is lost, and no command is carried out twice.
 
-Several gateways may run the loop: a PostgreSQL advisory lock lets one of them work at a time.
+Each step's statements go to PostgreSQL in pipeline mode (results are read by fetching, never
+``rowcount``), so a step costs few round trips however many commands it handles. Several
+gateways may run the loop: a PostgreSQL advisory lock lets one of them work at a time.
 """
 
 from __future__ import annotations
@@ -140,7 +142,7 @@ class CommandLoop:
 
     async def _dispatch(self, conn: Conn, policy: Policy) -> int:
         now = datetime.now(UTC)
-        async with conn.transaction():
+        async with conn.transaction(), conn.pipeline():
             # The window, not the instant computed when it was ordered, decides for a
             # credit-control order: a changed policy applies to orders already waiting.
             budget = await windowed_budget(conn, policy, now)

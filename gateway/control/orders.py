@@ -163,10 +163,11 @@ async def _charge_fee(
 ) -> None:
     cur = await conn.execute(
         "INSERT INTO account_charges (account_id, kind, amount, command_id)"
-        " VALUES (%s, 'reconnection_fee', %s, %s) ON CONFLICT (command_id) DO NOTHING",
+        " VALUES (%s, 'reconnection_fee', %s, %s) ON CONFLICT (command_id) DO NOTHING"
+        " RETURNING charge_id",
         (account_id, fee, command_id),
     )
-    if cur.rowcount != 1:
+    if await cur.fetchone() is None:
         return
     await conn.execute(
         "UPDATE accounts SET arrears_since = CASE WHEN arrears = 0 THEN current_date"

@@ -41,7 +41,7 @@ async def apply_replies(conn: Conn, *, batch: int, confirm_timeout: timedelta) -
     published (it died, or its wait for the PUBACK timed out, after the broker took it) is
     recorded now, so that it is not published again.
     """
-    async with conn.transaction():
+    async with conn.transaction(), conn.pipeline():
         cur = await conn.execute(
             "SELECT r.reply_id, r.meter_id, r.message_id, r.result, r.reason, r.received_at,"
             " m.command_id, m.action, m.expires_at, c.state, c.action"
@@ -164,7 +164,7 @@ async def confirm(conn: Conn, *, batch: int, after: int = 0) -> tuple[int, int]:
     second number is the last command looked at, or 0 to start again from the first.
     """
     confirmed = 0
-    async with conn.transaction():
+    async with conn.transaction(), conn.pipeline():
         cur = await conn.execute(
             "SELECT c.command_id, c.action, m.status->>'relay', m.status->>'valve',"
             " m.status_received_at >= f.created_at,"

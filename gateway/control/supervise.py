@@ -96,7 +96,7 @@ async def supervise(conn: Conn, policy: Policy, sign: Signer, *, batch: int) -> 
     ones whose meter is back (or gone for good); returns how many were acted on."""
     handled = 0
     now = datetime.now(UTC)
-    async with conn.transaction():
+    async with conn.transaction(), conn.pipeline():
         state = _Pass(policy, sign, now, await windowed_budget(conn, policy, now))
         cur = await conn.execute(
             "SELECT c.command_id, c.meter_id, c.action, c.state, c.attempts, c.probes,"
