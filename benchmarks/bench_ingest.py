@@ -219,7 +219,9 @@ async def bare_gmqtt(port: int, expected: int) -> float:
     return expected / elapsed
 
 
-def run_gateway_until(url: str, port: int, readings: int, work: Path, binary: Path) -> float:
+def run_gateway_until(
+    url: str, port: int, readings: int, work: Path, binary: Path, parts: str | None = None
+) -> float:
     """Start `gateway run` on a pre-loaded queue; readings/s from first commit to last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
@@ -229,6 +231,8 @@ def run_gateway_until(url: str, port: int, readings: int, work: Path, binary: Pa
         GATEWAY_HTTP_PORT=str(free_port()),
         GATEWAY_LOG_LEVEL="WARNING",
     )
+    if parts is not None:
+        env["GATEWAY_PARTS"] = parts
     log = (work / "gateway.log").open("ab")
     proc = subprocess.Popen([binary, "run"], env=env, stdout=log, stderr=log)
     started = time.perf_counter()
@@ -260,6 +264,7 @@ async def gateway_run(
     readings: int,
     work: Path,
     binary: Path = BIN / "gateway",
+    parts: str | None = None,
 ) -> float:
     url = fresh_database()
     try:
@@ -274,7 +279,9 @@ async def gateway_run(
             ],
         )
         await publish(broker.port, messages)
-        return await asyncio.to_thread(run_gateway_until, url, broker.port, readings, work, binary)
+        return await asyncio.to_thread(
+            run_gateway_until, url, broker.port, readings, work, binary, parts
+        )
     finally:
         drop_database(url)
 
@@ -289,6 +296,11 @@ async def main() -> None:
         "--compare-gateway",
         type=Path,
         help="another build's `gateway` executable, timed on the same queues",
+    )
+    parser.add_argument(
+        "--parts",
+        help="GATEWAY_PARTS for the timed gateway (default: all parts in one process; 'ingest'"
+        " times an ingest-only process, as deployed beside separate detection/API processes)",
     )
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
@@ -323,7 +335,9 @@ async def main() -> None:
         # does not fall on one build only.
         for key, make, count in workloads:
             for name, binary in builds.items():
-                results[f"{name}{key}"] = await gateway_run(broker, make(), count, work, binary)
+                results[f"{name}{key}"] = await gateway_run(
+                    broker, make(), count, work, binary, args.parts
+                )
     finally:
         broker.stop()
     for name in builds:
