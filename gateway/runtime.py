@@ -34,7 +34,12 @@ def listen(host: str, port: int) -> socket.socket:
     """A listening TCP socket on ``host:port`` (0 = a free port); ListenError saying what to
     change when that is impossible (``GATEWAY_HTTP_PORT`` / ``GATEWAY_HTTP_HOST``)."""
     try:
-        return socket.create_server((host, port))
+        sock = socket.create_server((host, port))
+        # asyncio turns Nagle off only on sockets created with proto IPPROTO_TCP, which
+        # create_server's are not (proto 0). With Nagle on, a response's body waits for the
+        # client's (delayed, ~40 ms) ACK of its headers. Accepted sockets inherit the option.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             raise ListenError(
