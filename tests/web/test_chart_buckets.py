@@ -54,7 +54,8 @@ async def test_chart_buckets_are_the_views_buckets(
     apply_migrations(empty_database_url, timescale=db_server.mode, time_zone=zone)
     with psycopg.connect(empty_database_url, autocommit=True) as conn:
         conn.execute("SET TIME ZONE 'Asia/Kolkata'")  # the session's zone must change nothing
-        with conn.cursor().copy("COPY reading_data (meter_id, channel, ts, value) FROM STDIN") as cp:
+        copy = "COPY reading_data (meter_id, channel, ts, value) FROM STDIN"
+        with conn.cursor().copy(copy) as cp:
             for ts, value in ROWS:
                 cp.write_row(("M1", "1.8.0", ts, value))
                 cp.write_row(("M1", "32.7.0", ts, 230.0))
