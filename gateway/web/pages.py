@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -100,6 +100,21 @@ def _safe_next(value: str | None) -> str:
     if value and value.startswith("/field/") and not value.startswith("//"):
         return value
     return "/field/"
+
+
+@router.get("/sw.js")
+async def service_worker() -> FileResponse:
+    """The service worker (no data in it, open to all): served from ``/field/`` so that its
+    scope covers every field page. ``no-cache``: a changed worker reaches phones at once."""
+    return FileResponse(
+        STATIC_DIR / "sw.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/offline", response_class=HTMLResponse)
+async def offline_page() -> HTMLResponse:
+    """What the service worker shows for a page not saved on the phone (no data, open to all)."""
+    return _html("offline.html", principal=None, csrf=None, generated_at=None)
 
 
 @router.get("/login", response_class=HTMLResponse)
