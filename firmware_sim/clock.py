@@ -63,6 +63,18 @@ class WallClock:
             return min(sim, wall)
         return sim
 
+    def caught_up_at(self) -> datetime:
+        """When a clock capped at the wall has caught up with it and runs in real time from
+        then on (simulated and wall time agree from this moment)."""
+        if not self.cap_at_wall:
+            raise UsageError("only a clock capped at the wall catches up with it")
+        behind = (self._wall0 - self.start).total_seconds()
+        if behind <= 0:
+            return self._wall0
+        if self.speed <= 1:
+            raise UsageError("a clock that starts in the past needs speed > 1 to catch up")
+        return self._wall0 + timedelta(seconds=behind / (self.speed - 1))
+
     def wall_delay(self, until: datetime) -> float:
         ahead = (until - self.now()).total_seconds()
         if ahead <= 0:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from firmware_sim.control import CommandMemory, handle_command, parse_keypad, token_rejected
-from firmware_sim.faults import FaultRecord
+from firmware_sim.faults import FaultKind, FaultRecord
 from firmware_sim.keypad import Keypad
 from firmware_sim.meter import Meter, StepResult
 from firmware_sim.transmit import Outgoing, Transmitter
@@ -68,6 +68,11 @@ class Device:
             self.meter.identity = replace(self.meter.identity, command_key=key)
 
     def on_command(self, payload: bytes, now: datetime) -> Output:
+        scheduled = (*self.meter.active.values(), *self.meter.pending)
+        if any(
+            f.kind is FaultKind.IGNORE_COMMANDS and f.start <= now < f.end for f in scheduled
+        ):
+            return Output()  # a deaf control unit: not carried out, not answered
         reply, result = handle_command(self.meter, self.memory, payload, now)
         out = self._emit(result, now)
         out.messages.insert(0, self.transmitter.reply(reply.to_json()))

@@ -63,6 +63,9 @@ class FaultKind(enum.StrEnum):
     TAMPER_MAGNETIC = "tamper_magnetic"
     """Magnetic field at the start (event); the register under-registers by
     ``under_registration`` (fraction, default 0.5) while it lasts."""
+    IGNORE_COMMANDS = "ignore_commands"
+    """The meter's control unit is deaf: commands arrive but are neither executed nor answered
+    (the meter keeps reporting its readings and status)."""
     MALFORMED_PAYLOAD = "malformed_payload"
     """Besides each normal telemetry message, one malformed message (``variant``: bad_json,
     unknown_channel, string_value, missing_timestamp, out_of_range; default: rotate)."""

@@ -32,6 +32,7 @@ _COLUMNS: Final = (
     " m.time_zone, m.modbus_host, m.modbus_port, m.modbus_unit, m.modbus_word_order,"
     " m.register_map, m.export_allowed, m.register_max, m.created_at, m.last_seen,"
     " m.last_reading_ts, m.online, m.status, m.address, m.area, m.latitude, m.longitude,"
+    " m.reconnect_mode,"
     " c.comms_state, v.account_id AS account,"
     " CASE WHEN v.sgc IS NULL THEN NULL ELSE jsonb_build_object('sgc', v.sgc, 'krn', v.krn,"
     " 'ti', v.ti, 'key_type', v.key_type, 'base_date', v.base_date, 'ea', v.ea, 'dkga', v.dkga)"
@@ -72,6 +73,8 @@ class MeterSpec:
     """Suburb or area, for grouping visits."""
     latitude: float | None = None
     longitude: float | None = None
+    reconnect_mode: str = "remote"
+    """``arm``: a remote reconnect only arms the relay; the customer presses the button."""
 
 
 async def _upsert_vending(conn: AsyncConnection[Any], spec: MeterSpec) -> None:
@@ -101,8 +104,9 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
         await conn.execute(
             "INSERT INTO meters (meter_id, utility, payment, transport, reporting_interval_s,"
             " time_zone, verified, modbus_host, modbus_port, modbus_unit, modbus_word_order,"
-            " register_map, export_allowed, register_max, address, area, latitude, longitude)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " register_map, export_allowed, register_max, address, area, latitude, longitude,"
+            " reconnect_mode)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (meter_id) DO UPDATE SET utility = excluded.utility,"
             " payment = excluded.payment, transport = excluded.transport,"
             " reporting_interval_s = excluded.reporting_interval_s,"
@@ -111,7 +115,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
             " modbus_unit = excluded.modbus_unit, modbus_word_order = excluded.modbus_word_order,"
             " register_map = excluded.register_map, export_allowed = excluded.export_allowed,"
             " register_max = excluded.register_max, address = excluded.address,"
-            " area = excluded.area, latitude = excluded.latitude, longitude = excluded.longitude",
+            " area = excluded.area, latitude = excluded.latitude, longitude = excluded.longitude,"
+            " reconnect_mode = excluded.reconnect_mode",
             (
                 spec.meter_id,
                 spec.utility,
@@ -131,6 +136,7 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
                 spec.area,
                 spec.latitude,
                 spec.longitude,
+                spec.reconnect_mode,
             ),
         )
         if spec.sts is not None or spec.account is not None:

@@ -21,6 +21,7 @@ import uvicorn
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from gateway.control.dispatch import CommandLoop, LoopOptions
 from gateway.detection.model import Rules
 from gateway.detection.service import DetectionOptions, Detector
 from gateway.errors import GatewayError
@@ -54,6 +55,7 @@ _CONSUMED = (
     TopicKind.CONCENTRATOR_TELEMETRY,
     TopicKind.EVENTS,
     TopicKind.STATUS,
+    TopicKind.COMMAND_REPLY,
 )
 
 
@@ -104,6 +106,7 @@ def _detector(settings: Settings, services: Services) -> Detector:
     options = DetectionOptions(
         rules=Rules.from_overrides(settings.detection_rules),
         poll_s=settings.detection_poll_ms / 1000,
+        sweep_s=settings.detection_sweep_ms / 1000,
         batch=settings.detection_batch,
         worker=settings.detection_worker,
     )
@@ -211,9 +214,14 @@ def _http_config(
 
 
 def _start_credit_control(
-    tg: asyncio.TaskGroup, settings: Settings, services: Services, stop: asyncio.Event
+    tg: asyncio.TaskGroup,
+    settings: Settings,
+    services: Services,
+    stop: asyncio.Event,
+    keystore: SoftwareKeyStore | None,
 ) -> None:
-    """Credit control's loops: the notifier draining the notification outbox."""
+    """Credit control's loops: the command loop (signing, publishing and confirming commands
+    to meters, with the key store) and the notifier draining the notification outbox."""
     from gateway.control.notifier import (  # noqa: PLC0415 - httpx only when it runs
         Channel,
         LogChannel,
@@ -222,6 +230,19 @@ def _start_credit_control(
     )
     from gateway.control.policy import DEFAULT_POLICY  # noqa: PLC0415
 
+    if keystore is None:
+        log.warning(
+            "no key store (GATEWAY_MASTER_KEY_FILE unset): commands to meters stay planned"
+        )
+    else:
+        loop = CommandLoop(
+            services.pool,
+            keystore,
+            services.mqtt.publish,
+            Topics(settings.mqtt_topic_prefix),
+            LoopOptions(interval_s=settings.command_poll_ms / 1000),
+        )
+        tg.create_task(loop.run(stop), name="meter-commands")
     if not settings.notify_enabled:
         return
     url = settings.notify_webhook_url
@@ -265,6 +286,7 @@ async def _run_tasks(
     server: _Server | None,
     sock: socket.socket | None,
     zones: MeterZones,
+    keystore: SoftwareKeyStore | None,
 ) -> None:
     """The service's loops in one TaskGroup; on ``stop``: intake, modbus, drain, HTTP, in order."""
     try:
@@ -274,7 +296,7 @@ async def _run_tasks(
             if settings.detection_enabled and settings.runs("detection"):
                 tg.create_task(_detector(settings, services).run(stop), name="detection")
             if settings.runs("control"):
-                _start_credit_control(tg, settings, services, stop)
+                _start_credit_control(tg, settings, services, stop, keystore)
             if settings.runs("http"):
                 tg.create_task(
                     run_delivery(
@@ -364,7 +386,14 @@ async def run_gateway(
             sock = listen(settings.http_host, settings.http_port)
             server = _Server(_http_config(settings, services, keystore))
         await _run_tasks(
-            settings, services, stop, started=started, server=server, sock=sock, zones=zones
+            settings,
+            services,
+            stop,
+            started=started,
+            server=server,
+            sock=sock,
+            zones=zones,
+            keystore=keystore,
         )
     finally:
         await services.mqtt.close()

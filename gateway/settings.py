@@ -215,6 +215,9 @@ class Settings(BaseSettings):
     """Run the leak / faulty-meter detection loop (docs/detection.md)."""
     detection_poll_ms: int = Field(1000, ge=10, le=60_000)
     """Pause of the detection loop when its queue is empty."""
+    detection_sweep_ms: int = Field(60_000, ge=100, le=3_600_000)
+    """How often meters that were reporting live are checked for silence (comms loss opens at
+    the first check after the meter has been silent past the comms threshold)."""
     detection_batch: int = Field(5000, ge=1, le=1_000_000)
     """Queue entries (changed meter ranges) taken per detection round."""
     detection_worker: bool = True
@@ -222,6 +225,8 @@ class Settings(BaseSettings):
     detection_rules: dict[str, float] = Field(default_factory=dict)
     """Rule thresholds overriding the defaults, as a JSON object (docs/detection.md)."""
 
+    command_poll_ms: int = Field(500, ge=10, le=60_000)
+    """How often the command loop looks for commands to send, replies and meter states."""
     notify_enabled: bool = True
     """Run the notifier that delivers the notification outbox (alerts and credit-control
     notices); enable on one gateway, or on several (they never send a row twice)."""

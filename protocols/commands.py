@@ -23,6 +23,8 @@ from datetime import datetime, timedelta
 from typing import Final
 
 from protocols.errors import PayloadError, UsageError
+from protocols.jsonbody import load_json
+from protocols.status import RELAY_STATES, VALVE_STATES
 from protocols.timestamps import to_rfc3339
 from protocols.topics import METER_ID_PATTERN
 
@@ -45,6 +47,7 @@ COMMAND_KEY_BYTES: Final = 32
 TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{1,128}")
 """What a command ``id`` and ``nonce`` may be (docs/protocol.md §7)."""
 _SEPARATOR: Final = "|"
+_MAX_REPLY_BYTES: Final = 4096
 
 
 class CommandAction(enum.StrEnum):
@@ -68,6 +71,9 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_ACTION = "unknown_action"
     NOT_APPLICABLE = "not_applicable"
     MALFORMED = "malformed"
+
+
+_REASONS: Final = frozenset(r.value for r in RejectReason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,20 +228,41 @@ class CommandReply:
 
 
 def decode_reply(payload: bytes) -> CommandReply:
-    """Parse a command reply (gateway side); PayloadError if malformed."""
+    """Parse a command reply (gateway side, docs/protocol.md §7); PayloadError if malformed.
+
+    Strict: the body is strict JSON (``bad_json``); ``command_id`` is empty or a well-formed
+    id, ``result`` and ``reason`` are the protocol's words, ``ts`` has an offset and the state
+    holds known relay / valve words (``bad_shape``).
+    """
+    if len(payload) > _MAX_REPLY_BYTES:
+        raise PayloadError("oversized", "command reply too large")
+    body = load_json(payload)
+    if not isinstance(body, dict):
+        raise PayloadError("bad_shape", "command reply must be an object")
+    command_id, result, reason = body.get("command_id"), body.get("result"), body.get("reason")
+    if not isinstance(command_id, str) or (
+        command_id and TOKEN_PATTERN.fullmatch(command_id) is None
+    ):
+        raise PayloadError("bad_shape", "command reply 'command_id' must be a command id")
+    if not isinstance(result, str) or result not in ("ok", "rejected"):
+        raise PayloadError("bad_shape", "command reply 'result' must be ok or rejected")
+    if reason is not None and (not isinstance(reason, str) or reason not in _REASONS):
+        raise PayloadError("bad_shape", "command reply 'reason' is not a known reason")
+    ts_text = body.get("ts")
     try:
-        body = json.loads(payload)
-        state = body["state"]
-        reply = CommandReply(
-            command_id=str(body["command_id"]),
-            result=body["result"],
-            reason=body.get("reason"),
-            ts=datetime.fromisoformat(body["ts"]),
-            relay=state.get("relay"),
-            valve=state.get("valve"),
-        )
-    except (UnicodeDecodeError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
-        raise PayloadError("bad_shape", "command reply is malformed") from None
-    if reply.result not in ("ok", "rejected") or reply.ts.tzinfo is None:
-        raise PayloadError("bad_shape", "command reply has a bad result or naive time")
-    return reply
+        ts = datetime.fromisoformat(ts_text) if isinstance(ts_text, str) else None
+    except ValueError:
+        ts = None
+    if ts is None or ts.tzinfo is None:
+        raise PayloadError("bad_shape", "command reply 'ts' must be RFC 3339 with an offset")
+    state = body.get("state", {})
+    if not isinstance(state, dict):
+        raise PayloadError("bad_shape", "command reply 'state' must be an object")
+    relay, valve = state.get("relay"), state.get("valve")
+    if relay is not None and (not isinstance(relay, str) or relay not in RELAY_STATES):
+        raise PayloadError("bad_shape", "command reply has an unknown relay state")
+    if valve is not None and (not isinstance(valve, str) or valve not in VALVE_STATES):
+        raise PayloadError("bad_shape", "command reply has an unknown valve state")
+    return CommandReply(
+        command_id=command_id, result=result, reason=reason, ts=ts, relay=relay, valve=valve
+    )

@@ -312,7 +312,8 @@ async def set_arrangement(
 
 
 async def account_view(conn: Conn, account_id: str) -> dict[str, Any]:
-    """An account's credit-control terms, its meters, payments and audit history."""
+    """An account's credit-control terms, its meters, payments, commands, notices, charges and
+    audit history."""
     account = await _require_account(conn, account_id)
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
@@ -327,9 +328,31 @@ async def account_view(conn: Conn, account_id: str) -> dict[str, Any]:
         (account_id,),
     )
     account["payments"] = await cur.fetchall()
+    meters = [f"meter:{m['meter_id']}" for m in account["meters"]]
     await cur.execute(
-        "SELECT at, actor, action, outcome, detail FROM audit_log WHERE object = %s ORDER BY id",
-        (f"account:{account_id}",),
+        "SELECT command_id, meter_id, action, state, origin, requested_by, reason, outcome,"
+        " run_id, created_at, sent_at, confirmed_at, finished_at, confirmed_state"
+        " FROM meter_commands WHERE account_id = %s OR meter_id = ANY(%s) ORDER BY command_id",
+        (account_id, [m["meter_id"] for m in account["meters"]]),
+    )
+    account["commands"] = await cur.fetchall()
+    await cur.execute(
+        "SELECT notice_id, kind, amount, run_id, created_at, served_on FROM control_notices"
+        " WHERE account_id = %s ORDER BY notice_id",
+        (account_id,),
+    )
+    account["notices"] = await cur.fetchall()
+    await cur.execute(
+        "SELECT kind, amount, command_id, created_at FROM account_charges"
+        " WHERE account_id = %s ORDER BY charge_id",
+        (account_id,),
+    )
+    account["charges"] = await cur.fetchall()
+    # The account's own records, and every command to, and reply from, its meters.
+    await cur.execute(
+        "SELECT at, actor, action, object, outcome, detail FROM audit_log WHERE object = %s"
+        " OR (object = ANY(%s) AND action LIKE 'command.%%') ORDER BY id",
+        (f"account:{account_id}", meters),
     )
     account["history"] = await cur.fetchall()
     return account

@@ -8,13 +8,15 @@ raises the limit for that run. While execution is halted nothing of any run exec
 At approval, notices and final notices are queued for the notifier; prepaid blocks and their
 release change the account's vending recovery share at once; essential accounts go on the
 review list. Steps that need a command to the meter (disconnect, restrict, reconnect, restore)
-are recorded as ``not_executed``: this build does not send meter commands yet.
+become signed commands (:mod:`gateway.control.orders`): the item stays ``ordered`` until its
+command is confirmed from the meter's state (``done``) or ends otherwise (``failed``).
+Disconnections and restrictions wait for the execution window and are checked once more right
+before they are signed; reconnections and restorations go at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -24,14 +26,20 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from gateway import audit
+from gateway.control import orders
+from gateway.control.facts import (
+    NO_METER,
+    Account,
+    close_action_if_released,
+    load_accounts,
+    set_meter_state,
+)
 from gateway.control.notices import enqueue_notice
 from gateway.control.policy import Policy
 from gateway.control.rules import (
     ORDERS,
     RELEASES,
-    AccountFacts,
     Decision,
-    MeterFacts,
     MeterState,
     Step,
     decide,
@@ -54,83 +62,15 @@ Conn = psycopg.AsyncConnection[Any]
 
 _NOTICES = frozenset({Step.NOTICE, Step.FINAL_NOTICE})
 _COMMAND_STEPS = frozenset({Step.DISCONNECT, Step.RESTRICT, Step.RECONNECT, Step.RESTORE})
-_NO_METER = MeterFacts("", "unknown", "unknown")
 
 
-@dataclass(frozen=True, slots=True)
-class _Account:
-    facts: AccountFacts
-    meters: tuple[MeterFacts, ...]
-    notice_pending: bool
-
-
-_FACTS_SQL = """
-SELECT a.account_id, a.arrears, a.arrears_since, a.dispute_amount, a.dispute_state = 'open',
-       a.arrangement_state = 'active', a.indigent_from, a.indigent_to, a.essential,
-       a.pays_above_free_allocation, c.notice_served_on, c.final_notice_served_on,
-       coalesce(c.debt_at_action, 0),
-       coalesce((SELECT sum(p.applied) FROM account_payments p
-                 WHERE p.account_id = a.account_id AND c.action_started_at IS NOT NULL
-                   AND p.recorded_at >= c.action_started_at), 0),
-       EXISTS (SELECT 1 FROM control_notices n WHERE n.account_id = a.account_id
-                 AND n.kind IN ('notice', 'final_notice') AND n.served_on IS NULL)
-FROM accounts a LEFT JOIN control_accounts c USING (account_id)
-WHERE (a.arrears > 0 OR EXISTS (SELECT 1 FROM control_meters m
-                                WHERE m.account_id = a.account_id AND m.state <> 'normal'))
-  AND (%(ids)s::text[] IS NULL OR a.account_id = ANY(%(ids)s::text[]))
-ORDER BY a.account_id
-"""
-
-_METERS_SQL = """
-SELECT v.account_id, m.meter_id, m.utility, m.payment, coalesce(cm.state, 'normal')
-FROM meter_vending v JOIN meters m USING (meter_id)
-LEFT JOIN control_meters cm USING (meter_id)
-WHERE v.account_id = ANY(%s::text[])
-ORDER BY v.account_id, m.meter_id
-"""
-
-
-async def _load(conn: Conn, account_ids: Sequence[str] | None) -> list[_Account]:
-    cur = await conn.execute(
-        _FACTS_SQL, {"ids": None if account_ids is None else list(account_ids)}
-    )
-    rows = await cur.fetchall()
-    facts = {
-        r[0]: (
-            AccountFacts(
-                account_id=r[0],
-                arrears=Decimal(r[1]),
-                arrears_since=r[2],
-                dispute_amount=Decimal(r[3]),
-                dispute_open=bool(r[4]),
-                arrangement_kept=bool(r[5]),
-                indigent_from=r[6],
-                indigent_to=r[7],
-                essential=bool(r[8]),
-                pays_above_free_allocation=bool(r[9]),
-                notice_served_on=r[10],
-                final_notice_served_on=r[11],
-                debt_at_action=Decimal(r[12]),
-                paid_since_action=Decimal(r[13]),
-            ),
-            bool(r[14]),
-        )
-        for r in rows
-    }
-    meters: dict[str, list[MeterFacts]] = {k: [] for k in facts}
-    cur = await conn.execute(_METERS_SQL, (list(facts),))
-    for account_id, meter_id, utility, payment, state in await cur.fetchall():
-        meters[account_id].append(MeterFacts(meter_id, utility, payment, MeterState(state)))
-    return [_Account(f, tuple(meters[k]), pending) for k, (f, pending) in facts.items()]
-
-
-def _plan(accounts: Sequence[_Account], policy: Policy, today: date) -> list[Decision]:
+def _plan(accounts: Sequence[Account], policy: Policy, today: date) -> list[Decision]:
     """Account-level notices first, then one item per meter that gets an order, a release or
     a place on the review list."""
     out: list[Decision] = []
     for account in accounts:
         decisions = [decide(account.facts, m, policy, today) for m in account.meters] or [
-            decide(account.facts, _NO_METER, policy, today)
+            decide(account.facts, NO_METER, policy, today)
         ]
         notice = next((d for d in decisions if d.step in _NOTICES), None)
         if notice is not None and not account.notice_pending:
@@ -177,7 +117,7 @@ async def plan_run(
         limit = policy.fleet_share_limit if fleet_share_limit is None else fleet_share_limit
         if not Decimal(0) <= limit <= Decimal(100):
             raise ValidationError("fleet_share_limit is a percentage 0-100")
-        decisions = _plan(await _load(conn, account_ids), policy, as_of)
+        decisions = _plan(await load_accounts(conn, account_ids), policy, as_of)
         cur = await conn.execute(
             "SELECT count(*) FROM meters WHERE utility IN ('electricity', 'water')"
         )
@@ -300,12 +240,12 @@ async def _execute(
 ) -> tuple[str, str]:
     """Re-decide one item on fresh facts and carry it out; returns (state, outcome)."""
     planned = Step(item["step"])
-    loaded = await _load(conn, [item["account_id"]])
+    loaded = await load_accounts(conn, [item["account_id"]])
     if not loaded:
         return "skipped", "at execution: nothing to act on any more"
     account = loaded[0]
     if item["meter_id"] is None:
-        meters = account.meters or (_NO_METER,)
+        meters = account.meters or (NO_METER,)
         steps = {decide(account.facts, m, policy, today).step for m in meters}
         if planned not in steps:
             return "skipped", f"at execution: {', '.join(sorted(s.value for s in steps))}"
@@ -336,7 +276,16 @@ async def _execute(
     if planned is Step.REVIEW:
         return "done", "on the review list"
     if planned in _COMMAND_STEPS:
-        return "not_executed", "meter commands are not available in this build"
+        return await orders.order_step(
+            conn,
+            step=planned,
+            account=account,
+            meter=meter,
+            policy=policy,
+            actor=actor,
+            run=(run_id, int(item["item_no"])),
+            reason="; ".join(now_decision.reasons),
+        )
     account_id = account.facts.account_id
     if planned is Step.BLOCK_VENDING:
         await conn.execute(
@@ -355,7 +304,7 @@ async def _execute(
             " WHERE account_id = %s",
             (policy.prepaid_recovery_share, account_id),
         )
-        await _meter_state(conn, meter.meter_id, account_id, MeterState.BLOCKED)
+        await set_meter_state(conn, meter.meter_id, account_id, MeterState.BLOCKED)
         return (
             "done",
             f"vending blocked: {policy.prepaid_recovery_share}% of each purchase to arrears",
@@ -372,17 +321,18 @@ async def _unblock(conn: Conn, meter_id: str, account_id: str) -> None:
         " WHERE a.account_id = c.account_id AND a.account_id = %s",
         (account_id,),
     )
-    await _meter_state(conn, meter_id, account_id, MeterState.NORMAL)
-    await _close_action_if_released(conn, account_id)
+    await set_meter_state(conn, meter_id, account_id, MeterState.NORMAL)
+    await close_action_if_released(conn, account_id)
 
 
 async def release_after_change(conn: Conn, account_id: str, *, actor: str, cause: str) -> None:
     """Release what a payment or a new arrangement allows, at once and outside the execution
-    window: prepaid vending is unblocked in this transaction; a release that needs a meter
-    command is recorded as not executed (this build sends no meter commands)."""
+    window: prepaid vending is unblocked in this transaction; a disconnection or restriction
+    not yet sent is cancelled, one already carried out is followed by a reconnect / restore
+    command."""
     _, policy = await current_policy(conn)
     today = datetime.now(UTC).astimezone(policy.zone).date()
-    for account in await _load(conn, [account_id]):
+    for account in await load_accounts(conn, [account_id]):
         for meter in account.meters:
             if meter.state is MeterState.NORMAL:
                 continue
@@ -391,7 +341,15 @@ async def release_after_change(conn: Conn, account_id: str, *, actor: str, cause
                 await _unblock(conn, meter.meter_id, account_id)
                 outcome, reason = "done", "vending unblocked"
             elif decision.step in RELEASES:
-                outcome, reason = "not_executed", "meter commands are not available in this build"
+                outcome, reason = await orders.release(
+                    conn,
+                    account_id=account_id,
+                    meter=meter,
+                    policy=policy,
+                    actor=actor,
+                    run=None,
+                    cause=cause,
+                )
             else:
                 continue
             await audit.record(
@@ -407,26 +365,6 @@ async def release_after_change(conn: Conn, account_id: str, *, actor: str, cause
                     "why": list(decision.reasons),
                 },
             )
-
-
-async def _meter_state(conn: Conn, meter_id: str, account_id: str, state: MeterState) -> None:
-    await conn.execute(
-        "INSERT INTO control_meters (meter_id, account_id, state) VALUES (%s, %s, %s)"
-        " ON CONFLICT (meter_id) DO UPDATE SET account_id = excluded.account_id,"
-        " state = excluded.state, since = now()",
-        (meter_id, account_id, state.value),
-    )
-
-
-async def _close_action_if_released(conn: Conn, account_id: str) -> None:
-    """With no meter of the account under an action any more, the process starts afresh."""
-    await conn.execute(
-        "UPDATE control_accounts SET action_started_at = NULL, debt_at_action = 0,"
-        " share_before_block = NULL, notice_served_on = NULL, final_notice_served_on = NULL,"
-        " updated_at = now() WHERE account_id = %s AND NOT EXISTS (SELECT 1 FROM control_meters"
-        " WHERE account_id = %s AND state <> 'normal')",
-        (account_id, account_id),
-    )
 
 
 async def approve_run(conn: Conn, run_id: int, *, actor: str, today: date) -> dict[str, Any]:

@@ -26,6 +26,7 @@ __all__ = [
     "Rules",
     "Sample",
     "Severity",
+    "WorkListKind",
 ]
 
 
@@ -41,6 +42,25 @@ class AlertKind(enum.StrEnum):
     VOLTAGE_SWELL = "voltage_swell"
     TAMPER_COVER = "tamper_cover"
     TAMPER_MAGNETIC = "tamper_magnetic"
+
+
+class WorkListKind(enum.StrEnum):
+    """Every kind of alert on the work list: the rules' kinds (:class:`AlertKind`), and the
+    command loop's for a command the meter refused or nobody could confirm."""
+
+    LEAK = "leak"
+    BURST = "burst"
+    REVERSE_FLOW = "reverse_flow"
+    STUCK_REGISTER = "stuck_register"
+    REGISTER_ROLLBACK = "register_rollback"
+    COMMS_LOSS = "comms_loss"
+    CLOCK_DRIFT = "clock_drift"
+    VOLTAGE_SAG = "voltage_sag"
+    VOLTAGE_SWELL = "voltage_swell"
+    TAMPER_COVER = "tamper_cover"
+    TAMPER_MAGNETIC = "tamper_magnetic"
+    COMMAND_UNCONFIRMED = "command_unconfirmed"
+    COMMAND_REJECTED = "command_rejected"
 
 
 class Severity(enum.StrEnum):

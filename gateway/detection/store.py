@@ -40,6 +40,10 @@ __all__ = [
     "load_profiles",
 ]
 
+# The kinds the rules own. Other alerts on the work list (a command nobody could confirm)
+# belong to other parts of the gateway and are never reconciled away here.
+_RULE_KINDS: Final = [k.value for k in AlertKind]
+
 RULE_CHANNELS: Final = (
     "1.8.0",
     "2.8.0",
@@ -129,8 +133,8 @@ async def load_alerts(
         " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
         " JOIN alert_data a ON a.meter_id = w.meter_id"
         " WHERE a.withdrawn_at IS NULL AND (a.end_ts IS NULL OR a.end_ts >= w.since)"
-        " ORDER BY a.id FOR UPDATE OF a",
-        (list(since), list(since.values())),
+        " AND a.kind = ANY(%s) ORDER BY a.id FOR UPDATE OF a",
+        (list(since), list(since.values()), _RULE_KINDS),
     )
     for r in await cur.fetchall():
         out[r[0]].append(StoredAlert(r[1], AlertKind(r[2]), r[3], r[4], r[5] or {}, r[6]))
@@ -205,8 +209,9 @@ async def load_data(
         "SELECT a.meter_id, a.kind, a.resolved_at"
         " FROM unnest(%s::text[], %s::timestamptz[]) AS w(meter_id, since)"
         " JOIN alert_data a ON a.meter_id = w.meter_id"
-        " WHERE a.withdrawn_at IS NULL AND a.resolved_at >= w.since ORDER BY a.resolved_at",
-        (meters, starts),
+        " WHERE a.withdrawn_at IS NULL AND a.resolved_at >= w.since AND a.kind = ANY(%s)"
+        " ORDER BY a.resolved_at",
+        (meters, starts, _RULE_KINDS),
     )
     for meter_id, kind, at in await cur.fetchall():
         resolved[meter_id].setdefault(AlertKind(kind), []).append(at)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 
 from gateway.detection import queries
-from gateway.detection.model import AlertKind
+from gateway.detection.model import WorkListKind
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText
 from gateway.http.security import Principal, Role, require
@@ -30,7 +30,7 @@ AlertId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 class AlertOut(BaseModel):
     id: int
     meter_id: str
-    kind: AlertKind
+    kind: WorkListKind
     state: Literal["open", "closed"]
     start: datetime
     end: datetime | None
@@ -84,7 +84,7 @@ async def list_alerts(
     _: Technician,
     conn: DbConn,
     meter_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = None,
-    kind: AlertKind | None = None,
+    kind: WorkListKind | None = None,
     state: State = "all",
     since: datetime | None = None,
     until: datetime | None = None,
@@ -103,7 +103,7 @@ async def meter_alerts(
     meter_id: MeterId,
     _: Technician,
     conn: DbConn,
-    kind: AlertKind | None = None,
+    kind: WorkListKind | None = None,
     state: State = "all",
     since: datetime | None = None,
     until: datetime | None = None,

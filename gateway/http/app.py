@@ -23,6 +23,7 @@ from gateway.http.admin import router as admin_router
 from gateway.http.alerts import router as alerts_router
 from gateway.http.auth_routes import router as auth_router
 from gateway.http.billing import router as billing_router
+from gateway.http.commands import router as commands_router
 from gateway.http.control import router as control_router
 from gateway.http.custody import Custody
 from gateway.http.deps import Services, ServicesDep
@@ -88,6 +89,7 @@ def create_app(
     app.include_router(alerts_router)
     app.include_router(billing_router)
     app.include_router(control_router)
+    app.include_router(commands_router)
     app.state.billing_policy = load_policy()
     install_web(app)
 

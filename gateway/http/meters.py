@@ -58,6 +58,9 @@ class _MeterFields(BaseModel):
     """Suburb or area: the work list filters by it."""
     latitude: float | None = Field(None, ge=-90, le=90)
     longitude: float | None = Field(None, ge=-180, le=180)
+    reconnect_mode: Literal["remote", "arm"] = "remote"
+    """How a remote reconnect works: ``remote`` closes the relay, ``arm`` only makes it ready
+    and the customer presses the meter's button (``arm_reconnect``)."""
 
 
 class StsIn(ApiModel):

@@ -1,10 +1,10 @@
 """Turns one inbound MQTT message into a :class:`Work` item (pure apart from the clock).
 
-Every message produces work: decoded readings, events or status, or, when it breaks the device
-protocol, a dead letter with the reason. Decoding is total: an exception that is not a protocol
-error (a defect of ours, or of a library, met by some input) also makes a dead letter, with
-reason ``internal_error`` and the exception's type, so that the message is stored and
-acknowledged instead of coming back on every reconnect. Nothing is dropped silently.
+Every message produces work: decoded readings, events, status or a command reply, or, when it
+breaks the device protocol, a dead letter with the reason. Decoding is total: an exception that
+is not a protocol error (a defect of ours, or of a library, met by some input) also makes a
+dead letter, with reason ``internal_error`` and the exception's type, so that the message is
+stored and acknowledged instead of coming back on every reconnect. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, tzinfo
 
-from gateway.ingest.work import DeadLetter, MeterEvent, MeterStatus, Work
+from gateway.ingest.work import DeadLetter, MeterEvent, MeterReply, MeterStatus, Work
 from protocols.binary import decode_frame, is_binary
+from protocols.commands import decode_reply
 from protocols.errors import PayloadError, TopicError
 from protocols.events import decode_events
 from protocols.status import decode_status
@@ -76,6 +77,8 @@ def decode_message(
                 status = decode_status(payload, now=clock, naive_tz=zone_of(parsed.device_id))
                 document = dict(status.document) if status.document is not None else None
                 work.status = MeterStatus(parsed.device_id, status.online, document)
+            case TopicKind.COMMAND_REPLY:
+                work.reply = MeterReply(parsed.device_id, decode_reply(payload))
             case _:
                 raise TopicError(f"gateway does not consume {parsed.kind.value} topics")
     except PayloadError as exc:

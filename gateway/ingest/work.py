@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
+from protocols.commands import CommandReply
 from protocols.events import Event
 from protocols.telemetry import Reading
 
@@ -20,6 +21,7 @@ __all__ = [
     "AckToken",
     "DeadLetter",
     "MeterEvent",
+    "MeterReply",
     "MeterStatus",
     "Work",
     "storable_text",
@@ -91,6 +93,14 @@ class MeterStatus:
     """The status object as the meter sent it (None for a bare ``online``/``offline``)."""
 
 
+@dataclass(frozen=True, slots=True)
+class MeterReply:
+    """A meter's reply to a command (docs/protocol.md §7)."""
+
+    meter_id: str
+    reply: CommandReply
+
+
 @dataclass(slots=True)
 class Work:
     """Everything one message produced, plus the future its acknowledgement waits on."""
@@ -102,6 +112,7 @@ class Work:
     readings: Sequence[Reading] = ()
     events: Sequence[MeterEvent] = ()
     status: MeterStatus | None = None
+    reply: MeterReply | None = None
     dead: DeadLetter | None = None
     ack: AckToken | None = None
     """Set for MQTT QoS 1/2 messages: acknowledged by the intake after commit."""

@@ -135,6 +135,12 @@ SELECT * FROM unnest(%s::text[], %s::timestamptz[], %s::text[], %s::jsonb[], %s:
                      %s::bytea[])
 ON CONFLICT DO NOTHING
 """
+_REPLIES: Final = """
+INSERT INTO command_replies (meter_id, message_id, result, reason, ts, relay, valve)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[],
+                     %s::text[], %s::text[])
+ON CONFLICT DO NOTHING
+"""
 _DEAD_LETTERS: Final = """
 INSERT INTO dead_letters AS d
     (topic, payload, reason, detail, payload_length, payload_sha256, deliveries)
@@ -267,16 +273,39 @@ async def _write(
             await cur.executemany(QUEUE_EVENTS, [(m, lo, hi) for m, (lo, hi) in spans.items()])
         statuses = {w.status.meter_id: w.status for w in batch if w.status is not None}
         touched.update(statuses)
+        replies = [w.reply for w in batch if w.reply is not None]
+        touched.update(r.meter_id for r in replies)
         if touched:
             # Sorted so that concurrent gateways lock meter rows in the same order (no deadlock).
             await cur.executemany(_TOUCH_ONE, [(m,) for m in sorted(touched)])
         if statuses:
             await cur.executemany(
-                "UPDATE meters SET online = %s, status = coalesce(%s, status) WHERE meter_id = %s",
+                "UPDATE meters SET online = %s, status = coalesce(%s, status),"
+                " status_received_at = CASE WHEN %s THEN now() ELSE status_received_at END"
+                " WHERE meter_id = %s",
                 [
-                    (s.online, Jsonb(s.document) if s.document is not None else None, m)
+                    (
+                        s.online,
+                        Jsonb(s.document) if s.document is not None else None,
+                        s.document is not None,
+                        m,
+                    )
                     for m, s in sorted(statuses.items())
                 ],
+            )
+        if replies:
+            # Applied to their commands by the command loop (gateway.control.dispatch).
+            await cur.execute(
+                _REPLIES,
+                (
+                    [r.meter_id for r in replies],
+                    [r.reply.command_id for r in replies],
+                    [r.reply.result for r in replies],
+                    [r.reply.reason for r in replies],
+                    [r.reply.ts for r in replies],
+                    [r.reply.relay for r in replies],
+                    [r.reply.valve for r in replies],
+                ),
             )
         letters = _dead_letters(batch)
         if letters:

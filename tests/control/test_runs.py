@@ -116,8 +116,19 @@ async def test_approval_rechecks_exclusions_and_executes(db: str) -> None:
         assert "at execution" in outcome["PRE"][1]
         assert outcome["ESS"] == ("done", "on the review list")
         assert outcome["NEW"] == ("done", "notice queued")
-        assert outcome["POST"][0] == "not_executed"
-        assert outcome["WATER"][0] == "not_executed"
+        # Orders become commands that wait for the execution window (NOW is outside it).
+        assert outcome["POST"][0] == "ordered" and "(disconnect)" in outcome["POST"][1]
+        assert outcome["WATER"][0] == "ordered" and "(restrict)" in outcome["WATER"][1]
+        commands = await (
+            await conn.execute(
+                "SELECT meter_id, action, state, windowed, origin, run_id IS NOT NULL"
+                " FROM meter_commands ORDER BY meter_id"
+            )
+        ).fetchall()
+        assert commands == [
+            ("E-POST", "disconnect", "planned", True, "credit_control", True),
+            ("W-IND", "restrict", "planned", True, "credit_control", True),
+        ]
         share = await (
             await conn.execute("SELECT debt_recovery_share FROM accounts WHERE account_id='PRE'")
         ).fetchone()

@@ -264,6 +264,43 @@ def test_drop_within_resolution_is_ignored() -> None:
     assert detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES) == []
 
 
+def arrived(k: int, value: float, ts: datetime, seconds: float = 2.0) -> Sample:
+    """Reading ``k`` of a live meter: sent at its true time at(k), stamped ``ts``."""
+    return Sample(ts, value, received_at=at(k) + timedelta(seconds=seconds))
+
+
+def test_a_clock_set_back_past_earlier_readings_is_not_a_rollback() -> None:
+    # Live every 15 min; from k=4 the clock is 20 min slow, so reading 4 (stamped 00:40) sorts
+    # before reading 3 (00:45) with a higher value. The meter read them in order: no rollback.
+    reg = [arrived(k, 100.0 + k, at(k)) for k in range(4)]
+    reg += [arrived(k, 100.0 + k, at(k) - timedelta(minutes=20)) for k in range(4, 8)]
+    reg.sort(key=lambda s: s.ts)
+    assert [s.value for s in reg] == [100, 101, 102, 104, 103, 105, 106, 107]
+    assert detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES) == []
+
+
+def test_a_clock_set_right_after_running_hours_fast_is_not_a_rollback() -> None:
+    # Stamped three hours ahead until k=6, then right: in data time the readings sent since
+    # come first, then those sent while fast, with lower values.
+    fast = [arrived(k, 100.0 + k, at(k) + timedelta(hours=3)) for k in range(6)]
+    right = [arrived(k, 100.0 + k, at(k)) for k in range(6, 9)]
+    assert detect_rollback(ELEC, MeterData({"1.8.0": right + fast}), RULES) == []
+
+
+def test_a_rollback_delivered_newest_first_is_still_a_rollback() -> None:
+    values = [100.0, 101.0, 50.0, 51.0, 52.0, 53.0, 54.0, 55.0]
+    # Sent in windows of four, newest first: 3 2 1 0, then 7 6 5 4.
+    order = [3, 2, 1, 0, 7, 6, 5, 4]
+    reg = [
+        Sample(at(k), values[k], received_at=at(8) + timedelta(seconds=order.index(k)))
+        for k in range(8)
+    ]
+    [ep] = detect_rollback(ELEC, MeterData({"1.8.0": reg}), RULES)
+    assert (ep.start, ep.end) == (at(1), at(2))
+    # While only the first window has arrived the drop is not judged yet.
+    assert detect_rollback(ELEC, MeterData({"1.8.0": reg[:4]}), RULES) == []
+
+
 # --------------------------------------------------------------------------- comms loss
 
 
@@ -302,6 +339,25 @@ def test_backfill_that_all_arrives_late_is_not_comms_loss() -> None:
     assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(600)) == []
 
 
+def test_a_clock_jumping_hours_ahead_is_no_comms_loss() -> None:
+    # Live every 15 min; from k=4 stamped three hours ahead: a hole in data time, but the meter
+    # never stopped delivering.
+    samples = [live(k) for k in range(4)]
+    samples += [arrived(k, 1.0 + k, at(k) + timedelta(hours=3)) for k in range(4, 8)]
+    assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(8)) == []
+    # Set right at k=8: the readings sent since sort before those sent while fast.
+    samples += [live(k) for k in range(8, 10)]
+    assert detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(10)) == []
+
+
+def test_a_fast_clock_that_falls_silent_is_comms_loss() -> None:
+    ahead = timedelta(minutes=10)
+    kept = [*range(4), *range(10, 12)]  # readings 4-9 lost: silent for 1 h 45 min
+    samples = [arrived(k, 1.0 + k, at(k) + ahead) for k in kept]
+    [ep] = detect_comms_loss(ELEC, MeterData({"1.8.0": samples}), RULES, at(12))
+    assert (ep.start, ep.end) == (at(3) + ahead, at(10) + ahead)
+
+
 # --------------------------------------------------------------------------- clock drift
 
 
@@ -317,6 +373,34 @@ def test_clock_off_on_three_live_messages_until_adjusted() -> None:
     [ep] = detect_clock_drift(ELEC, MeterData({"1.8.0": samples}, events), RULES)
     assert ep.start == at(3) + timedelta(seconds=2)
     assert ep.end == at(8)
+
+
+def test_a_clock_hours_fast_is_drift_however_far_ahead() -> None:
+    # Local time (UTC+2) sent as UTC: every live message is stamped two hours ahead of its
+    # arrival, far beyond one interval; the clock is set right at k=6.
+    fast = timedelta(hours=2)
+    samples = [
+        Sample(at(k) + fast, 1.0 + k, received_at=at(k) + timedelta(seconds=2)) for k in range(6)
+    ]
+    samples += [live(k) for k in range(6, 8)]
+    events = [EventRecord(at(6), "clock_adjusted")]
+    [ep] = detect_clock_drift(ELEC, MeterData({"1.8.0": samples}, events), RULES)
+    assert (ep.start, ep.end) == (at(0) + timedelta(seconds=2), at(6))
+
+
+def test_a_slow_clock_is_drift_only_within_an_interval_of_the_tolerance() -> None:
+    def behind(seconds: float) -> list[Sample]:
+        return [
+            Sample(
+                at(k) - timedelta(seconds=seconds), 1.0, received_at=at(k) + timedelta(seconds=1)
+            )
+            for k in range(5)
+        ]
+
+    [ep] = detect_clock_drift(ELEC, MeterData({"1.8.0": behind(600)}), RULES)
+    assert (ep.start, ep.end) == (at(0) + timedelta(seconds=1), None)
+    # Two hours behind on a 15-minute meter: indistinguishable from deliveries two hours late.
+    assert detect_clock_drift(ELEC, MeterData({"1.8.0": behind(7200)}), RULES) == []
 
 
 def test_two_drifted_messages_or_late_backfill_are_not_drift() -> None:

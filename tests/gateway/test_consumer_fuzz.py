@@ -32,7 +32,9 @@ topic_strategy = st.one_of(
     st.builds(
         "site/meters/{}/{}".format,
         st.text(max_size=70),
-        st.sampled_from(["telemetry", "events", "status", "commands", "keypad", "x"]),
+        st.sampled_from(
+            ["telemetry", "events", "status", "commands", "commands/reply", "keypad", "x"]
+        ),
     ),
     st.builds(
         "site/concentrators/{}/telemetry".format, st.from_regex(r"[A-Za-z0-9]{1,8}", fullmatch=True)
@@ -123,6 +125,13 @@ def _event(ts: bytes, kind: bytes, detail: bytes) -> bytes:
     return b'{"ts":' + ts + b',"type":' + kind + b',"details":{"k":' + detail + b"}}"
 
 
+def _reply(command_id: bytes, reason: bytes, relay: bytes) -> bytes:
+    return (
+        b'{"command_id":' + command_id + b',"result":"rejected","reason":' + reason
+        + b',"ts":"2026-11-01T00:00:00Z","state":{"relay":' + relay + b',"valve":null}}'
+    )  # fmt: skip
+
+
 def _telemetry(ts: bytes, value: bytes) -> bytes:
     return b'{"ts":' + ts + b',"values":{"1.8.0":' + value + b"}}"
 
@@ -134,6 +143,12 @@ shaped = st.one_of(
     st.builds(_status, st.just(b"1"), hole),
     st.builds(_event, GOOD_TS | hole, st.sampled_from([b'"low_battery"', b'"power_up"']), hole),
     st.builds(_telemetry, GOOD_TS | hole, hole),
+    st.builds(
+        _reply,
+        st.sampled_from([b'"abc-1"', b'""', b'"a|b"']) | hole,
+        st.sampled_from([b'"replayed"', b"null"]) | hole,
+        st.sampled_from([b'"armed"', b"null"]) | hole,
+    ),
 )
 payload_strategy = st.one_of(
     st.binary(max_size=300),
@@ -146,12 +161,22 @@ payload_strategy = st.one_of(
     ),
 )
 meter_topic = st.sampled_from(
-    ["site/meters/M1/telemetry", "site/meters/M1/events", "site/meters/M1/status"]
+    [
+        "site/meters/M1/telemetry",
+        "site/meters/M1/events",
+        "site/meters/M1/status",
+        "site/meters/M1/commands/reply",
+    ]
 )
 
 
 def check(topic: str, payload: bytes, work: Work) -> None:
-    produced = bool(work.readings) or bool(work.events) or work.status is not None
+    produced = (
+        bool(work.readings)
+        or bool(work.events)
+        or work.status is not None
+        or work.reply is not None
+    )
     assert produced != (work.dead is not None)
     if work.dead is not None:
         assert work.dead.payload == payload and work.dead.reason

@@ -21,7 +21,7 @@ from protocols import (
     decode_status,
     sign_command,
 )
-from protocols.commands import Command
+from protocols.commands import Command, CommandReply, decode_reply
 from protocols.errors import UsageError
 
 KEY = bytes(range(32))
@@ -139,3 +139,32 @@ def test_ids_and_nonces_of_the_allowed_alphabet_still_verify() -> None:
     cmd = signed(command_id="Cmd_2026-11-23_0001", nonce="a" * 128)
     decoded = decode_command(cmd.to_json(), meter_id="M1")
     assert check_command(decoded, key=KEY, now=NOW, seen=set()) is None
+
+
+def test_a_reply_round_trips_and_strict_decoding_refuses_the_rest() -> None:
+    reply = CommandReply("abc-1", "rejected", "replayed", NOW, "connected", None)
+    assert decode_reply(reply.to_json()) == reply
+    # a reply to a malformed command carries an empty id
+    assert (
+        decode_reply(
+            b'{"command_id":"","result":"rejected","reason":"malformed",'
+            b'"ts":"2026-12-01T09:00:00Z","state":{"relay":null,"valve":"open"}}'
+        ).valve
+        == "open"
+    )
+    bad = [
+        b"[]",
+        b'{"command_id":"a|b","result":"ok","reason":null,"ts":"2026-12-01T09:00:00Z"}',
+        b'{"command_id":"a","result":"maybe","reason":null,"ts":"2026-12-01T09:00:00Z"}',
+        b'{"command_id":"a","result":"ok","reason":"because","ts":"2026-12-01T09:00:00Z"}',
+        b'{"command_id":"a","result":"ok","reason":null,"ts":"2026-12-01T09:00:00"}',
+        b'{"command_id":"a","result":"ok","reason":null,"ts":"2026-12-01T09:00:00Z",'
+        b'"state":{"relay":"melted"}}',
+        b'{"command_id":"a","result":"ok","reason":null,"ts":NaN}',
+        b'{"command_id":"a\\u0000","result":"ok","reason":null,"ts":"2026-12-01T09:00:00Z"}',
+        b"\xff",
+        b" " * 5000,
+    ]
+    for payload in bad:
+        with pytest.raises(PayloadError):
+            decode_reply(payload)
