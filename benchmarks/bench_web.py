@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import statistics
 import time
@@ -50,7 +51,7 @@ from gateway.db.migrate import apply_migrations
 from gateway.dev.services import LOCAL_PG_ADMIN, create_database, with_database
 from gateway.service import GatewayHandle, run_gateway
 from gateway.settings import Settings
-from gateway.web import api
+from gateway.web import api, queries
 
 RANGES: Final = {"24h": ("hour", 1), "7d": ("hour", 7), "30d": ("day", 30)}
 CHANNELS: Final = ("1.8.0", "32.7.0")
@@ -135,9 +136,11 @@ async def timed(calls: list[Callable[[], Awaitable[object]]]) -> list[float]:
     return times
 
 
-async def card_queries(conn: psycopg.AsyncConnection[Any], meter: str, range_key: str) -> None:
+async def card_queries(
+    conn: psycopg.AsyncConnection[Any], meter: str, range_key: str, *, timescale: bool
+) -> None:
     """What ``GET /field/meters/{id}?range=…`` asks the database, without HTTP or HTML."""
-    card = await api.build_card(conn, meter, with_commands=False)
+    card = await api.build_card(conn, meter, with_commands=True, timescale=timescale)
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             "SELECT customer_class FROM accounts WHERE account_id = %s", (card["meter"]["account"],)
@@ -211,9 +214,11 @@ async def run(url: str, meters: int, requests: int) -> list[tuple[str, list[floa
             ) -> Callable[[], Awaitable[object]]:
                 return lambda: fn(conn, m, r)
 
+            timescale = await queries.SchemaVariant().timescale(conn)
+            card = functools.partial(card_queries, timescale=timescale)
             json_times = await timed([get(f"/meters/{m}/card") for m in ids])
             for range_key in RANGES:
-                baseline = await timed([direct(card_queries, m, range_key) for m in ids])
+                baseline = await timed([direct(card, m, range_key) for m in ids])
                 base_p50 = pcts(baseline)[0]
                 rows.append((f"psycopg: card queries, {range_key}", baseline, base_p50))
                 views = await timed([direct(charts_via_views, m, range_key) for m in ids])

@@ -32,9 +32,12 @@ from gateway.http.db import DbConn
 from gateway.http.security import AccessControl, Principal, Role, optional_principal, require
 from gateway.web import api
 from gateway.web.present import (
+    LIVE_COMMAND_STATES,
     VOLTAGE,
     Point,
     age_in_words,
+    command_choices,
+    command_summary,
     consumption,
     geo_uri,
     main_register,
@@ -306,7 +309,12 @@ async def meter_page(
     if person is None:
         return _to_login(request)
     try:
-        card = await api.build_card(conn, meter_id, with_commands=api.commands_available(request))
+        card = await api.build_card(
+            conn,
+            meter_id,
+            with_commands=api.commands_available(request),
+            timescale=await api.schema_variant(request).timescale(conn),
+        )
     except NotFoundError:
         return _html(
             "search.html",
@@ -319,8 +327,16 @@ async def meter_page(
     meter = card["meter"]
     consumption_svg, voltage_svg = await _chart(conn, meter, range)
     register = main_register(meter["utility"])
+    commands = [{**c, "summary": command_summary(c)} for c in card["commands"]]
+    live = [c["action"] for c in commands if c["state"] in LIVE_COMMAND_STATES]
     return _html(
         "meter.html",
+        commands=commands,
+        command_choices=command_choices(
+            meter["utility"], card["relay"], card["valve"], meter["reconnect_mode"], live
+        )
+        if card["commands_available"] and meter["verified"] and meter["transport"] == "mqtt"
+        else [],
         card=card,
         m=meter,
         account=await _account(conn, meter["account"]),

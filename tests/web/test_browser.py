@@ -54,7 +54,8 @@ async def test_a_technician_works_a_leak_from_the_work_list(field: Field, browse
     assert sum(t.endswith(": 0.008 m3") for t in bars) >= 22, bars
     latest = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name="24.2.1"))
     await expect(latest).to_contain_text("m3")
-    await expect(page.get_by_text("Commands to the meter")).to_be_visible()
+    await expect(page.get_by_role("heading", name="Command history")).to_be_visible()
+    await expect(page.get_by_role("button", name="Read state now")).to_be_visible()
     await shot(page, "field-meter-card.png")
 
     # Acknowledge the leak with a note: sent to the JSON API, shown after the page refreshes.

@@ -86,10 +86,12 @@
         lastError = null; drop(entry);
         report(entry, entry.label + ": not allowed for your role"); showState(); return flush();
       }
-      if (r.status === 409 || r.status === 429 || r.status >= 500) { lastError = null; showState(); return; }
+      if (r.status === 429 || r.status >= 500) { lastError = null; showState(); return; }
       lastError = null;
-      drop(entry);
       return r.json().catch(function () { return {}; }).then(function (body) {
+        // A 409 without the API's error shape: the first request with this key still runs.
+        if (r.status === 409 && !body.error) { showState(); return; }
+        drop(entry);
         var why = body.error ? body.error.message : r.status;
         report(entry, entry.label + (r.ok ? ": done" : ": refused (" + why + ")"));
         showState();
@@ -99,11 +101,12 @@
     }, function () { flushing = false; lastError = "network"; showState(); });
   }
 
-  function bodyOf(form) {
+  function bodyOf(form, submitter) {
     var data = {};
     Array.prototype.forEach.call(form.elements, function (el) {
       if (el.name && el.type !== "submit") data[el.name] = el.value;
     });
+    if (submitter && submitter.name) data[submitter.name] = submitter.value;
     if (form.dataset.kind === "read") {
       data.value = Number(data.value);
       data.read_at = new Date().toISOString();
@@ -138,7 +141,7 @@
     var submitter = ev.submitter;
     var url = submitter && submitter.dataset.api ? submitter.dataset.api : form.dataset.api;
     var label = (submitter && submitter.textContent.trim()) || form.dataset.label;
-    var entry = { url: url, key: newKey(), body: bodyOf(form), label: label, user: user };
+    var entry = { url: url, key: newKey(), body: bodyOf(form, submitter), label: label, user: user };
     form.dataset.entry = entry.key;
     var q = load(); q.push(entry); save(q);
     report(entry, label + ": queued, sending…");
