@@ -107,6 +107,8 @@ def build(admin_url: str, meters: int, days: int) -> str:
             )
             if day % 30 == 0:
                 print(f"  day {day}/{days}, {time.perf_counter() - started:.0f} s", flush=True)
+        # What ingest keeps for each meter.
+        conn.execute("UPDATE meters SET last_reading_ts = %s", (end,))
         if timescale:
             conn.execute(
                 "SELECT count(compress_chunk(c, if_not_compressed => true))"
