@@ -19,8 +19,10 @@ the same run, R requests spread over the meters for:
 1. **psycopg** (the baseline): the card's own queries, run directly on one connection through
    the functions the page calls (meter, latest value per channel, open alerts, events,
    tokens, account, and the two chart queries of the range: import and voltage L1);
-2. **charts via views**: the two chart queries written against ``readings_hourly`` /
-   ``readings_daily`` (what the card ran before it aggregated the window itself), alone;
+2. **charts via views** / **via the window**: the two chart queries alone, through
+   ``readings_hourly`` / ``readings_daily`` and aggregating the window of ``reading_data``
+   (the card runs the window on plain PostgreSQL, where it ran the views before, and the
+   views on TimescaleDB; see ``gateway/web/queries.py``);
 3. **card JSON**: ``GET /meters/{id}/card``;
 4. **card page**: ``GET /field/meters/{id}?range=24h|7d|30d`` (the HTML with its two charts).
 
@@ -55,13 +57,6 @@ from gateway.web import api, queries
 
 RANGES: Final = {"24h": ("hour", 1), "7d": ("hour", 7), "30d": ("day", 30)}
 CHANNELS: Final = ("1.8.0", "32.7.0")
-VIEW_SQL: Final = {
-    interval: "SELECT bucket, min_value, max_value, avg_value, first_value, last_value, samples"
-    f" FROM {view} WHERE meter_id = %s AND channel = %s AND bucket >= %s AND bucket < %s"
-    " ORDER BY bucket"
-    for interval, view in (("hour", "readings_hourly"), ("day", "readings_daily"))
-}
-"""The chart query as it was: through the aggregate views."""
 
 
 def meter_id(i: int) -> str:
@@ -158,16 +153,19 @@ async def card_queries(
             interval=interval,  # type: ignore[arg-type]
             since=until - timedelta(days=days),
             until=until,
+            timescale=timescale,
         )
 
 
-async def charts_via_views(conn: psycopg.AsyncConnection[Any], meter: str, range_key: str) -> None:
+async def charts(
+    conn: psycopg.AsyncConnection[Any], meter: str, range_key: str, *, sql: dict[str, str]
+) -> None:
     interval, days = RANGES[range_key]
     until = datetime.now(UTC)
     for channel in CHANNELS:
         cur = await conn.execute(
-            VIEW_SQL[interval],
-            (meter, channel, until - timedelta(days=days), until),
+            sql[interval],
+            {"m": meter, "c": channel, "since": until - timedelta(days=days), "until": until},
         )
         await cur.fetchall()
 
@@ -223,8 +221,10 @@ async def run(url: str, meters: int, requests: int) -> list[tuple[str, list[floa
                 baseline = await timed([direct(card, m, range_key) for m in ids])
                 base_p50 = pcts(baseline)[0]
                 rows.append((f"psycopg: card queries, {range_key}", baseline, base_p50))
-                views = await timed([direct(charts_via_views, m, range_key) for m in ids])
-                rows.append((f"psycopg: charts via views, {range_key}", views, base_p50))
+                for label, sql in (("views", queries.VIEW_SQL), ("the window", queries.WINDOW_SQL)):
+                    form = functools.partial(charts, sql=sql)
+                    alone = await timed([direct(form, m, range_key) for m in ids])
+                    rows.append((f"psycopg: charts via {label}, {range_key}", alone, base_p50))
                 if range_key == "24h":
                     rows.append(("GET /meters/{id}/card", json_times, base_p50))
                 page = await timed([get(f"/field/meters/{m}?range={range_key}") for m in ids])

@@ -189,6 +189,7 @@ async def readings_of(
     interval: queries.Interval,
     since: datetime | None,
     until: datetime | None,
+    timescale: bool,
 ) -> dict[str, Any]:
     meter = await registry.get_meter(conn, meter_id)
     until = until or datetime.now(UTC)
@@ -203,7 +204,13 @@ async def readings_of(
     if until - since > MAX_SPAN[interval]:
         raise ValidationError(f"at most {MAX_SPAN[interval].days} days of {interval}ly buckets")
     rows = await queries.buckets(
-        conn, meter_id, channel=channel, interval=interval, since=since, until=until
+        conn,
+        meter_id,
+        channel=channel,
+        interval=interval,
+        since=since,
+        until=until,
+        timescale=timescale,
     )
     return {
         "meter_id": meter_id,
@@ -233,6 +240,7 @@ async def get_readings(
     *,
     meter_id: MeterId,
     conn: DbConn,
+    request: Request,
     channel: Channel,
     interval: Literal["hour", "day"] = "hour",
     since: datetime | None = None,
@@ -241,7 +249,13 @@ async def get_readings(
     """Hourly or daily aggregates of one channel (``since <= bucket < until``; default: the
     last 24 h of hours or 30 days of days). Daily buckets are deployment-time-zone days."""
     return await readings_of(
-        conn, meter_id, channel=channel, interval=interval, since=since, until=until
+        conn,
+        meter_id,
+        channel=channel,
+        interval=interval,
+        since=since,
+        until=until,
+        timescale=await schema_variant(request).timescale(conn),
     )
 
 

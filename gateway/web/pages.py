@@ -272,7 +272,7 @@ async def _account(conn: AsyncConnection[Any], account: str | None) -> dict[str,
 
 
 async def _chart(
-    conn: AsyncConnection[Any], meter: dict[str, Any], range_key: str
+    conn: AsyncConnection[Any], meter: dict[str, Any], range_key: str, *, timescale: bool
 ) -> tuple[str, str | None]:
     interval, days = _SPANS[range_key]
     until = datetime.now(UTC)
@@ -282,7 +282,13 @@ async def _chart(
     consumption_svg = svg_chart([], title="Consumption", unit=unit)
     if register is not None:
         data = await api.readings_of(
-            conn, meter["meter_id"], channel=register, interval=interval, since=since, until=until
+            conn,
+            meter["meter_id"],
+            channel=register,
+            interval=interval,
+            since=since,
+            until=until,
+            timescale=timescale,
         )
         points = consumption(
             [(b["bucket"], b["first_value"], b["last_value"]) for b in data["buckets"]]
@@ -291,7 +297,13 @@ async def _chart(
     voltage_svg = None
     if meter["utility"] == "electricity":
         data = await api.readings_of(
-            conn, meter["meter_id"], channel=VOLTAGE, interval=interval, since=since, until=until
+            conn,
+            meter["meter_id"],
+            channel=VOLTAGE,
+            interval=interval,
+            since=since,
+            until=until,
+            timescale=timescale,
         )
         points = [Point(b["bucket"], b["avg_value"]) for b in data["buckets"]]
         voltage_svg = svg_chart(points, title="Voltage L1 (average)", unit="V", kind="line")
@@ -309,11 +321,9 @@ async def meter_page(
     if person is None:
         return _to_login(request)
     try:
+        timescale = await api.schema_variant(request).timescale(conn)
         card = await api.build_card(
-            conn,
-            meter_id,
-            with_commands=api.commands_available(request),
-            timescale=await api.schema_variant(request).timescale(conn),
+            conn, meter_id, with_commands=api.commands_available(request), timescale=timescale
         )
     except NotFoundError:
         return _html(
@@ -325,7 +335,7 @@ async def meter_page(
             csrf=_csrf(request),
         )
     meter = card["meter"]
-    consumption_svg, voltage_svg = await _chart(conn, meter, range)
+    consumption_svg, voltage_svg = await _chart(conn, meter, range, timescale=timescale)
     register = main_register(meter["utility"])
     commands = [{**c, "summary": command_summary(c)} for c in card["commands"]]
     live = [c["action"] for c in commands if c["state"] in LIVE_COMMAND_STATES]

@@ -9,8 +9,9 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 __all__ = [
-    "BUCKETS_SQL",
     "LATEST_WINDOW",
+    "VIEW_SQL",
+    "WINDOW_SQL",
     "SchemaVariant",
     "buckets",
     "events",
@@ -52,22 +53,26 @@ ORDER BY channel, ts DESC
 
 Interval = Literal["hour", "day"]
 
-# The card's charts aggregate the requested window of reading_data themselves instead of
-# reading readings_hourly / readings_daily. On plain PostgreSQL those are views with GROUP BY on
-# date_trunc(ts): a predicate on their bucket reaches reading_data only as a filter on
-# date_trunc(...), which no index serves, so a 24 h chart read the meter's whole history (a year
-# of 15-minute data: 35 000 rows, one heap page each once many meters share the pages). Here the
-# bucket predicate is kept for exact bucket semantics, and an implied range on ts (a bucket
-# starts at or before its readings, and a reading lies less than one bucket length after its
-# bucket's start; local days are at most 25 h, 2 days leaves room for any zone's transitions)
-# makes it a range scan of the (meter_id, channel, ts) key. Buckets are those of the views:
-# UTC hours, and days of the deployment time zone recorded in deployment_settings.
+# Charts on plain PostgreSQL aggregate the requested window of reading_data themselves instead
+# of reading readings_hourly / readings_daily. Those are views with GROUP BY on date_trunc(ts)
+# there: a predicate on their bucket reaches reading_data only as a filter on date_trunc(...),
+# which no index serves, so a 24 h chart read the meter's whole history (a year of 15-minute
+# data: 35 000 rows, one heap page each once many meters share the pages). Here the bucket
+# predicate is kept for exact bucket semantics, and an implied range on ts (a bucket starts at
+# or before its readings, and a reading lies less than one bucket length after its bucket's
+# start; local days are at most 25 h, 2 days leaves room for any zone's transitions) makes it a
+# range scan of the (meter_id, channel, ts) key. Buckets are those of the views: UTC hours, and
+# days of the deployment time zone recorded in deployment_settings.
+#
+# On TimescaleDB the views are continuous aggregates: a bucket range on them reads the
+# materialised buckets (and the raw rows after the last refresh), cheaper than aggregating the
+# raw rows, which for 30 days means decompressing a month of chunks.
 _BUCKET: Final = {
     "hour": "date_trunc('hour', r.ts, 'UTC')",
     "day": "date_trunc('day', r.ts, z.time_zone)",
 }
 _SLACK: Final = {"hour": "1 hour", "day": "2 days"}
-BUCKETS_SQL: Final = {
+WINDOW_SQL: Final = {
     interval: f"""
 SELECT {bucket} AS bucket,
        min(r.value) AS min_value, max(r.value) AS max_value, avg(r.value) AS avg_value,
@@ -83,7 +88,15 @@ ORDER BY 1
 """
     for interval, bucket in _BUCKET.items()
 }
-"""The chart query per interval (parameters ``m``, ``c``, ``since``, ``until``)."""
+"""The chart query of plain PostgreSQL per interval (parameters ``m``, ``c``, ``since``,
+``until``)."""
+VIEW_SQL: Final = {
+    interval: "SELECT bucket, min_value, max_value, avg_value, first_value, last_value, samples"
+    f" FROM {view} WHERE meter_id = %(m)s AND channel = %(c)s"
+    " AND bucket >= %(since)s AND bucket < %(until)s ORDER BY bucket"
+    for interval, view in (("hour", "readings_hourly"), ("day", "readings_daily"))
+}
+"""The chart query of TimescaleDB (the same parameters)."""
 
 
 async def latest_per_channel(
@@ -107,12 +120,12 @@ async def buckets(
     interval: Interval,
     since: datetime,
     until: datetime,
+    timescale: bool,
 ) -> list[dict[str, Any]]:
     """Aggregated readings of one channel, oldest first, with ``since <= bucket < until``."""
+    query = (VIEW_SQL if timescale else WINDOW_SQL)[interval]
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            BUCKETS_SQL[interval], {"m": meter_id, "c": channel, "since": since, "until": until}
-        )
+        await cur.execute(query, {"m": meter_id, "c": channel, "since": since, "until": until})
         return await cur.fetchall()
 
 
