@@ -38,7 +38,7 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     port too, and the kernel spreads incoming connections over them.
     """
     try:
-        return socket.create_server((host, port), reuse_port=reuse_port)
+        sock = socket.create_server((host, port), reuse_port=reuse_port)
     except ValueError as exc:  # the platform has no SO_REUSEPORT
         raise ListenError(f"GATEWAY_HTTP_REUSE_PORT is not supported here: {exc}") from exc
     except OSError as exc:
@@ -56,3 +56,8 @@ def listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
             f"cannot listen on {host}:{port} ({exc.strerror or exc}): check GATEWAY_HTTP_HOST "
             "and GATEWAY_HTTP_PORT"
         ) from exc
+    # asyncio turns Nagle off only on sockets created with proto IPPROTO_TCP, which
+    # create_server's are not (proto 0). With Nagle on, a response's body waits for the
+    # client's (delayed, ~40 ms) ACK of its headers. Accepted sockets inherit the option.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock

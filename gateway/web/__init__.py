@@ -19,6 +19,7 @@ from gateway.web.api import router as api_router
 from gateway.web.idempotency import install_idempotency
 from gateway.web.pages import STATIC_DIR
 from gateway.web.pages import router as pages_router
+from gateway.web.queries import SchemaVariant
 
 __all__ = ["install_web"]
 
@@ -28,6 +29,7 @@ def _pool(request: Request) -> AsyncConnectionPool[Any]:
 
 
 def install_web(app: FastAPI) -> None:
+    app.state.schema_variant = SchemaVariant()
     app.include_router(api_router)
     app.include_router(pages_router)
     app.mount("/field/static", StaticFiles(directory=STATIC_DIR), name="field-static")

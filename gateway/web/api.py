@@ -14,25 +14,38 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path, Query, Request
 from psycopg import AsyncConnection
 from pydantic import BaseModel
+from starlette.routing import NoMatchFound
 
 from gateway import registry
+from gateway.control.commands import list_commands
 from gateway.detection import queries as alert_queries
 from gateway.errors import ValidationError
 from gateway.http.alerts import AlertOut
+from gateway.http.commands import CommandOut
 from gateway.http.db import DbConn
 from gateway.http.meters import MeterOut
 from gateway.http.security import Role, require
 from gateway.web import queries
 from gateway.web.present import age_in_words, unit_of
 
-__all__ = ["COMMANDS_PATH", "build_card", "commands_available", "readings_of", "router"]
+__all__ = [
+    "COMMANDS_PATH",
+    "build_card",
+    "commands_available",
+    "readings_of",
+    "router",
+    "schema_variant",
+]
 
 router = APIRouter(tags=["field"], dependencies=[Depends(require(Role.TECHNICIAN))])
 
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Channel = Annotated[str, Query(pattern=r"^[0-9A-Za-z.:_-]{1,32}$", examples=["1.8.0"])]
 COMMANDS_PATH = "/meters/{meter_id}/commands"
+COMMANDS_ROUTE = "get_commands"
+"""The name of ``GET /meters/{meter_id}/commands`` (:mod:`gateway.http.commands`)."""
 MAX_SPAN = {"hour": timedelta(days=93), "day": timedelta(days=3660)}
+CARD_COMMANDS = 10
 
 
 class LatestValue(BaseModel):
@@ -84,7 +97,9 @@ class Card(BaseModel):
     events: list[EventOut]
     tokens: list[TokenOut]
     commands_available: bool
-    """True once this gateway serves ``/meters/{id}/commands`` (credit control)."""
+    """True when this gateway serves ``/meters/{id}/commands`` (credit control)."""
+    commands: list[CommandOut]
+    """The meter's last commands, newest first (as ``GET /meters/{id}/commands``)."""
     generated_at: datetime
 
 
@@ -109,12 +124,22 @@ class Readings(BaseModel):
 
 
 def commands_available(request: Request) -> bool:
-    """Whether the credit-control command endpoint is part of this app."""
-    return any(getattr(r, "path", None) == COMMANDS_PATH for r in request.app.routes)
+    """Whether the credit-control command endpoint is part of this app (by its route name:
+    included routers do not list their routes in ``app.routes``)."""
+    try:
+        request.app.url_path_for(COMMANDS_ROUTE, meter_id="M")
+    except NoMatchFound:
+        return False
+    return True
+
+
+def schema_variant(request: Request) -> queries.SchemaVariant:
+    variant: queries.SchemaVariant = request.app.state.schema_variant
+    return variant
 
 
 async def build_card(
-    conn: AsyncConnection[Any], meter_id: str, *, with_commands: bool
+    conn: AsyncConnection[Any], meter_id: str, *, with_commands: bool, timescale: bool
 ) -> dict[str, Any]:
     meter = await registry.get_meter(conn, meter_id)
     now = datetime.now(UTC)
@@ -123,7 +148,9 @@ async def build_card(
     status = meter["status"] or {}
     latest = [
         {**row, "unit": unit_of(row["channel"], meter["utility"])}
-        for row in await queries.latest_per_channel(conn, meter_id)
+        for row in await queries.latest_per_channel(
+            conn, meter_id, last_reading=meter["last_reading_ts"], timescale=timescale
+        )
     ]
     alerts, _ = await alert_queries.list_alerts(
         conn, alert_queries.AlertFilter(meter_id, None, "open", None, None), limit=50, cursor=None
@@ -147,6 +174,9 @@ async def build_card(
         "events": await queries.events(conn, meter_id, limit=20),
         "tokens": await queries.tokens(conn, meter_id, limit=10),
         "commands_available": with_commands,
+        "commands": await list_commands(conn, meter_id, limit=CARD_COMMANDS)
+        if with_commands
+        else [],
         "generated_at": now,
     }
 
@@ -159,6 +189,7 @@ async def readings_of(
     interval: queries.Interval,
     since: datetime | None,
     until: datetime | None,
+    timescale: bool,
 ) -> dict[str, Any]:
     meter = await registry.get_meter(conn, meter_id)
     until = until or datetime.now(UTC)
@@ -173,7 +204,13 @@ async def readings_of(
     if until - since > MAX_SPAN[interval]:
         raise ValidationError(f"at most {MAX_SPAN[interval].days} days of {interval}ly buckets")
     rows = await queries.buckets(
-        conn, meter_id, channel=channel, interval=interval, since=since, until=until
+        conn,
+        meter_id,
+        channel=channel,
+        interval=interval,
+        since=since,
+        until=until,
+        timescale=timescale,
     )
     return {
         "meter_id": meter_id,
@@ -189,8 +226,13 @@ async def readings_of(
 @router.get("/meters/{meter_id}/card", response_model=Card)
 async def get_card(meter_id: MeterId, conn: DbConn, request: Request) -> dict[str, Any]:
     """One meter at a glance: identity, comms and data age, relay/valve, credit, open alerts,
-    the latest value of each channel, recent events and tokens."""
-    return await build_card(conn, meter_id, with_commands=commands_available(request))
+    the latest value of each channel, recent events, tokens and commands."""
+    return await build_card(
+        conn,
+        meter_id,
+        with_commands=commands_available(request),
+        timescale=await schema_variant(request).timescale(conn),
+    )
 
 
 @router.get("/meters/{meter_id}/readings", response_model=Readings)
@@ -198,6 +240,7 @@ async def get_readings(
     *,
     meter_id: MeterId,
     conn: DbConn,
+    request: Request,
     channel: Channel,
     interval: Literal["hour", "day"] = "hour",
     since: datetime | None = None,
@@ -206,7 +249,13 @@ async def get_readings(
     """Hourly or daily aggregates of one channel (``since <= bucket < until``; default: the
     last 24 h of hours or 30 days of days). Daily buckets are deployment-time-zone days."""
     return await readings_of(
-        conn, meter_id, channel=channel, interval=interval, since=since, until=until
+        conn,
+        meter_id,
+        channel=channel,
+        interval=interval,
+        since=since,
+        until=until,
+        timescale=await schema_variant(request).timescale(conn),
     )
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Final
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
@@ -32,9 +32,12 @@ from gateway.http.db import DbConn
 from gateway.http.security import AccessControl, Principal, Role, optional_principal, require
 from gateway.web import api
 from gateway.web.present import (
+    LIVE_COMMAND_STATES,
     VOLTAGE,
     Point,
     age_in_words,
+    command_choices,
+    command_summary,
     consumption,
     geo_uri,
     main_register,
@@ -100,6 +103,21 @@ def _safe_next(value: str | None) -> str:
     if value and value.startswith("/field/") and not value.startswith("//"):
         return value
     return "/field/"
+
+
+@router.get("/sw.js")
+async def service_worker() -> FileResponse:
+    """The service worker (no data in it, open to all): served from ``/field/`` so that its
+    scope covers every field page. ``no-cache``: a changed worker reaches phones at once."""
+    return FileResponse(
+        STATIC_DIR / "sw.js", media_type="text/javascript", headers={"Cache-Control": "no-cache"}
+    )
+
+
+@router.get("/offline", response_class=HTMLResponse)
+async def offline_page() -> HTMLResponse:
+    """What the service worker shows for a page not saved on the phone (no data, open to all)."""
+    return _html("offline.html", principal=None, csrf=None, generated_at=None)
 
 
 @router.get("/login", response_class=HTMLResponse)
@@ -254,7 +272,7 @@ async def _account(conn: AsyncConnection[Any], account: str | None) -> dict[str,
 
 
 async def _chart(
-    conn: AsyncConnection[Any], meter: dict[str, Any], range_key: str
+    conn: AsyncConnection[Any], meter: dict[str, Any], range_key: str, *, timescale: bool
 ) -> tuple[str, str | None]:
     interval, days = _SPANS[range_key]
     until = datetime.now(UTC)
@@ -264,7 +282,13 @@ async def _chart(
     consumption_svg = svg_chart([], title="Consumption", unit=unit)
     if register is not None:
         data = await api.readings_of(
-            conn, meter["meter_id"], channel=register, interval=interval, since=since, until=until
+            conn,
+            meter["meter_id"],
+            channel=register,
+            interval=interval,
+            since=since,
+            until=until,
+            timescale=timescale,
         )
         points = consumption(
             [(b["bucket"], b["first_value"], b["last_value"]) for b in data["buckets"]]
@@ -273,7 +297,13 @@ async def _chart(
     voltage_svg = None
     if meter["utility"] == "electricity":
         data = await api.readings_of(
-            conn, meter["meter_id"], channel=VOLTAGE, interval=interval, since=since, until=until
+            conn,
+            meter["meter_id"],
+            channel=VOLTAGE,
+            interval=interval,
+            since=since,
+            until=until,
+            timescale=timescale,
         )
         points = [Point(b["bucket"], b["avg_value"]) for b in data["buckets"]]
         voltage_svg = svg_chart(points, title="Voltage L1 (average)", unit="V", kind="line")
@@ -291,7 +321,10 @@ async def meter_page(
     if person is None:
         return _to_login(request)
     try:
-        card = await api.build_card(conn, meter_id, with_commands=api.commands_available(request))
+        timescale = await api.schema_variant(request).timescale(conn)
+        card = await api.build_card(
+            conn, meter_id, with_commands=api.commands_available(request), timescale=timescale
+        )
     except NotFoundError:
         return _html(
             "search.html",
@@ -302,10 +335,18 @@ async def meter_page(
             csrf=_csrf(request),
         )
     meter = card["meter"]
-    consumption_svg, voltage_svg = await _chart(conn, meter, range)
+    consumption_svg, voltage_svg = await _chart(conn, meter, range, timescale=timescale)
     register = main_register(meter["utility"])
+    commands = [{**c, "summary": command_summary(c)} for c in card["commands"]]
+    live = [c["action"] for c in commands if c["state"] in LIVE_COMMAND_STATES]
     return _html(
         "meter.html",
+        commands=commands,
+        command_choices=command_choices(
+            meter["utility"], card["relay"], card["valve"], meter["reconnect_mode"], live
+        )
+        if card["commands_available"] and meter["verified"] and meter["transport"] == "mqtt"
+        else [],
         card=card,
         m=meter,
         account=await _account(conn, meter["account"]),

@@ -5,18 +5,22 @@ No I/O: everything here takes values and returns values, so it is tested without
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from html import escape
-from typing import Final
+from typing import Any, Final
 from urllib.parse import quote
 
 from protocols.channels import CHANNELS
 
 __all__ = [
+    "LIVE_COMMAND_STATES",
+    "CommandChoice",
     "Point",
     "age_in_words",
+    "command_choices",
+    "command_summary",
     "consumption",
     "geo_uri",
     "main_register",
@@ -152,3 +156,76 @@ def svg_chart(
         parts.append(f'<polyline points="{coords}" class="line"/>')
     parts.append("</svg>")
     return "".join(parts)
+
+
+LIVE_COMMAND_STATES: Final = frozenset({"planned", "sent", "acknowledged", "expired"})
+"""A command in these states is still on its way (the command loop works on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandChoice:
+    action: str
+    label: str
+
+
+def command_choices(
+    utility: str,
+    relay: str | None,
+    valve: str | None,
+    reconnect_mode: str,
+    live: Sequence[str] = (),
+) -> list[CommandChoice]:
+    """The commands a technician may send from the card, given the supply's reported state.
+
+    Reading the state is always offered; reconnecting only a disconnected (or armed) relay,
+    as the meter's reconnect mode does it (``arm``: the customer presses the meter's button);
+    restoring only a restricted or closed valve. An action already on its way (``live``) is
+    not offered twice.
+    """
+    choices = [CommandChoice("read_state", "Read state now")]
+    if utility == "electricity":
+        if reconnect_mode == "arm" and relay == "disconnected":
+            choices.append(CommandChoice("arm_reconnect", "Arm for reconnection"))
+        elif reconnect_mode != "arm" and relay in ("disconnected", "armed"):
+            choices.append(CommandChoice("reconnect", "Reconnect"))
+    elif utility == "water" and valve in ("restricted", "closed"):
+        choices.append(CommandChoice("restore", "Restore full flow"))
+    return [c for c in choices if c.action not in live]
+
+
+def _at(value: datetime | None) -> str:
+    return f"{value:%d %b %H:%M} UTC" if value is not None else "(time unknown)"
+
+
+def _reported(state: Mapping[str, Any] | None) -> str:
+    if not state:
+        return ""
+    parts = [f"{k} {v}" for k, v in state.items() if k in ("relay", "valve") and v]
+    return f": the meter reports {', '.join(parts)}" if parts else ""
+
+
+def command_summary(command: Mapping[str, Any]) -> str:
+    """Where a command stands, in words: confirmed from the meter's state, or why not yet."""
+    match command["state"]:
+        case "confirmed":
+            state = _reported(command["confirmed_state"])
+            return f"confirmed {_at(command['confirmed_at'])}{state}"
+        case "planned":
+            return "waiting to be sent"
+        case "sent":
+            return f"sent {_at(command['sent_at'])}, waiting for the meter's state"
+        case "acknowledged":
+            return (
+                f"acknowledged by the meter {_at(command['acknowledged_at'])}, waiting for its"
+                " state to confirm it"
+            )
+        case "expired":
+            return "not delivered: the meter is offline; it is sent again when the meter is back"
+        case "rejected":
+            return f"refused: {command['outcome']}"
+        case "unconfirmed":
+            return f"not confirmed: {command['outcome']}"
+        case "cancelled":
+            return f"cancelled: {command['outcome']}"
+        case other:
+            return str(other)

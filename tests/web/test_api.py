@@ -76,7 +76,8 @@ async def test_card_readings_events_and_tokens(field: Field) -> None:
     latest = {r["channel"]: (r["value"], r["unit"]) for r in body["latest"]}
     assert latest == {"1.8.0": (12.5, "kWh"), "32.7.0": (231.0, "V")}
     assert [e["type"] for e in body["events"]] == ["relay_opened"]
-    assert body["commands_available"] is False
+    assert body["commands_available"] is True
+    assert body["commands"] == []
     assert body["comms"]["age"] == "never"
     readings = await field.http.get(
         "/meters/E2/readings",
@@ -86,6 +87,21 @@ async def test_card_readings_events_and_tokens(field: Field) -> None:
     assert readings.status_code == 200, readings.text
     assert [b["last_value"] for b in readings.json()["buckets"]] == [10.0, 12.5]
     assert (await field.http.get("/meters/E2/tokens", headers=field.technician)).json() == []
+    # A command ordered through the API is on the card, as in GET /meters/{id}/commands.
+    ordered = await field.http.post(
+        "/meters/E2/commands",
+        json={"action": "read_state", "reason": "field visit"},
+        headers=field.technician,
+    )
+    assert ordered.status_code == 202, ordered.text
+    history = (await field.http.get("/meters/E2/commands", headers=field.technician)).json()
+    card_commands = (await field.http.get("/meters/E2/card", headers=field.technician)).json()[
+        "commands"
+    ]
+    assert [(c["command_id"], c["action"], c["state"]) for c in card_commands] == [
+        (ordered.json()["command_id"], "read_state", "planned")
+    ]
+    assert card_commands == history["commands"]
     assert (await field.http.get("/meters/E2/card")).status_code == 401
     missing = await field.http.get("/meters/NOPE/card", headers=field.technician)
     assert missing.status_code == 404

@@ -1,10 +1,20 @@
-"""Pure helpers of the field pages: ages, units, consumption from a register, SVG charts."""
+"""Pure helpers of the field pages: ages, units, consumption from a register, SVG charts, the
+commands offered on a meter card and where a command stands."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from gateway.web.present import Point, age_in_words, consumption, geo_uri, svg_chart, unit_of
+from gateway.web.present import (
+    Point,
+    age_in_words,
+    command_choices,
+    command_summary,
+    consumption,
+    geo_uri,
+    svg_chart,
+    unit_of,
+)
 
 T0 = datetime(2026, 11, 2, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -48,3 +58,61 @@ def test_svg_chart_is_labelled_and_escapes_text() -> None:
     line = svg_chart(points, title="Voltage", unit="V", kind="line")
     assert "<polyline" in line and "<rect" not in line
     assert "no data" in svg_chart([], title="Empty", unit="V")
+
+
+def offered(*args: object, live: tuple[str, ...] = ()) -> list[str]:
+    return [c.action for c in command_choices(*args, live=live)]
+
+
+def test_commands_offered_follow_the_supply_state_and_the_reconnect_mode() -> None:
+    assert offered("electricity", "connected", None, "remote") == ["read_state"]
+    assert offered("electricity", "disconnected", None, "remote") == ["read_state", "reconnect"]
+    assert offered("electricity", "armed", None, "remote") == ["read_state", "reconnect"]
+    assert offered("electricity", "disconnected", None, "arm") == ["read_state", "arm_reconnect"]
+    # Armed already: the customer presses the button; nothing more to send.
+    assert offered("electricity", "armed", None, "arm") == ["read_state"]
+    assert offered("electricity", None, None, "remote") == ["read_state"]
+    assert offered("water", None, "restricted", "remote") == ["read_state", "restore"]
+    assert offered("water", None, "closed", "remote") == ["read_state", "restore"]
+    assert offered("water", None, "open", "remote") == ["read_state"]
+    # An action on its way is not offered twice.
+    assert offered("water", None, "closed", "remote", live=("restore",)) == ["read_state"]
+    assert offered("electricity", "disconnected", None, "remote", live=("read_state",)) == [
+        "reconnect"
+    ]
+
+
+def command(state: str, **fields: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "state": state,
+        "outcome": "",
+        "sent_at": None,
+        "acknowledged_at": None,
+        "confirmed_at": None,
+        "confirmed_state": None,
+    }
+    return base | fields
+
+
+def test_a_command_says_where_it_stands() -> None:
+    at = datetime(2026, 12, 1, 14, 3, tzinfo=UTC)
+    confirmed = command(
+        "confirmed", confirmed_at=at, confirmed_state={"relay": "connected", "valve": None}
+    )
+    assert command_summary(confirmed) == (
+        "confirmed 01 Dec 14:03 UTC: the meter reports relay connected"
+    )
+    assert command_summary(command("planned")) == "waiting to be sent"
+    assert command_summary(command("sent", sent_at=at)) == (
+        "sent 01 Dec 14:03 UTC, waiting for the meter's state"
+    )
+    assert command_summary(command("acknowledged", acknowledged_at=at)).startswith(
+        "acknowledged by the meter 01 Dec 14:03 UTC"
+    )
+    assert command_summary(command("rejected", outcome="the meter refused restore: expired")) == (
+        "refused: the meter refused restore: expired"
+    )
+    assert command_summary(command("unconfirmed", outcome="no state after 2 retries")) == (
+        "not confirmed: no state after 2 retries"
+    )
+    assert "offline" in command_summary(command("expired"))
