@@ -18,13 +18,13 @@ from typing import Any, Final
 
 import psycopg
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.auth.authenticators import SAFE_METHODS
 from gateway.errors import GatewayError
+from gateway.http.errors import error_response
 from gateway.http.security import optional_principal
 
 __all__ = ["HEADER", "IdempotencyMiddleware", "install_idempotency"]
@@ -34,14 +34,6 @@ log = logging.getLogger(__name__)
 HEADER: Final = "Idempotency-Key"
 _KEY = re.compile(r"^[A-Za-z0-9_.:-]{8,100}$")
 _MAX_STORED_BYTES: Final = 256 * 1024
-
-
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=status,
-        content={"type": "about:blank", "title": title, "status": status, "detail": detail},
-        media_type="application/problem+json",
-    )
 
 
 def _keepable(status: int) -> bool:
@@ -90,7 +82,9 @@ async def _idempotency(
     if key is None or request.method in SAFE_METHODS:
         return await call_next(request)
     if not _KEY.fullmatch(key):
-        return _problem(422, "Invalid idempotency key", "expected 8-100 of [A-Za-z0-9_.:-]")
+        return error_response(
+            422, "invalid_request", "Idempotency-Key: expected 8-100 of [A-Za-z0-9_.:-]"
+        )
     try:
         principal = await optional_principal(request)
     except GatewayError:
@@ -117,15 +111,24 @@ async def _idempotency(
                 )
                 stored = await cur.fetchone()
     except (psycopg.Error, PoolTimeout):
-        return _problem(503, "Service unavailable", "cannot check the idempotency key now")
+        return error_response(
+            503,
+            "unavailable",
+            "cannot check the idempotency key now; try again later",
+            headers={"Retry-After": "1"},
+        )
     if not fresh:
         if stored is None:  # deleted in between: the first attempt failed; run this one
             return await call_next(request)
         method, stored_path, state, status, media_type, body = stored
         if (method, stored_path) != (request.method, path):
-            return _problem(422, "Idempotency key reused", "this key belongs to another request")
+            return error_response(
+                422, "idempotency_key_reused", "this Idempotency-Key belongs to another request"
+            )
         if state == "pending":
-            return _problem(409, "Request in progress", "the first request with this key runs")
+            return error_response(
+                409, "in_progress", "the first request with this Idempotency-Key still runs"
+            )
         replay = Response(content=bytes(body or b""), status_code=status, media_type=media_type)
         replay.headers["Idempotent-Replayed"] = "true"
         return replay

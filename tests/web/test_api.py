@@ -137,6 +137,12 @@ async def test_an_idempotency_key_applies_an_action_once(field: Field) -> None:
         f"/alerts/{alert_id}/resolve", json={"note": "x"}, headers=headers
     )
     assert other.status_code == 422
+    assert other.json()["error"]["code"] == "idempotency_key_reused"  # the API's one shape
+    bad = await field.http.post(
+        f"/alerts/{alert_id}/resolve", json={"note": "x"},
+        headers={**field.technician, "Idempotency-Key": "no spaces"},
+    )  # fmt: skip
+    assert (bad.status_code, bad.json()["error"]["code"]) == (422, "invalid_request")
     async with await psycopg.AsyncConnection.connect(field.url) as conn:
         cur = await conn.execute(
             "SELECT count(*) FROM audit_log WHERE action LIKE 'POST /alerts/%%/acknowledge'"

@@ -89,8 +89,10 @@
       if (r.status === 429 || r.status >= 500) { lastError = null; showState(); return; }
       lastError = null;
       return r.json().catch(function () { return {}; }).then(function (body) {
-        // A 409 without the API's error shape: the first request with this key still runs.
-        if (r.status === 409 && !body.error) { showState(); return; }
+        // The first request with this key still runs: try again later.
+        if (r.status === 409 && body.error && body.error.code === "in_progress") {
+          showState(); return;
+        }
         drop(entry);
         var why = body.error ? body.error.message : r.status;
         report(entry, entry.label + (r.ok ? ": done" : ": refused (" + why + ")"));
