@@ -37,15 +37,16 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import psycopg
-from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from gateway import audit
 from gateway.control.commands import finish
 from gateway.control.lifecycle import CommandState
 from gateway.control.policy import Policy
 from gateway.control.readback import ACTOR, apply_replies, confirm
+from gateway.control.runs import halted
 from gateway.control.store import current_policy
-from gateway.control.supervise import halted, still_stands, supervise, windowed_budget
+from gateway.control.supervise import still_stands, supervise, windowed_budget
 from gateway.control.window import in_window
 from gateway.errors import KeyStoreError
 from gateway.keystore.base import KeyStore
@@ -286,10 +287,15 @@ class CommandLoop:
                     (timedelta(seconds=policy.confirm_timeout_s), published),
                 )
                 await conn.cursor().executemany(
-                    "INSERT INTO audit_log (actor, action, object, outcome, detail)"
-                    " VALUES (%s, 'command.publish', %s, 'published', %s)",
+                    audit.INSERT,
                     [
-                        (ACTOR, f"meter:{r[1]}", Jsonb({"command_id": r[3], "message_id": r[0]}))
+                        audit.values(
+                            actor=ACTOR,
+                            action="command.publish",
+                            object=f"meter:{r[1]}",
+                            outcome="published",
+                            detail={"command_id": r[3], "message_id": r[0]},
+                        )
                         for r, ok in zip(rows, results, strict=True)
                         if ok
                     ],

@@ -52,6 +52,7 @@ __all__ = [
     "approve_run",
     "get_run",
     "halt_state",
+    "halted",
     "plan_run",
     "release_after_change",
     "review_list",
@@ -96,7 +97,8 @@ def _checks_json(decision: Decision) -> list[dict[str, Any]]:
     return [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in decision.checks]
 
 
-async def _halted(conn: Conn) -> bool:
+async def halted(conn: Conn) -> bool:
+    """Whether an operator has halted credit-control execution."""
     cur = await conn.execute("SELECT halted FROM control_halt")
     row = await cur.fetchone()
     return bool(row and row[0])
@@ -378,7 +380,7 @@ async def approve_run(conn: Conn, run_id: int, *, actor: str, today: date) -> di
             raise NotFoundError(f"run {run_id} is not known")
         if row[0] != "planned":
             raise ConflictError(f"run {run_id} is {row[0]}, not planned")
-        if await _halted(conn):
+        if await halted(conn):
             raise ConflictError("credit-control execution is halted")
         _, policy = await current_policy(conn)
         await conn.execute(

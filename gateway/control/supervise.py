@@ -22,13 +22,13 @@ from gateway.control.commands import finish
 from gateway.control.lifecycle import CommandState, TimeoutStep, on_timeout
 from gateway.control.policy import Policy
 from gateway.control.readback import ACTOR
+from gateway.control.runs import halted
 from gateway.control.window import in_window, next_window_start
 from protocols.commands import CommandAction
 
 __all__ = [
     "OFFLINE_GIVE_UP",
     "Signer",
-    "halted",
     "still_stands",
     "supervise",
     "windowed_budget",
@@ -42,13 +42,6 @@ False if it could not (the command has then ended ``rejected``)."""
 OFFLINE_GIVE_UP: Final = timedelta(days=7)
 """An expired command whose meter has not come back for this long ends ``unconfirmed``."""
 _RATE_WAIT: Final = timedelta(seconds=10)
-
-
-async def halted(conn: Conn) -> bool:
-    """Whether an operator has halted credit-control execution."""
-    cur = await conn.execute("SELECT halted FROM control_halt")
-    row = await cur.fetchone()
-    return bool(row and row[0])
 
 
 async def windowed_budget(conn: Conn, policy: Policy, now: datetime) -> int:

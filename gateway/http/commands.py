@@ -20,7 +20,7 @@ from pydantic import Field
 
 from gateway.control.commands import get_command, list_commands, order_command
 from gateway.control.rules import AccountFacts, is_indigent
-from gateway.control.supervise import halted
+from gateway.control.runs import halted
 from gateway.errors import ConflictError, ForbiddenError
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText

@@ -172,6 +172,13 @@ async def _register(
         await conn.commit()
 
 
+async def rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """The rows of one query, on a connection of its own."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute(sql, args)
+        return await cur.fetchall()
+
+
 async def wait_online(database_url: str, meter_ids: Sequence[str], timeout: float = 60) -> None:
     async with asyncio.timeout(timeout):
         while True:

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
@@ -21,18 +20,12 @@ from gateway.control.dispatch import CommandLoop
 from gateway.errors import ConnectionLostError
 from gateway.http.security import Role
 from protocols.commands import CommandAction, sign_command
-from tests.control.rig import Customer, meter_fleet, set_policy, wait_online
+from tests.control.rig import Customer, meter_fleet, rows, set_policy, wait_online
 from tests.firmware_sim.helpers import command_key
 from tests.plugins.auth import make_api_key
 from tests.plugins.gateway import MqttTestClient, gateway_running, make_settings
 
 pytestmark = pytest.mark.timeout(300)
-
-
-async def rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        cur = await conn.execute(sql, args)
-        return await cur.fetchall()
 
 
 async def command_state(http: httpx.AsyncClient, meter_id: str, command_id: int) -> dict[str, Any]:

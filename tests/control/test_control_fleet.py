@@ -8,28 +8,20 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
-import psycopg
 import pytest
 
 from firmware_sim.identity import Utility
 from gateway.http.security import Role
-from tests.control.rig import Customer, Rig, meter_fleet, set_policy, wait_online
+from tests.control.rig import Customer, Rig, meter_fleet, rows, set_policy, wait_online
 from tests.plugins.auth import make_api_key
 from tests.plugins.gateway import gateway_running, make_settings, wait_for_value
 
 pytestmark = pytest.mark.timeout(600)
 
 _WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-async def rows(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        cur = await conn.execute(sql, args)
-        return await cur.fetchall()
 
 
 async def count(url: str, sql: str) -> int:
