@@ -239,9 +239,7 @@ def _start_credit_control(
     from gateway.control.policy import DEFAULT_POLICY  # noqa: PLC0415
 
     if keystore is None:
-        log.warning(
-            "no key store (GATEWAY_MASTER_KEY_FILE unset): commands to meters stay planned"
-        )
+        log.warning("no key store (GATEWAY_MASTER_KEY_FILE unset): commands to meters stay planned")
     else:
         loop = CommandLoop(
             services.pool,

@@ -114,10 +114,7 @@ async def test_not_found_method_not_allowed_and_bad_json_share_the_shape(
 
 
 async def test_request_body_over_the_limit_is_413(
-    auth_headers: AuthHeaders,
-    database_url: str,
-    mqtt_url: str,
-    topic_prefix: str
+    auth_headers: AuthHeaders, database_url: str, mqtt_url: str, topic_prefix: str
 ) -> None:
     settings = make_settings(database_url, mqtt_url, topic_prefix, http_max_body_bytes=4096)
     async with (
@@ -148,10 +145,7 @@ async def test_request_body_over_the_limit_is_413(
 
 
 async def test_busy_database_pool_is_a_503_with_retry_after(
-    auth_headers: AuthHeaders,
-    database_url: str,
-    mqtt_url: str,
-    topic_prefix: str
+    auth_headers: AuthHeaders, database_url: str, mqtt_url: str, topic_prefix: str
 ) -> None:
     # One pooled connection, and no detection loop to share it: the test holds it itself.
     settings = make_settings(
@@ -183,10 +177,7 @@ async def test_busy_database_pool_is_a_503_with_retry_after(
 
 
 async def test_database_down_is_a_503_not_a_500(
-    auth_headers: AuthHeaders,
-    database_url: str,
-    mqtt_url: str,
-    topic_prefix: str, admin_url: str
+    auth_headers: AuthHeaders, database_url: str, mqtt_url: str, topic_prefix: str, admin_url: str
 ) -> None:
     settings = make_settings(database_url, mqtt_url, topic_prefix, http_db_wait_ms=300)
     async with (

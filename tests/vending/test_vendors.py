@@ -27,9 +27,7 @@ async def test_top_up_of_an_unknown_name_is_404_and_opens_no_float(vend: Vend) -
 
 
 @pytest.mark.parametrize("role", [Role.OPERATOR, Role.TECHNICIAN])
-async def test_top_up_of_a_principal_without_the_vendor_role_is_404(
-    vend: Vend, role: Role
-) -> None:
+async def test_top_up_of_a_principal_without_the_vendor_role_is_404(vend: Vend, role: Role) -> None:
     name = f"not-a-vendor-{role.value}"
     await make_api_key(vend.database_url, role, name)
     status, body = await top_up(vend, name)
