@@ -95,10 +95,10 @@ async def login(request: Request, response: Response) -> LoginOut:
     if wait > 0:
         raise RateLimitedError("too many login attempts from this address", retry_after_s=wait)
     body = await _login_body(request)
-    async with access.pool.connection() as conn:
+    async with access.pool.connection(timeout=access.db_wait_s) as conn:
         stored = await store.password_hash_of(conn, body.name)
     ok = await verify_password(stored, body.password)
-    async with access.pool.connection() as conn:
+    async with access.pool.connection(timeout=access.db_wait_s) as conn:
         outcome = await store.record_login(conn, body.name, password_ok=ok, policy=policy)
         token = None
         if outcome.result == "ok" and outcome.principal is not None:
@@ -149,7 +149,7 @@ async def logout(
     access: AccessControl = request.app.state.access
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        async with access.pool.connection() as conn:
+        async with access.pool.connection(timeout=access.db_wait_s) as conn:
             await store.delete_session(conn, token)
     response = Response(status_code=204)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

@@ -378,8 +378,12 @@ async def block_meter(
 async def _vending_error(request: Request, exc: Exception) -> JSONResponse:
     del request
     assert isinstance(exc, VendingError)
+    # A 503 is the service busy or its database away for a moment: say when to come back.
+    headers = {"Retry-After": "1"} if exc.status == 503 else None
     return JSONResponse(
-        status_code=exc.status, content={"error": {"code": exc.code, "message": exc.message}}
+        status_code=exc.status,
+        content={"error": {"code": exc.code, "message": exc.message}},
+        headers=headers,
     )
 
 

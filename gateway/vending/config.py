@@ -28,6 +28,9 @@ class VendingConfig:
     lock_wait: timedelta = timedelta(seconds=30)
     """How long a request, once its idempotency record is in, waits for a row another
     transaction holds (a meter, a vendor's float) before it gives up as unavailable."""
+    db_wait: timedelta = timedelta(seconds=1)
+    """How long a request waits for a pooled database connection before it is refused as
+    ``vending_unavailable`` (HTTP 503 with ``Retry-After``): ``GATEWAY_HTTP_DB_WAIT_MS``."""
     key_expiry: int = 255
     """KEN written into key changes (255: no expiry)."""
     zone: ZoneInfo = field(init=False, repr=False, compare=False)
@@ -45,6 +48,7 @@ class VendingConfig:
             free_electricity_kwh=settings.vending_free_electricity_kwh,
             free_water_kl=settings.vending_free_water_kl,
             reversal_window=timedelta(seconds=settings.vending_reversal_window_s),
+            db_wait=timedelta(milliseconds=settings.http_db_wait_ms),
         )
 
     def free_tenths(self, utility: str) -> int:

@@ -8,6 +8,10 @@ an :class:`Outcome`; this module writes its audit record and response). So:
 * a retry of a completed request finds the record and gets the stored bytes back;
 * a retry of a request still in flight waits on the record's unique key until the first
   transaction ends (then gets its bytes), or gives up after ``retry_wait`` with ``in_progress``;
+  a retry reaching the same process waits in the process instead, without taking a pooled
+  connection (a burst of retries must not starve other requests of connections);
+* a request waits ``db_wait`` at most for a pooled connection, then gets
+  ``vending_unavailable`` (503 with ``Retry-After``);
 * once its record is in, a request waits for the meter and float rows up to ``lock_wait``
   (a sale of the same meter or vendor ahead of it), never answering ``in_progress`` for that;
 * a crash before the commit leaves nothing, one after it leaves the whole sale and its reply;
@@ -22,9 +26,11 @@ whole transaction is run again.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -43,7 +49,7 @@ from gateway.vending.errors import (
     VendingUnavailableError,
 )
 
-__all__ = ["Idempotency", "Outcome", "VendRequest", "Work", "fingerprint"]
+__all__ = ["Idempotency", "Outcome", "VendRequest", "Work", "connection", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -107,22 +113,89 @@ def fingerprint(operation: str, fields: dict[str, Any]) -> bytes:
     ).digest()
 
 
+@asynccontextmanager
+async def connection(
+    pool: AsyncConnectionPool[Any], config: VendingConfig
+) -> AsyncIterator[AsyncConnection[Any]]:
+    """A pooled connection, waited for ``config.db_wait`` at most (then
+    :class:`VendingUnavailableError`); back to the pool on exit, rolled back if still in a
+    transaction."""
+    try:
+        conn = await pool.getconn(timeout=config.db_wait.total_seconds())
+    except PoolTimeout as exc:
+        raise VendingUnavailableError(
+            "the vending service is busy right now; retry the request shortly"
+        ) from exc
+    try:
+        yield conn
+    finally:
+        await pool.putconn(conn)
+
+
+class _Turn:
+    """One request id's queue in this process: its lock and how many requests use it."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
+
+
 class Idempotency:
     """Runs requests' work at most once per (vendor, request_id), on a connection pool."""
 
     def __init__(self, pool: AsyncConnectionPool[Any], config: VendingConfig) -> None:
         self._pool = pool
         self._config = config
+        self._turns: dict[tuple[str, str], _Turn] = {}
+
+    @asynccontextmanager
+    async def _turn(self, vendor: str, request_id: str) -> AsyncIterator[None]:
+        """Wait (``retry_wait`` at most, then ``in_progress``) until no other request of this
+        process with the same vendor and request id is running."""
+        key = (vendor, request_id)
+        turn = self._turns.get(key)
+        if turn is None:
+            turn = self._turns[key] = _Turn()
+        turn.users += 1
+        try:
+            try:
+                async with asyncio.timeout(self._config.retry_wait.total_seconds()):
+                    await turn.lock.acquire()
+            except TimeoutError:
+                raise InProgressError(
+                    f"request {request_id!r} is still being processed; retry it shortly"
+                ) from None
+            try:
+                yield
+            finally:
+                turn.lock.release()
+        finally:
+            turn.users -= 1
+            if turn.users == 0:
+                del self._turns[key]
 
     async def run(
         self, request: VendRequest, operation: str, fields: dict[str, Any], work: Work
     ) -> bytes:
         """The response of ``request``: stored, or made by ``work`` and stored with it."""
         assert request.request_id is not None
+        async with self._turn(request.vendor, request.request_id):
+            return await self._run(request, request.request_id, operation, fields, work)
+
+    async def _run(
+        self,
+        request: VendRequest,
+        request_id: str,
+        operation: str,
+        fields: dict[str, Any],
+        work: Work,
+    ) -> bytes:
         digest = fingerprint(operation, fields)
         for attempt in range(_ATTEMPTS):
             try:
-                return await self._attempt(request, request.request_id, operation, digest, work)
+                return await self._attempt(request, request_id, operation, digest, work)
             except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation) as exc:
                 # A deadlock, a serialisation failure or a lost race on a unique key rolled
                 # the whole transaction back: running it again is safe and decides afresh.
@@ -146,7 +219,11 @@ class Idempotency:
         vendor = request.vendor
         recorded = False
         try:
-            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            async with (
+                connection(self._pool, self._config) as conn,
+                conn.pipeline(),
+                conn.transaction(),
+            ):
                 # Only the wait for the idempotency record (the same request still in flight)
                 # is bounded by retry_wait; once the record is in, the request is this one's
                 # and waits for the meter and float rows as long as lock_wait allows. Both
@@ -207,9 +284,13 @@ class Idempotency:
     async def record_refusal(self, request: VendRequest, error: VendingError) -> None:
         """Audit a refused request (its own transaction had rolled back)."""
         try:
-            async with self._pool.connection() as conn, conn.pipeline(), conn.transaction():
+            async with (
+                connection(self._pool, self._config) as conn,
+                conn.pipeline(),
+                conn.transaction(),
+            ):
                 await request.record(conn, error.code, {"message": error.message})
-        except (psycopg.Error, PoolTimeout):
+        except (psycopg.Error, VendingUnavailableError):
             log.warning(
                 "could not audit a refused %s", request.action, extra={"vendor": request.vendor}
             )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -34,7 +35,7 @@ from gateway.vending.errors import (
     UnknownReceiptError,
     VendingError,
 )
-from gateway.vending.idempotency import Idempotency, Outcome, VendRequest, Work
+from gateway.vending.idempotency import Idempotency, Outcome, VendRequest, Work, connection
 from gateway.vending.keys import DecoderKeySource
 from gateway.vending.pricing import CENT
 from gateway.vending.receipt import dumps, money, rfc3339, units
@@ -73,6 +74,10 @@ class VendingService:
         self._sales = Sales(keys, self.config)
         self._idempotency = Idempotency(pool, self.config)
 
+    def _connection(self) -> AbstractAsyncContextManager[AsyncConnection[Any]]:
+        """A pooled connection, waited for no longer than ``config.db_wait``."""
+        return connection(self.pool, self.config)
+
     async def _idempotent(
         self, request: VendRequest, operation: str, fields: dict[str, Any], work: Work
     ) -> bytes:
@@ -89,7 +94,7 @@ class VendingService:
         """Trial vend: what ``amount`` buys now. No token, no charge, nothing written."""
         amount = _check_amount(amount)
         now = self._clock()
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
             plan = await self._sales.plan(conn, meter_id, amount, now, lock=False, want_credit=True)
             balance = await store.float_balance(conn, vendor, lock=False)
         quote = plan.quote
@@ -193,7 +198,7 @@ class VendingService:
             params.append(meter_id)
         query += " ORDER BY s.sale_id DESC LIMIT %s"
         params.append(last)
-        async with self.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
             cur = await conn.execute(query, params)
             rows = await cur.fetchall()
             if not rows:
@@ -224,14 +229,14 @@ class VendingService:
             now = self._clock()
             cur = await conn.execute(
                 "SELECT sale_id, state, amount, issued_at, confirmed_at, debt_recovered,"
-                " account_id, reversed_at FROM sales WHERE vendor = %s AND receipt_no = %s"
+                " account_id, meter_id FROM sales WHERE vendor = %s AND receipt_no = %s"
                 " FOR UPDATE",
                 (vendor, receipt_no),
             )
             row = await cur.fetchone()
             if row is None:
                 raise UnknownReceiptError(f"no receipt {receipt_no} for this vendor")
-            sale_id, state, amount, issued_at, confirmed_at, recovered, account_id, _ = row
+            sale_id, state, amount, issued_at, confirmed_at, recovered, account_id, meter = row
             if state == "reversed":
                 raise AlreadyReversedError(f"sale {receipt_no} is already reversed")
             cur = await conn.execute(
@@ -249,9 +254,20 @@ class VendingService:
                 raise ReversalWindowClosedError(
                     f"sale {receipt_no} is older than the reversal window"
                 )
+            # The meter's sales wait for this one: the month so far and the free units it
+            # gives back are then read by the next sale as they stand after the reversal.
+            await conn.execute(
+                "SELECT 1 FROM meter_vending WHERE meter_id = %s FOR UPDATE", (meter,)
+            )
             await conn.execute(
                 "UPDATE sales SET state = 'reversed', reversed_at = %s WHERE sale_id = %s",
                 (now, sale_id),
+            )
+            # The month's free basic units go back too: the customer never got the receipt.
+            await conn.execute(
+                "UPDATE vend_tokens SET fbe_reversed_month = fbe_month, fbe_month = NULL"
+                " WHERE sale_id = %s AND fbe_month IS NOT NULL",
+                (sale_id,),
             )
             if account_id is not None and recovered > 0:
                 await conn.execute(
@@ -310,12 +326,12 @@ class VendingService:
 
     async def float_balance(self, vendor: str) -> str:
         """The vendor's float balance as a decimal string."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             return money(await store.float_balance(conn, vendor, lock=False))
 
     async def transactions(self, vendor: str, *, after: int | None, limit: int) -> dict[str, Any]:
         """The vendor's own sales and free issues, oldest first, keyset-paged by ``after``."""
-        async with self.pool.connection() as conn, conn.transaction():
+        async with self._connection() as conn, conn.transaction():
             cur = await conn.execute(
                 "SELECT sale_id, receipt_no, request_id, kind, meter_id, amount, units_tenths,"
                 " free_tenths, state, issued_at, confirmed_at, reversed_at FROM sales"

@@ -182,7 +182,7 @@ async def logout(
     access: AccessControl = request.app.state.access
     token = request.cookies.get(SESSION_COOKIE)
     if token:
-        async with access.pool.connection() as conn:
+        async with access.pool.connection(timeout=access.db_wait_s) as conn:
             await store.delete_session(conn, token)
     response = RedirectResponse("/field/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict")

@@ -219,19 +219,27 @@ class Vend:
             row = await cur.fetchone()
             return None if row is None else row[0]
 
+    async def fetchone(self, query: str, *params: Any) -> tuple[Any, ...] | None:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query, params)
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
     async def execute(self, query: str, *params: Any) -> None:
         async with self.pool.connection() as conn:
             await conn.execute(query, params)
 
 
-def build_app(service: VendingService) -> FastAPI:
+def build_app(
+    service: VendingService, access_pool: AsyncConnectionPool[Any] | None = None
+) -> FastAPI:
     """The meters and vending routes with the gateway's real access control and error table
     (rate limits off: the concurrency tests send bursts on purpose)."""
     app = FastAPI()
     app.state.services = _PoolOnly(service.pool)
     app.state.db_wait_s = 5.0
     settings = Settings(rate_limit_vendor_per_min=0, rate_limit_staff_per_min=0)
-    app.state.access = access_from_settings(settings, service.pool)
+    app.state.access = access_from_settings(settings, access_pool or service.pool)
     app.state.custody = Custody()
     install_error_handlers(app)
     app.include_router(meters_router)

@@ -8,12 +8,14 @@ import re
 from datetime import timedelta
 from decimal import Decimal
 
+import httpx
 import psycopg
 import pytest
+from psycopg_pool import AsyncConnectionPool
 
 from gateway.vending.errors import InProgressError, VendingUnavailableError
 from gateway.vending.service import VendingConfig, VendingService
-from tests.vending.conftest import Vend, decoder_key
+from tests.vending.conftest import Vend, build_app, decoder_key
 from tokens.decoder import Accepted, MeterDecoder
 from tokens.records import Medium
 
@@ -308,3 +310,51 @@ async def test_a_row_held_past_lock_wait_is_unavailable_not_in_progress(vend: Ve
     # nothing was kept: the retry does the sale
     body = await service.credit(name, "stuck-1", meter, Decimal("20.00"))
     assert b'"amount":"20.00"' in body
+
+
+async def test_retries_in_one_process_wait_without_holding_connections(vend: Vend) -> None:
+    vendor = await vend.vendor("100.00")
+    name = await vend.vendor_name(vendor)
+    meter = await vend.meter()
+    async with AsyncConnectionPool(vend.database_url, min_size=2, max_size=2) as pool:
+        service = VendingService(pool, vend.service._keys, VendingConfig())
+        async with await psycopg.AsyncConnection.connect(vend.database_url) as holder:
+            # the first attempt is held up on the meter's row; its retries queue behind it
+            await holder.execute(
+                "SELECT 1 FROM meter_vending WHERE meter_id = %s FOR UPDATE", (meter,)
+            )
+            first = asyncio.create_task(service.credit(name, "queue-1", meter, Decimal("20.00")))
+            await asyncio.sleep(0.3)
+            retries = [
+                asyncio.create_task(service.credit(name, "queue-1", meter, Decimal("20.00")))
+                for _ in range(20)
+            ]
+            await asyncio.sleep(0.5)
+            # one connection is the first attempt's; the other is still free for anyone else
+            assert pool.get_stats()["pool_available"] == 1
+            async with pool.connection(timeout=0.5) as conn:
+                await conn.execute("SELECT 1")
+            await holder.rollback()
+        bodies = await asyncio.gather(first, *retries)
+    assert len(set(bodies)) == 1
+    assert await vend.scalar("SELECT count(*) FROM sales WHERE request_id = 'queue-1'") == 1
+
+
+async def test_a_busy_pool_answers_vending_unavailable_with_retry_after(vend: Vend) -> None:
+    vendor = await vend.vendor("100.00")
+    meter = await vend.meter()
+    body = {"request_id": "busy-pool-1", "meter": meter, "amount": "20.00"}
+    async with AsyncConnectionPool(vend.database_url, min_size=1, max_size=1) as pool:
+        config = VendingConfig(db_wait=timedelta(milliseconds=200))
+        service = VendingService(pool, vend.service._keys, config)
+        app = build_app(service, access_pool=vend.pool)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://vend.test") as client:
+            async with pool.connection():  # the vending pool's only connection is taken
+                response = await client.post("/vend/v1/credit", json=body, headers=vendor)
+            assert response.status_code == 503
+            assert response.json()["error"]["code"] == "vending_unavailable"
+            assert response.headers["Retry-After"] == "1"
+            # nothing was kept: the same request goes through once a connection is free
+            again = await client.post("/vend/v1/credit", json=body, headers=vendor)
+            assert again.status_code == 200, again.text

@@ -232,6 +232,81 @@ async def test_free_units_come_with_the_first_purchase_and_zero_amount(vend: Ven
     assert response.json()["error"]["code"] == "no_free_units_due"
 
 
+async def test_a_reversed_sale_gives_the_months_free_units_back(vend: Vend) -> None:
+    vendor = await vend.vendor("1000.00")
+    name = await vend.vendor_name(vendor)
+    await vend.account("indigent-3", indigent_from="2020-01-01")
+    meter = await vend.meter(account="indigent-3")
+    first = (await vend.credit(vendor, meter, "23.00")).json()
+    assert [t["kind"] for t in first["tokens"]] == ["free_basic", "credit"]
+    reversed_ = await advice(vend, vendor, "reverse", first["receipt_no"], "rev-f1")
+    assert reversed_.status_code == 200, reversed_.text
+    quote = await vend.client.post(
+        "/vend/v1/quote", json={"meter": meter, "amount": "23.00"}, headers=vendor
+    )
+    assert quote.json()["free_basic_due"] is True
+    again = (await vend.credit(vendor, meter, "23.00")).json()
+    assert [(t["kind"], t["units"]) for t in again["tokens"]] == [
+        ("free_basic", "100.0"),
+        ("credit", "10.0"),
+    ]
+    assert again["tokens"][0]["token"] != first["tokens"][0]["token"]
+    assert again["tokens"][0]["tid"] > first["tokens"][1]["tid"]
+    # still once a month: the reissue used the month up again
+    response = await vend.client.post(
+        "/vend/v1/free-issue", json={"request_id": "fbe-r1", "meter": meter}, headers=vendor
+    )
+    assert response.json()["error"]["code"] == "no_free_units_due"
+    # the first, reversed free basic token turns up on the meter after all: the units went
+    # out twice, and the whole reversal is claimed back from the vendor
+    await report(vend, meter, f"{first['receipt_no']}-1")
+    case = await vend.fetchone(
+        "SELECT amount, free_tenths FROM revenue_protection WHERE vendor = %s", name
+    )
+    assert case == (Decimal("23.00"), 1000)
+    assert await vend.scalar(
+        "SELECT amount FROM float_movements WHERE vendor = %s AND kind = 'claim'", name
+    ) == Decimal("-23.00")
+    # its credit token accepted too: still one case and one claim
+    await report(vend, meter, f"{first['receipt_no']}-2")
+    assert (
+        await vend.scalar(
+            "SELECT count(*) FROM float_movements WHERE vendor = %s AND kind = 'claim'", name
+        )
+        == 1
+    )
+
+
+async def test_a_reversed_free_issue_accepted_later_opens_a_case_without_a_claim(
+    vend: Vend,
+) -> None:
+    vendor = await vend.vendor("100.00")
+    name = await vend.vendor_name(vendor)
+    await vend.account("indigent-4", indigent_from="2020-01-01")
+    meter = await vend.meter(utility="water", account="indigent-4")
+    response = await vend.client.post(
+        "/vend/v1/free-issue", json={"request_id": "fbe-r2", "meter": meter}, headers=vendor
+    )
+    issued = response.json()
+    reversal = await advice(vend, vendor, "reverse", issued["receipt_no"], "rev-f2")
+    assert reversal.status_code == 200, reversal.text
+    again = await vend.client.post(
+        "/vend/v1/free-issue", json={"request_id": "fbe-r3", "meter": meter}, headers=vendor
+    )
+    assert [(t["kind"], t["units"]) for t in again.json()["tokens"]] == [("free_basic", "12.0")]
+    await report(vend, meter, issued["tokens"][0]["token"])
+    case = await vend.fetchone(
+        "SELECT amount, free_tenths, movement_id FROM revenue_protection WHERE vendor = %s", name
+    )
+    assert case == (Decimal("0.00"), 120, None)
+    assert (
+        await vend.scalar(
+            "SELECT count(*) FROM float_movements WHERE vendor = %s AND kind = 'claim'", name
+        )
+        == 0
+    )
+
+
 async def test_key_change_from_the_1993_base_date(vend: Vend) -> None:
     vendor = await vend.vendor("1000.00")
     meter = await vend.meter(base_date=1993, krn=1)
