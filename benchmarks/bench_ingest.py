@@ -220,14 +220,20 @@ async def bare_gmqtt(port: int, expected: int) -> float:
 
 
 def run_gateway_until(
-    url: str, port: int, readings: int, work: Path, binary: Path, parts: str | None = None
+    url: str,
+    port: int,
+    client_id: str,
+    readings: int,
+    work: Path,
+    binary: Path,
+    parts: str | None = None,
 ) -> float:
     """Start `gateway run` on a pre-loaded queue; readings/s from first commit to last."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update(
         GATEWAY_DATABASE_URL=url,
         GATEWAY_MQTT_URL=f"mqtt://127.0.0.1:{port}",
-        GATEWAY_MQTT_CLIENT_ID="bench-gateway",
+        GATEWAY_MQTT_CLIENT_ID=client_id,
         GATEWAY_HTTP_PORT=str(free_port()),
         GATEWAY_LOG_LEVEL="WARNING",
     )
@@ -267,10 +273,13 @@ async def gateway_run(
     parts: str | None = None,
 ) -> float:
     url = fresh_database()
+    # A session of its own per run: a second build timed on the same broker must not resume
+    # the first one's session (its queue already drained, its packet ids in use).
+    client_id = f"bench-gateway-{uuid.uuid4().hex[:8]}"
     try:
         await create_session(
             broker.port,
-            "bench-gateway",
+            client_id,
             [
                 "meters/+/telemetry",
                 "meters/+/events",
@@ -280,7 +289,7 @@ async def gateway_run(
         )
         await publish(broker.port, messages)
         return await asyncio.to_thread(
-            run_gateway_until, url, broker.port, readings, work, binary, parts
+            run_gateway_until, url, broker.port, client_id, readings, work, binary, parts
         )
     finally:
         drop_database(url)

@@ -68,6 +68,14 @@ class VendingKeyStore(Protocol):
     ) -> VendingKey | None: ...
 
 
+def _underivable(sgc: str, krn: int, exc: TokenError) -> KeyUnavailableError:
+    """The refusal when the token engine cannot derive a meter's decoder key (its message
+    names the meter's key data, never a key)."""
+    return KeyUnavailableError(
+        f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
+    )
+
+
 class KeyStoreDecoderKeys:
     """A :class:`DecoderKeySource` deriving in software from a :class:`VendingKeyStore`."""
 
@@ -99,9 +107,7 @@ class KeyStoreDecoderKeys:
         try:
             return derive_decoder_key(vending_key, params)
         except TokenError as exc:
-            raise KeyUnavailableError(
-                f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
-            ) from None
+            raise _underivable(sgc, krn, exc) from None
 
 
 class GatewayKeyStoreKeys:
@@ -135,9 +141,7 @@ class GatewayKeyStoreKeys:
         except psycopg.OperationalError:
             raise VendingUnavailableError("the key store cannot be reached right now") from None
         except TokenError as exc:
-            raise KeyUnavailableError(
-                f"cannot derive a decoder key for supply group {sgc} revision {krn}: {exc.message}"
-            ) from None
+            raise _underivable(sgc, krn, exc) from None
 
 
 class CachedDecoderKeys:
