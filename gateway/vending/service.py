@@ -4,7 +4,9 @@ Money-moving requests (credit, free issue, reversal, confirmation) are idempoten
 and ``request_id``: :mod:`gateway.vending.idempotency` runs each in one transaction with its
 idempotency record, its audit record and its stored response. Sales of one meter serialise on
 the meter's vending row (month-to-date blocks, free units, TIDs, arrears); float debits on the
-vendor's row. No in-process lock is involved.
+vendor's row. Correctness rests on those database locks alone; the one in-process queue (retries
+of a request id still running in this process wait there instead of on pooled connections) only
+saves connections, and several processes are as safe as one.
 
 Every operation writes its own audit record (the vendor, the request id, the outcome, and the
 HTTP :class:`~gateway.audit.Origin` when it came over HTTP): refusals too, in a transaction of
