@@ -196,8 +196,11 @@ def main() -> None:
             url = f"postgresql://postgres@/{the_rig.name}?host={args.socket_dir}"
             variants["this tree, Unix socket"] = (None, {"GATEWAY_DATABASE_URL": url})
         runs: dict[str, list[list[dict[str, Any]]]] = {name: [] for name in variants}
-        for _ in range(args.rounds):
-            for name, (source, env) in variants.items():
+        for round_no in range(args.rounds):
+            # Every round swaps the order: the database grows with each run's sales, and the
+            # variant that always ran second would always be measured on the larger one.
+            order = list(variants.items())
+            for name, (source, env) in order[::-1] if round_no % 2 else order:
                 runs[name].append(run_variant(the_rig, source, env, args, paths))
                 if args.py_spy is not None and source is None and not env:
                     args.py_spy = None  # one profile is enough
