@@ -106,6 +106,18 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...], confirm_timeout: timede
         detail={"command_id": command_id, "message_id": message_id, "reason": reason},
     )
     refused = result == "rejected" and reason not in ("replayed", "expired")
+    is_attempt = message_action == action
+    # ``replayed`` for a message this gateway signed: the meter has had it already (it was
+    # published again after a crash, or someone replayed it): not a refusal.
+    acknowledges = result == "ok" or (result == "rejected" and reason == "replayed")
+    if state == CommandState.CONFIRMED.value and is_attempt and acknowledges:
+        # The meter's reported state confirmed the command before this reply was applied (the
+        # two travel separately): the command's record still shows when the meter took it.
+        await conn.execute(
+            "UPDATE meter_commands SET acknowledged_at = coalesce(acknowledged_at, %s)"
+            " WHERE command_id = %s",
+            (received_at, command_id),
+        )
     if state not in ("sent", "acknowledged", "expired"):
         if refused and state != CommandState.REJECTED.value:
             # Too late to change the command, but a refusal (a bad signature above all) is
@@ -119,11 +131,7 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...], confirm_timeout: timede
                 outcome=f"the meter refused {message_action}: {reason}",
             )
         return f"command already {state}"
-    is_attempt = message_action == action
-    # ``replayed`` for a message this gateway signed: the meter has had it already (it was
-    # published again after a crash, or someone replayed it): not a refusal.
-    repeat_of_ours = result == "rejected" and reason == "replayed"
-    if result == "ok" or repeat_of_ours:
+    if acknowledges:
         if is_attempt and state == "sent":
             await conn.execute(
                 "UPDATE meter_commands SET state = 'acknowledged',"

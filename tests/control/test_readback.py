@@ -4,13 +4,14 @@ hide later ones from the pass."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
 
 from gateway.control.commands import order_command
-from gateway.control.readback import confirm
+from gateway.control.readback import apply_replies, confirm
 from protocols.commands import CommandAction
 
 
@@ -64,6 +65,29 @@ async def test_only_state_reported_after_the_command_confirms_it(database_url: s
         await _report(conn, "E1", "disconnected", None)
         assert await confirm(conn, batch=10) == (1, 0)
         assert await _states(conn) == {"E1": "confirmed"}
+
+
+async def test_a_reply_applied_after_the_confirmation_still_records_the_acknowledgement(
+    database_url: str,
+) -> None:
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await _meter(conn, "E2", "electricity")
+        command_id = await _sent(conn, "E2", CommandAction.DISCONNECT)
+        # the meter's status report overtakes its reply to the command
+        await _report(conn, "E2", "disconnected", None)
+        assert await confirm(conn, batch=10) == (1, 0)
+        await conn.execute(
+            "INSERT INTO command_replies (meter_id, message_id, result, ts, received_at)"
+            " VALUES ('E2', %s, 'ok', now(), clock_timestamp())",
+            (f"m{command_id}",),
+        )
+        assert await apply_replies(conn, batch=10, confirm_timeout=timedelta(minutes=5)) == 1
+        cur = await conn.execute(
+            "SELECT c.state, c.acknowledged_at = r.received_at, m.reply_result"
+            " FROM meter_commands c JOIN command_messages m USING (command_id)"
+            " JOIN command_replies r ON r.message_id = m.message_id"
+        )
+        assert await cur.fetchone() == ("confirmed", True, "ok")
 
 
 async def test_the_valve_channel_confirms_a_restriction(database_url: str) -> None:
