@@ -3,8 +3,8 @@
 No sockets, no asyncio, no clock of its own (the shape of h11 over its codec). The ``mqtt5``
 package encodes and decodes the packets; this module decides what they mean for the session:
 
-* framing: the fixed header's Remaining Length says where a packet ends (MQTT 5 §2.1.4), so a
-  packet is decoded only once it is complete;
+* framing (:mod:`gateway.mqtt.framing`): the fixed header's Remaining Length says where a
+  packet ends (MQTT 5 §2.1.4), so a packet is decoded only once it is complete;
 * packet ids and the tables of messages in flight, in both directions (§4.3, §4.4): our own QoS
   1/2 publishes until PUBACK / PUBCOMP, resent with DUP after a reconnect to a session the
   broker kept (§4.4); inbound QoS 1/2 messages until the application acknowledges them, counted
@@ -15,6 +15,8 @@ package encodes and decodes the packets; this module decides what they mean for 
 * the connection generation: every CONNECT starts a new one, and an acknowledgement carrying
   an older generation is dropped, because packet ids are reused by the next connection;
 * keepalive (§3.1.2.10): when a PINGREQ is due, and when a silent server counts as gone.
+
+Its configuration and its events are in :mod:`gateway.mqtt.events`.
 
 ::
 
@@ -33,28 +35,27 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from enum import Enum
 
 import mqtt5
 
 from gateway.errors import BrokerRefusedError, KeepaliveTimeoutError, MqttProtocolError
 from gateway.ingest.work import AckToken
+from gateway.mqtt.events import (
+    MAX_PACKET_ID,
+    ConnectionAccepted,
+    Event,
+    MessageReceived,
+    PublishCompleted,
+    ServerDisconnected,
+    SessionConfig,
+    SubscriptionsGranted,
+)
+from gateway.mqtt.framing import frame_length
 
-__all__ = [
-    "ConnectionAccepted",
-    "Event",
-    "MessageReceived",
-    "PublishCompleted",
-    "ServerDisconnected",
-    "Session",
-    "SessionConfig",
-    "SubscriptionsGranted",
-]
-
-MAX_PACKET_ID = 0xFFFF
-
+__all__ = ["Session"]
 
 _PERMANENT_REFUSALS = frozenset(
     # The codec's enums are not hashable: keep their integer values.
@@ -67,80 +68,6 @@ _PERMANENT_REFUSALS = frozenset(
         mqtt5.ConnAckReasonCode.BANNED,
         mqtt5.ConnAckReasonCode.BAD_AUTHENTICATION_METHOD,
     )
-)
-
-
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    client_id: str
-    filters: Sequence[str]
-    """Topic filters subscribed at QoS 2 maximum on every connection (``$share/…`` allowed)."""
-    receive_maximum: int = 20_000
-    """Inbound QoS 1/2 messages the broker may have un-acknowledged to us (1..65535)."""
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 86400
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.receive_maximum <= MAX_PACKET_ID:
-            raise ValueError("receive_maximum must be within 1..65535 (MQTT 5 §3.1.2.11.3)")
-        if not 0 <= self.keepalive_s <= MAX_PACKET_ID:
-            raise ValueError("keepalive_s must be within 0..65535 (MQTT 5 §3.1.2.10)")
-
-
-# ------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAccepted:
-    session_present: bool
-    """False: the broker had no session for us (first start, expiry, lost persistence)."""
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionsGranted:
-    granted: tuple[str, ...]
-    refused: tuple[tuple[str, str], ...]
-    """(filter, reason) for each filter the broker refused."""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    ack: AckToken | None
-    """None for QoS 0; otherwise hand it back to :meth:`Session.acknowledge` after commit."""
-
-
-@dataclass(frozen=True, slots=True)
-class PublishCompleted:
-    ref: int
-    """The reference :meth:`Session.publish` returned."""
-    reason_code: int
-    """0 (or 16, no matching subscribers) is success; ≥ 0x80 is a refusal."""
-    reason: str
-
-    @property
-    def ok(self) -> bool:
-        return self.reason_code < 0x80
-
-
-@dataclass(frozen=True, slots=True)
-class ServerDisconnected:
-    reason_code: int
-    reason: str
-
-
-Event = (
-    ConnectionAccepted
-    | SubscriptionsGranted
-    | MessageReceived
-    | PublishCompleted
-    | ServerDisconnected
 )
 
 
@@ -173,26 +100,6 @@ class _Outbound:
     retain: bool
     waiting: _Await = _Await.QUEUED
     packet_id: int = 0
-
-
-def frame_length(buffer: bytes | memoryview, start: int = 0) -> int | None:
-    """Total length of the packet beginning at ``start`` (MQTT 5 §2.1.4), or None if incomplete.
-
-    Raises :class:`MqttProtocolError` for a Remaining Length longer than four bytes.
-    """
-    value, shift, pos = 0, 0, start + 1
-    end = len(buffer)
-    while True:
-        if pos >= end:
-            return None
-        byte = buffer[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return pos - start + value
-        shift += 7
-        if shift > 21:
-            raise MqttProtocolError("malformed Remaining Length (more than four bytes)")
 
 
 class Session:
