@@ -17,6 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from gateway import audit
+from gateway.control.execution import release_after_change
 from gateway.control.records import (
     AccountRecord,
     ArrearsRecord,
@@ -24,7 +25,6 @@ from gateway.control.records import (
     RecordError,
     row_key,
 )
-from gateway.control.runs import release_after_change
 from gateway.errors import ConflictError, NotFoundError, StorageRejectedError, ValidationError
 
 __all__ = [

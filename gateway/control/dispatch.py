@@ -41,10 +41,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import audit
 from gateway.control.commands import finish
+from gateway.control.execution import halted
 from gateway.control.lifecycle import CommandState
 from gateway.control.policy import Policy
 from gateway.control.readback import ACTOR, apply_replies, confirm
-from gateway.control.runs import halted
 from gateway.control.store import current_policy
 from gateway.control.supervise import still_stands, supervise, windowed_budget
 from gateway.control.window import in_window

@@ -19,10 +19,10 @@ import psycopg
 from gateway import audit
 from gateway.control import orders
 from gateway.control.commands import finish
+from gateway.control.execution import halted
 from gateway.control.lifecycle import CommandState, TimeoutStep, on_timeout
 from gateway.control.policy import Policy
 from gateway.control.readback import ACTOR
-from gateway.control.runs import halted
 from gateway.control.window import in_window, next_window_start
 from protocols.commands import CommandAction
 

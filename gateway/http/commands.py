@@ -19,8 +19,8 @@ from fastapi import APIRouter, Depends, Path, Query
 from pydantic import Field
 
 from gateway.control.commands import get_command, list_commands, order_command
+from gateway.control.execution import halted
 from gateway.control.rules import AccountFacts, is_indigent
-from gateway.control.runs import halted
 from gateway.errors import ConflictError, ForbiddenError
 from gateway.http.db import DbConn
 from gateway.http.models import ApiModel, StorableText

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Path
 from pydantic import Field
 
-from gateway.control import accounts, runs
+from gateway.control import accounts, execution, runs
 from gateway.control.policy import DEFAULT_POLICY, policy_to_json
 from gateway.control.records import parse_account, parse_arrears, parse_payment
 from gateway.control.store import current_policy, save_policy
@@ -262,7 +262,8 @@ async def get_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, 
 @router.post("/runs/{run_id}/approve")
 async def approve_run(run_id: RunId, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Approve a planned run and execute it; exclusions are checked again for every item."""
-    return dict(plain(await runs.approve_run(conn, run_id, actor=operator.name, today=_today())))
+    run = await execution.approve_run(conn, run_id, actor=operator.name, today=_today())
+    return dict(plain(run))
 
 
 @router.get("/review")
@@ -276,11 +277,13 @@ async def get_review(operator: Operator, conn: DbConn) -> dict[str, Any]:
 async def get_halt(operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Whether credit-control execution is halted."""
     del operator
-    return dict(plain(await runs.halt_state(conn)))
+    return dict(plain(await execution.halt_state(conn)))
 
 
 @router.put("/halt")
 async def put_halt(body: HaltIn, operator: Operator, conn: DbConn) -> dict[str, Any]:
     """Halt (or resume) all credit-control execution at once."""
-    state = await runs.set_halt(conn, halted=body.halted, actor=operator.name, reason=body.reason)
+    state = await execution.set_halt(
+        conn, halted=body.halted, actor=operator.name, reason=body.reason
+    )
     return dict(plain(state))

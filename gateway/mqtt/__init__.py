@@ -7,6 +7,7 @@ and decoded by the ``mqtt5`` codec; nothing here uses another library's private 
 """
 
 from gateway.mqtt.client import MqttClient, MqttOptions
-from gateway.mqtt.session import MessageReceived, Session, SessionConfig
+from gateway.mqtt.events import MessageReceived, SessionConfig
+from gateway.mqtt.session import Session
 
 __all__ = ["MessageReceived", "MqttClient", "MqttOptions", "Session", "SessionConfig"]

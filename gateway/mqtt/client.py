@@ -40,16 +40,16 @@ from gateway.errors import (
     PublishRefusedError,
 )
 from gateway.ingest.work import AckToken
-from gateway.mqtt.session import (
+from gateway.mqtt.events import (
     ConnectionAccepted,
     Event,
     MessageReceived,
     PublishCompleted,
     ServerDisconnected,
-    Session,
     SessionConfig,
     SubscriptionsGranted,
 )
+from gateway.mqtt.session import Session
 
 __all__ = ["MqttClient", "MqttOptions"]
 

@@ -3,18 +3,20 @@
 No sockets, no asyncio, no clock of its own (the shape of h11 over its codec). The ``mqtt5``
 package encodes and decodes the packets; this module decides what they mean for the session:
 
-* framing: the fixed header's Remaining Length says where a packet ends (MQTT 5 §2.1.4), so a
-  packet is decoded only once it is complete;
-* packet ids and the tables of messages in flight, in both directions (§4.3, §4.4): our own QoS
-  1/2 publishes until PUBACK / PUBCOMP, resent with DUP after a reconnect to a session the
-  broker kept (§4.4); inbound QoS 1/2 messages until the application acknowledges them, counted
-  against our Receive Maximum (§3.3.4). A broker that sends more is counted, not disconnected
-  (Mosquitto 2.0.11 does, after a reconnect, and dropping the connection for it would only
-  bring the whole window back again);
-* the server's Receive Maximum for our publishes: beyond it, publishes wait in order;
+* framing (:mod:`gateway.mqtt.framing`): the fixed header's Remaining Length says where a
+  packet ends (MQTT 5 §2.1.4), so a packet is decoded only once it is complete;
+* inbound QoS 1/2 messages, by packet id, until the application acknowledges them (§4.3, §4.4),
+  counted against our Receive Maximum (§3.3.4). A broker that sends more is counted, not
+  disconnected (Mosquitto 2.0.11 does, after a reconnect, and dropping the connection for it
+  would only bring the whole window back again);
+* our own QoS 1/2 publishes, until PUBACK / PUBCOMP, held by :mod:`gateway.mqtt.outbound`:
+  packet ids, waiting under the server's Receive Maximum, resending with DUP after a reconnect
+  to a session the broker kept (§4.4);
 * the connection generation: every CONNECT starts a new one, and an acknowledgement carrying
   an older generation is dropped, because packet ids are reused by the next connection;
 * keepalive (§3.1.2.10): when a PINGREQ is due, and when a silent server counts as gone.
+
+Its configuration and its events are in :mod:`gateway.mqtt.events`.
 
 ::
 
@@ -31,30 +33,27 @@ package encodes and decodes the packets; this module decides what they mean for 
 
 from __future__ import annotations
 
-import itertools
-from collections import deque
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from enum import Enum
 
 import mqtt5
 
 from gateway.errors import BrokerRefusedError, KeepaliveTimeoutError, MqttProtocolError
 from gateway.ingest.work import AckToken
+from gateway.mqtt.events import (
+    MAX_PACKET_ID,
+    ConnectionAccepted,
+    Event,
+    MessageReceived,
+    PublishCompleted,
+    ServerDisconnected,
+    SessionConfig,
+    SubscriptionsGranted,
+)
+from gateway.mqtt.framing import frame_length
+from gateway.mqtt.outbound import OutboundPublishes
 
-__all__ = [
-    "ConnectionAccepted",
-    "Event",
-    "MessageReceived",
-    "PublishCompleted",
-    "ServerDisconnected",
-    "Session",
-    "SessionConfig",
-    "SubscriptionsGranted",
-]
-
-MAX_PACKET_ID = 0xFFFF
-
+__all__ = ["Session"]
 
 _PERMANENT_REFUSALS = frozenset(
     # The codec's enums are not hashable: keep their integer values.
@@ -70,129 +69,12 @@ _PERMANENT_REFUSALS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class SessionConfig:
-    client_id: str
-    filters: Sequence[str]
-    """Topic filters subscribed at QoS 2 maximum on every connection (``$share/…`` allowed)."""
-    receive_maximum: int = 20_000
-    """Inbound QoS 1/2 messages the broker may have un-acknowledged to us (1..65535)."""
-    keepalive_s: int = 30
-    session_expiry_s: int = 7 * 86400
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.receive_maximum <= MAX_PACKET_ID:
-            raise ValueError("receive_maximum must be within 1..65535 (MQTT 5 §3.1.2.11.3)")
-        if not 0 <= self.keepalive_s <= MAX_PACKET_ID:
-            raise ValueError("keepalive_s must be within 0..65535 (MQTT 5 §3.1.2.10)")
-
-
-# ------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionAccepted:
-    session_present: bool
-    """False: the broker had no session for us (first start, expiry, lost persistence)."""
-    generation: int
-
-
-@dataclass(frozen=True, slots=True)
-class SubscriptionsGranted:
-    granted: tuple[str, ...]
-    refused: tuple[tuple[str, str], ...]
-    """(filter, reason) for each filter the broker refused."""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageReceived:
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    ack: AckToken | None
-    """None for QoS 0; otherwise hand it back to :meth:`Session.acknowledge` after commit."""
-
-
-@dataclass(frozen=True, slots=True)
-class PublishCompleted:
-    ref: int
-    """The reference :meth:`Session.publish` returned."""
-    reason_code: int
-    """0 (or 16, no matching subscribers) is success; ≥ 0x80 is a refusal."""
-    reason: str
-
-    @property
-    def ok(self) -> bool:
-        return self.reason_code < 0x80
-
-
-@dataclass(frozen=True, slots=True)
-class ServerDisconnected:
-    reason_code: int
-    reason: str
-
-
-Event = (
-    ConnectionAccepted
-    | SubscriptionsGranted
-    | MessageReceived
-    | PublishCompleted
-    | ServerDisconnected
-)
-
-
-# ------------------------------------------------------------------------------ session state
-
-
 class _Stage(Enum):
     CLOSED = "closed"
     CONNECTING = "connecting"
     CONNECTED = "connected"
     LEAVING = "leaving"
     """DISCONNECT sent; the broker closes the connection once it has read it (§3.14.4)."""
-
-
-class _Await(Enum):
-    """What an outbound publish in flight waits for."""
-
-    QUEUED = "queued"
-    PUBACK = "puback"
-    PUBREC = "pubrec"
-    PUBCOMP = "pubcomp"
-
-
-@dataclass(slots=True)
-class _Outbound:
-    ref: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    waiting: _Await = _Await.QUEUED
-    packet_id: int = 0
-
-
-def frame_length(buffer: bytes | memoryview, start: int = 0) -> int | None:
-    """Total length of the packet beginning at ``start`` (MQTT 5 §2.1.4), or None if incomplete.
-
-    Raises :class:`MqttProtocolError` for a Remaining Length longer than four bytes.
-    """
-    value, shift, pos = 0, 0, start + 1
-    end = len(buffer)
-    while True:
-        if pos >= end:
-            return None
-        byte = buffer[pos]
-        value |= (byte & 0x7F) << shift
-        pos += 1
-        if not byte & 0x80:
-            return pos - start + value
-        shift += 7
-        if shift > 21:
-            raise MqttProtocolError("malformed Remaining Length (more than four bytes)")
 
 
 class Session:
@@ -213,14 +95,8 @@ class Session:
         self._released_wait: set[int] = set()
         # QoS 1 ids the broker reused before our PUBACK: id -> [deliveries, committed].
         self._reused: dict[int, list[int]] = {}
-        # Outbound publishes: in order of submission; those with a packet id are in flight.
-        self._outbound: dict[int, _Outbound] = {}
-        self._by_packet_id: dict[int, _Outbound] = {}
-        self._queued: deque[_Outbound] = deque()
-        self._refs = itertools.count(1)
-        self._next_packet_id = 1
-        self._server_receive_max = MAX_PACKET_ID
-        self._subscribe_id: int | None = None
+        # Our publishes go out through _send like everything else, so they count for keepalive.
+        self._publishes = OutboundPublishes(self._send)
         self._keepalive_s = float(config.keepalive_s)
         self._last_sent = 0.0
         self._ping_sent_at: float | None = None
@@ -243,12 +119,12 @@ class Session:
 
     @property
     def outbound_in_flight(self) -> int:
-        return len(self._by_packet_id)
+        return self._publishes.in_flight
 
     @property
     def outbound_pending(self) -> int:
         """Our publishes not yet completed (in flight or waiting for a free slot)."""
-        return len(self._outbound)
+        return self._publishes.pending
 
     # ------------------------------------------------------------------------- connection
 
@@ -262,7 +138,7 @@ class Session:
         self._unacked.clear()  # un-acknowledged messages come again on the new connection
         self._reused.clear()
         self._ping_sent_at = None
-        self._subscribe_id = None
+        self._publishes.subscribe_id = None
         cfg = self.config
         self._send(
             mqtt5.ConnectPacket(
@@ -385,11 +261,11 @@ class Session:
         self._ping_sent_at = None  # any packet shows the broker alive
         match packet:
             case mqtt5.PubAckPacket():
-                return self._complete(packet.packet_id, _Await.PUBACK, packet.reason_code, now)
+                return self._completed(self._publishes.on_puback(packet), now)
             case mqtt5.PubRecPacket():
-                return self._on_pubrec(packet, now)
+                return self._completed(self._publishes.on_pubrec(packet, now), now)
             case mqtt5.PubCompPacket():
-                return self._complete(packet.packet_id, _Await.PUBCOMP, packet.reason_code, now)
+                return self._completed(self._publishes.on_pubcomp(packet), now)
             case mqtt5.PubRelPacket():
                 self._released_wait.discard(packet.packet_id)
                 self._send(mqtt5.PubCompPacket(packet.packet_id).write(), now)
@@ -491,14 +367,14 @@ class Session:
                 detail=packet.reason_str,
             )
         self._stage = _Stage.CONNECTED
-        self._server_receive_max = packet.receive_max or MAX_PACKET_ID
+        self._publishes.server_receive_max = packet.receive_max or MAX_PACKET_ID
         if packet.server_keep_alive is not None:
             self._keepalive_s = float(packet.server_keep_alive)
         if not packet.session_present:
             # The broker has no state for us: QoS 2 releases it owed are gone with it, and our
             # publishes in flight must go out again as new messages.
             self._released_wait.clear()
-        self._resend(session_present=packet.session_present, now=now)
+        self._publishes.resend(session_present=packet.session_present, now=now)
         self._subscribe(now)
         return ConnectionAccepted(packet.session_present, self.generation)
 
@@ -515,13 +391,14 @@ class Session:
         ]
         if not filters:
             return
-        self._subscribe_id = self._allocate_packet_id()
-        self._send(mqtt5.SubscribePacket(self._subscribe_id, filters).write(), now)
+        packet_id = self._publishes.allocate_packet_id()
+        self._publishes.subscribe_id = packet_id
+        self._send(mqtt5.SubscribePacket(packet_id, filters).write(), now)
 
     def _on_suback(self, packet: mqtt5.SubAckPacket) -> Event:
-        if packet.packet_id != self._subscribe_id:
+        if packet.packet_id != self._publishes.subscribe_id:
             raise MqttProtocolError("SUBACK for a SUBSCRIBE we did not send")
-        self._subscribe_id = None
+        self._publishes.subscribe_id = None
         pairs = list(zip(self.config.filters, packet.reason_codes, strict=False))
         granted = tuple(f for f, code in pairs if int(code) < 0x80)
         refused = tuple((f, code.name) for f, code in pairs if int(code) >= 0x80)
@@ -538,105 +415,17 @@ class Session:
         it does; it stays in the session (and is resent with DUP after a reconnect) until the
         broker acknowledges it.
         """
-        if qos not in (1, 2):
-            raise ValueError("only QoS 1 and 2 publishes are tracked to completion")
-        item = _Outbound(next(self._refs), topic, payload, qos, retain)
-        self._outbound[item.ref] = item
-        self._queued.append(item)
+        ref = self._publishes.add(topic, payload, qos=qos, retain=retain)
         if self._stage is _Stage.CONNECTED:
-            self._send_queued(now)
-        return item.ref
+            self._publishes.send_queued(now)
+        return ref
 
     def cancel(self, ref: int) -> bool:
         """Forget a publish not yet sent; False once it is in flight (then it completes)."""
-        item = self._outbound.get(ref)
-        if item is None or item.waiting is not _Await.QUEUED:
-            return False
-        del self._outbound[ref]
-        self._queued.remove(item)
-        return True
+        return self._publishes.cancel(ref)
 
-    def _send_queued(self, now: float) -> None:
-        while self._queued and len(self._by_packet_id) < self._server_receive_max:
-            item = self._queued.popleft()
-            item.packet_id = self._allocate_packet_id()
-            item.waiting = _Await.PUBACK if item.qos == 1 else _Await.PUBREC
-            self._by_packet_id[item.packet_id] = item
-            self._send(self._publish_bytes(item, duplicate=False), now)
-
-    def _publish_bytes(self, item: _Outbound, *, duplicate: bool) -> bytes:
-        return mqtt5.PublishPacket(
-            item.topic,
-            item.payload,
-            qos=mqtt5.QoS(item.qos),
-            retain=item.retain,
-            packet_id=item.packet_id,
-            duplicate=duplicate,
-        ).write()
-
-    def _resend(self, *, session_present: bool, now: float) -> None:
-        """After CONNACK: resend what was in flight (§4.4), then what was waiting."""
-        in_flight = sorted(self._by_packet_id.values(), key=lambda i: i.ref)
-        if not session_present:
-            # A new session: nothing is in flight there; everything goes out again, first.
-            self._by_packet_id.clear()
-            for item in reversed(in_flight):
-                item.waiting = _Await.QUEUED
-                self._queued.appendleft(item)
-        else:
-            for item in in_flight:
-                if item.waiting is _Await.PUBCOMP:
-                    self._send(mqtt5.PubRelPacket(item.packet_id).write(), now)
-                else:
-                    self._send(self._publish_bytes(item, duplicate=True), now)
-        self._send_queued(now)
-
-    def _on_pubrec(self, packet: mqtt5.PubRecPacket, now: float) -> Event | None:
-        item = self._by_packet_id.get(packet.packet_id)
-        if item is None or item.waiting not in (_Await.PUBREC, _Await.PUBCOMP):
-            # Not ours (any more): answer so the broker can discard its state (§4.3.3).
-            self._send(
-                mqtt5.PubRelPacket(
-                    packet.packet_id, reason_code=mqtt5.PubRelReasonCode.PACKET_ID_NOT_FOUND
-                ).write(),
-                now,
-            )
-            return None
-        if int(packet.reason_code) >= 0x80:
-            return self._finish(item, packet.reason_code, now)
-        item.waiting = _Await.PUBCOMP
-        self._send(mqtt5.PubRelPacket(packet.packet_id).write(), now)
-        return None
-
-    def _complete(
-        self,
-        packet_id: int,
-        expected: _Await,
-        code: mqtt5.PubAckReasonCode | mqtt5.PubCompReasonCode,
-        now: float,
-    ) -> Event | None:
-        item = self._by_packet_id.get(packet_id)
-        if item is None or item.waiting is not expected:
-            return None  # a late acknowledgement of something already completed
-        return self._finish(item, code, now)
-
-    def _finish(
-        self,
-        item: _Outbound,
-        code: mqtt5.PubAckReasonCode | mqtt5.PubRecReasonCode | mqtt5.PubCompReasonCode,
-        now: float,
-    ) -> Event:
-        del self._by_packet_id[item.packet_id]
-        del self._outbound[item.ref]
-        if self._stage is _Stage.CONNECTED:
-            self._send_queued(now)
-        return PublishCompleted(item.ref, int(code), code.name)
-
-    def _allocate_packet_id(self) -> int:
-        """The next packet id not used by a publish in flight or the pending SUBSCRIBE."""
-        for _ in range(MAX_PACKET_ID):
-            candidate = self._next_packet_id
-            self._next_packet_id = candidate % MAX_PACKET_ID + 1
-            if candidate not in self._by_packet_id and candidate != self._subscribe_id:
-                return candidate
-        raise MqttProtocolError("no free packet id")  # unreachable: in flight ≤ receive max
+    def _completed(self, event: PublishCompleted | None, now: float) -> Event | None:
+        # A completed publish frees a slot under the server's Receive Maximum for the next.
+        if event is not None and self._stage is _Stage.CONNECTED:
+            self._publishes.send_queued(now)
+        return event

@@ -14,11 +14,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway.control.commands import order_command
 from gateway.control.dispatch import CommandLoop
+from gateway.control.execution import set_halt
 from gateway.control.facts import load_accounts
 from gateway.control.orders import order_step, release
 from gateway.control.policy import policy_from_json
 from gateway.control.rules import Step
-from gateway.control.runs import set_halt
 from gateway.keystore import SoftwareKeyStore
 from protocols.commands import CommandAction
 from protocols.topics import Topics

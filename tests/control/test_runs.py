@@ -14,9 +14,10 @@ import psycopg
 import pytest
 
 from gateway.control.accounts import record_payment
+from gateway.control.execution import approve_run, set_halt
 from gateway.control.notifier import DeliveryError, LogChannel, WebhookChannel, drain_once
 from gateway.control.records import PaymentRecord
-from gateway.control.runs import approve_run, plan_run, review_list, set_halt
+from gateway.control.runs import plan_run, review_list
 from gateway.errors import ConflictError
 
 ZA = ZoneInfo("Africa/Johannesburg")

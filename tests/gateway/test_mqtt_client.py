@@ -21,7 +21,7 @@ import pytest
 from gateway.dev.services import MosquittoProcess, free_port, port_answers
 from gateway.errors import BrokerRefusedError
 from gateway.mqtt import MqttClient, MqttOptions
-from gateway.mqtt.session import MessageReceived
+from gateway.mqtt.events import MessageReceived
 from tests.plugins.gateway import MqttTestClient
 
 

@@ -13,16 +13,16 @@ from hypothesis import strategies as st
 
 from gateway.errors import BrokerRefusedError, KeepaliveTimeoutError, MqttProtocolError
 from gateway.ingest.work import AckToken
-from gateway.mqtt.session import (
+from gateway.mqtt.events import (
     ConnectionAccepted,
     MessageReceived,
     PublishCompleted,
     ServerDisconnected,
-    Session,
     SessionConfig,
     SubscriptionsGranted,
-    frame_length,
 )
+from gateway.mqtt.framing import frame_length
+from gateway.mqtt.session import Session
 
 EVENT_TYPES = (
     ConnectionAccepted,
