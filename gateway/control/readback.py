@@ -114,9 +114,9 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...], confirm_timeout: timede
         # The meter's reported state confirmed the command before this reply was applied (the
         # two travel separately): the command's record still shows when the meter took it.
         await conn.execute(
-            "UPDATE meter_commands SET acknowledged_at = coalesce(acknowledged_at, %s)"
+            "UPDATE meter_commands SET acknowledged_at = coalesce(acknowledged_at, now())"
             " WHERE command_id = %s",
-            (received_at, command_id),
+            (command_id,),
         )
     if state not in ("sent", "acknowledged", "expired"):
         if refused and state != CommandState.REJECTED.value:

@@ -98,7 +98,9 @@ async def login(request: Request, response: Response) -> LoginOut:
     async with access.pool.connection(timeout=access.db_wait_s) as conn:
         stored = await store.password_hash_of(conn, body.name)
     ok = await verify_password(stored, body.password)
-    async with access.pool.connection(timeout=access.db_wait_s) as conn:
+    # The attempt is always recorded (failures count towards the lockout): this connection
+    # waits the pool's own time, not the short wait of a request that has done nothing yet.
+    async with access.pool.connection() as conn:
         outcome = await store.record_login(conn, body.name, password_ok=ok, policy=policy)
         token = None
         if outcome.result == "ok" and outcome.principal is not None:

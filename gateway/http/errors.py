@@ -179,8 +179,6 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimitedError | ServiceUnavailableError):
         headers.update(_retry_after(exc.retry_after_s))
-    elif entry.status == 503:  # a backing service failing (StorageError …): transient
-        headers.update(_retry_after(DATABASE_RETRY_AFTER_S))
     elif isinstance(exc, AuthError):
         headers["WWW-Authenticate"] = "Bearer"
     if entry.status >= 500:

@@ -44,7 +44,7 @@ ReceiptNo = Annotated[str, Field(pattern=_RECEIPT)]
 async def get_vending(request: Request) -> VendingService:
     service: VendingService | None = getattr(request.app.state, "vending", None)
     if service is None:
-        raise VendingUnavailableError("vending is not set up on this gateway")
+        raise VendingUnavailableError("vending is not set up on this gateway", retry_after_s=None)
     return service
 
 

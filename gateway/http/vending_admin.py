@@ -4,6 +4,7 @@ vending blocks. Vendors have their own API under ``/vend/v1``.
 
 from __future__ import annotations
 
+import math
 from datetime import date
 from decimal import Decimal
 from typing import Annotated, Any
@@ -22,7 +23,12 @@ from gateway.http.vending import Amount, VendingDep
 from gateway.http.vending import router as vendor_router
 from gateway.vending import tariffs as tariff_files
 from gateway.vending import vendors
-from gateway.vending.errors import InvalidInputError, UnknownMeterError, VendingError
+from gateway.vending.errors import (
+    InvalidInputError,
+    UnknownMeterError,
+    VendingError,
+    VendingUnavailableError,
+)
 from gateway.vending.receipt import money
 from gateway.vending.service import VendingService
 from gateway.vending.store import TARIFF_COLUMNS, tariff_from_row
@@ -378,8 +384,9 @@ async def block_meter(
 async def _vending_error(request: Request, exc: Exception) -> JSONResponse:
     del request
     assert isinstance(exc, VendingError)
-    # A 503 is the service busy or its database away for a moment: say when to come back.
-    headers = {"Retry-After": "1"} if exc.status == 503 else None
+    # A passing unavailability (busy, the database away for a moment) says when to come back.
+    retry_after = exc.retry_after_s if isinstance(exc, VendingUnavailableError) else None
+    headers = None if retry_after is None else {"Retry-After": str(max(1, math.ceil(retry_after)))}
     return JSONResponse(
         status_code=exc.status,
         content={"error": {"code": exc.code, "message": exc.message}},

@@ -174,5 +174,13 @@ class UnknownVendorError(VendingError):
 
 
 class VendingUnavailableError(VendingError):
+    """The service cannot sell now. ``retry_after_s`` (the ``Retry-After`` header) when it is
+    a passing state (busy, its database or key store away); None when only a change of the
+    gateway's set-up helps."""
+
     code = "vending_unavailable"
     status = 503
+
+    def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

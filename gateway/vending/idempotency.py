@@ -9,7 +9,9 @@ an :class:`Outcome`; this module writes its audit record and response). So:
 * a retry of a request still in flight waits on the record's unique key until the first
   transaction ends (then gets its bytes), or gives up after ``retry_wait`` with ``in_progress``;
   a retry reaching the same process waits in the process instead, without taking a pooled
-  connection (a burst of retries must not starve other requests of connections);
+  connection (a burst of retries must not starve other requests of connections); such
+  retries go on one at a time (each replay takes a millisecond or two), so the wait for the
+  record can add up to ``retry_wait`` in the process and ``retry_wait`` on the record;
 * a request waits ``db_wait`` at most for a pooled connection, then gets
   ``vending_unavailable`` (503 with ``Retry-After``);
 * once its record is in, a request waits for the meter and float rows up to ``lock_wait``
@@ -119,7 +121,8 @@ async def connection(
 ) -> AsyncIterator[AsyncConnection[Any]]:
     """A pooled connection, waited for ``config.db_wait`` at most (then
     :class:`VendingUnavailableError`); back to the pool on exit, rolled back if still in a
-    transaction."""
+    transaction. Unlike ``pool.connection()`` nothing is committed on exit: callers work in
+    ``conn.transaction()``."""
     try:
         conn = await pool.getconn(timeout=config.db_wait.total_seconds())
     except PoolTimeout as exc:

@@ -207,4 +207,6 @@ class NoDecoderKeys:
         ea: str,
     ) -> DecoderKey:
         del conn, sgc, krn, dkga, params, ea
-        raise VendingUnavailableError("no vending key store is configured on this gateway")
+        raise VendingUnavailableError(
+            "no vending key store is configured on this gateway", retry_after_s=None
+        )

@@ -18,7 +18,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, OperationalError
 from psycopg.rows import dict_row
 
 from gateway import registry
@@ -165,6 +165,17 @@ async def login_submit(request: Request) -> Response:
             next=target,
             principal=None,
         )
+    except OperationalError:  # no connection free in time, or the database away
+        busy = _html(
+            "login.html",
+            status=503,
+            error="The service is busy; please try again in a moment.",
+            login_csrf=expected,
+            next=target,
+            principal=None,
+        )
+        busy.headers["Retry-After"] = "2"
+        return busy
     response = RedirectResponse(target, status_code=303)
     for name, value in carrier.raw_headers:
         if name == b"set-cookie":

@@ -277,6 +277,30 @@ async def test_a_reversed_sale_gives_the_months_free_units_back(vend: Vend) -> N
     )
 
 
+async def test_a_reversed_free_token_the_meter_accepts_uses_the_month_up_again(
+    vend: Vend,
+) -> None:
+    vendor = await vend.vendor("1000.00")
+    name = await vend.vendor_name(vendor)
+    await vend.account("indigent-5", indigent_from="2020-01-01")
+    meter = await vend.meter(account="indigent-5")
+    first = (await vend.credit(vendor, meter, "23.00")).json()
+    reversal = await advice(vend, vendor, "reverse", first["receipt_no"], "rev-f5")
+    assert reversal.status_code == 200, reversal.text
+    # the customer types in the reversed free basic token before buying again
+    await report(vend, meter, f"{first['receipt_no']}-1")
+    quote = await vend.client.post(
+        "/vend/v1/quote", json={"meter": meter, "amount": "23.00"}, headers=vendor
+    )
+    assert quote.json()["free_basic_due"] is False
+    again = (await vend.credit(vendor, meter, "23.00")).json()
+    assert [t["kind"] for t in again["tokens"]] == ["credit"]
+    case = await vend.fetchone(
+        "SELECT amount, free_tenths FROM revenue_protection WHERE vendor = %s", name
+    )
+    assert case == (Decimal("23.00"), 1000)
+
+
 async def test_a_reversed_free_issue_accepted_later_opens_a_case_without_a_claim(
     vend: Vend,
 ) -> None:

@@ -1,19 +1,29 @@
 -- A reversed sale gives back the month's free basic units it issued (docs/vending.md,
--- "Reversal"): its free basic token keeps the month it was issued for in `fbe_reversed_month`
--- and leaves `fbe_month`, which is what the once-a-month unique index counts, so the next sale
--- or free issue of that month issues them again. A meter accepting the reversed token later
--- still raises the revenue-protection claim, as for any token of a reversed sale.
+-- "Reversal and confirmation"): its free basic token keeps the month it was issued for in
+-- `fbe_reversed_month` and leaves `fbe_month`, which is what the once-a-month unique index
+-- counts, so the next sale or free issue of that month issues them again. Should the meter
+-- accept the reversed token after all, the month goes back to it (unless the units were issued
+-- again meanwhile) and a revenue-protection case opens, as for any token of a reversed sale.
 ALTER TABLE vend_tokens ADD COLUMN fbe_reversed_month date;
 ALTER TABLE vend_tokens DROP CONSTRAINT vend_tokens_check;
 ALTER TABLE vend_tokens ADD CONSTRAINT vend_tokens_free_basic_month
     CHECK ((kind = 'free_basic') = (fbe_month IS NOT NULL OR fbe_reversed_month IS NOT NULL)
            AND (fbe_month IS NULL OR fbe_reversed_month IS NULL));
+-- Sales reversed before this migration give their months back as well (a token a meter has
+-- accepted keeps its month: those units are the meter's).
+UPDATE vend_tokens t SET fbe_reversed_month = t.fbe_month, fbe_month = NULL
+  FROM sales s
+ WHERE s.sale_id = t.sale_id AND s.state = 'reversed' AND t.fbe_month IS NOT NULL
+   AND t.state <> 'accepted';
 
--- A case also records the free basic units the reversed sale had issued (given out twice when
--- its token is accepted after the reversal), and a case opens for a reversed free issue too,
--- which has no amount to claim.
+-- A case also records the free basic units of the reversed sale its meter accepted, and a case
+-- opens for a reversed free issue too, which has no amount to claim.
 ALTER TABLE revenue_protection ADD COLUMN free_tenths integer NOT NULL DEFAULT 0;
+UPDATE revenue_protection r SET free_tenths = coalesce((
+    SELECT sum(t.tenths) FROM vend_tokens t
+     WHERE t.sale_id = r.sale_id AND t.kind = 'free_basic' AND t.state = 'accepted'), 0);
 
+-- Lock order, as everywhere else: the token, its sale, the meter's vending row, the vendor.
 CREATE OR REPLACE FUNCTION vend_token_result() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     t          record;
@@ -69,9 +79,20 @@ BEGIN
                         'token of reversed sale ' || s.receipt_no || ' accepted by the meter')
                 RETURNING movement_id INTO mv_id;
             END IF;
-            INSERT INTO revenue_protection (sale_id, vendor, meter_id, amount, movement_id,
-                                            free_tenths)
-            VALUES (s.sale_id, s.vendor, s.meter_id, s.amount, mv_id, s.free_tenths);
+            INSERT INTO revenue_protection (sale_id, vendor, meter_id, amount, movement_id)
+            VALUES (s.sale_id, s.vendor, s.meter_id, s.amount, mv_id);
+        END IF;
+        IF t.kind = 'free_basic' THEN
+            UPDATE revenue_protection SET free_tenths = free_tenths + coalesce(t.tenths, 0)
+             WHERE sale_id = s.sale_id;
+            -- The meter has these units: unless they were issued again meanwhile, they are
+            -- the month's allocation after all. The meter's row lock keeps a sale from issuing
+            -- them between the check and the update.
+            PERFORM 1 FROM meter_vending WHERE meter_id = t.meter_id FOR UPDATE;
+            UPDATE vend_tokens SET fbe_month = fbe_reversed_month, fbe_reversed_month = NULL
+             WHERE token_id = t.token_id AND fbe_reversed_month IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM vend_tokens o WHERE o.meter_id = t.meter_id
+                                  AND o.fbe_month = t.fbe_reversed_month);
         END IF;
         RETURN NULL;
     END IF;
