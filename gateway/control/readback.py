@@ -112,7 +112,8 @@ async def _apply_reply(conn: Conn, row: tuple[Any, ...], confirm_timeout: timede
     acknowledges = result == "ok" or (result == "rejected" and reason == "replayed")
     if state == CommandState.CONFIRMED.value and is_attempt and acknowledges:
         # The meter's reported state confirmed the command before this reply was applied (the
-        # two travel separately): the command's record still shows when the meter took it.
+        # two travel separately): the command's record still shows that the meter acknowledged
+        # it, with the time the gateway applied the reply, as for any acknowledgement.
         await conn.execute(
             "UPDATE meter_commands SET acknowledged_at = coalesce(acknowledged_at, now())"
             " WHERE command_id = %s",

@@ -69,6 +69,8 @@ async def _login_body(request: Request) -> LoginIn:
         raise ValidationError("login needs a name and a password") from exc
 
 
+_RECORD_WAIT_S = 5.0
+"""How long recording a login attempt may wait for a database connection."""
 _LOGIN_FAILED = "login failed: wrong name or password, or the account is temporarily locked"
 
 
@@ -98,9 +100,9 @@ async def login(request: Request, response: Response) -> LoginOut:
     async with access.pool.connection(timeout=access.db_wait_s) as conn:
         stored = await store.password_hash_of(conn, body.name)
     ok = await verify_password(stored, body.password)
-    # The attempt is always recorded (failures count towards the lockout): this connection
-    # waits the pool's own time, not the short wait of a request that has done nothing yet.
-    async with access.pool.connection() as conn:
+    # The attempt is to be recorded (failures count towards the lockout): this connection may
+    # wait longer than a request that has done nothing yet. Past that, a 503 records nothing.
+    async with access.pool.connection(timeout=max(access.db_wait_s, _RECORD_WAIT_S)) as conn:
         outcome = await store.record_login(conn, body.name, password_ok=ok, policy=policy)
         token = None
         if outcome.result == "ok" and outcome.principal is not None:

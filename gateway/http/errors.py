@@ -42,6 +42,7 @@ from gateway.errors import (
     PayloadTooLargeError,
     RateLimitedError,
     ServiceUnavailableError,
+    StorageUnavailableError,
     ValidationError,
 )
 
@@ -179,6 +180,8 @@ async def _gateway_error(request: Request, exc: Exception) -> JSONResponse:
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimitedError | ServiceUnavailableError):
         headers.update(_retry_after(exc.retry_after_s))
+    elif isinstance(exc, StorageUnavailableError):  # the same operation may succeed later
+        headers.update(_retry_after(DATABASE_RETRY_AFTER_S))
     elif isinstance(exc, AuthError):
         headers["WWW-Authenticate"] = "Bearer"
     if entry.status >= 500:

@@ -273,7 +273,10 @@ class AuditMiddleware:
         route = request.scope.get("route")
         template = getattr(route, "path", None) or "(no route)"
         try:
-            async with self.access.pool.connection(timeout=5.0) as conn:
+            # A 503 is a request refused for want of capacity: its record does not queue for
+            # a connection longer than a request would.
+            wait_s = self.access.db_wait_s if status == 503 else 5.0
+            async with self.access.pool.connection(timeout=wait_s) as conn:
                 await audit.record(
                     conn,
                     actor=principal.name if principal is not None else None,

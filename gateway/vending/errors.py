@@ -25,6 +25,7 @@
         ├── InvalidInputError             invalid_input            422
         ├── UnknownVendorError            unknown_vendor           404  (no enabled vendor)
         └── VendingUnavailableError       vending_unavailable      503
+            └── VendingBusyError          vending_unavailable      503  (no connection in time)
 
 Messages are meant for the vendor (and the customer at the till); they never carry key
 material.
@@ -57,6 +58,7 @@ __all__ = [
     "UnknownMeterError",
     "UnknownReceiptError",
     "UnknownVendorError",
+    "VendingBusyError",
     "VendingError",
     "VendingUnavailableError",
 ]
@@ -184,3 +186,7 @@ class VendingUnavailableError(VendingError):
     def __init__(self, message: str, *, retry_after_s: float | None = 1.0) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class VendingBusyError(VendingUnavailableError):
+    """No pooled database connection came free in time: nothing was done or decided."""

@@ -42,11 +42,11 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from gateway import audit
-from gateway.errors import StorageError
 from gateway.vending.config import VendingConfig
 from gateway.vending.errors import (
     InProgressError,
     RequestIdReusedError,
+    VendingBusyError,
     VendingError,
     VendingUnavailableError,
 )
@@ -126,7 +126,7 @@ async def connection(
     try:
         conn = await pool.getconn(timeout=config.db_wait.total_seconds())
     except PoolTimeout as exc:
-        raise VendingUnavailableError(
+        raise VendingBusyError(
             "the vending service is busy right now; retry the request shortly"
         ) from exc
     try:
@@ -203,8 +203,8 @@ class Idempotency:
                 # A deadlock, a serialisation failure or a lost race on a unique key rolled
                 # the whole transaction back: running it again is safe and decides afresh.
                 if attempt == _ATTEMPTS - 1:
-                    raise StorageError(
-                        f"vending transaction kept conflicting: {type(exc).__name__}"
+                    raise VendingUnavailableError(
+                        "the vending database is busy right now; retry the request shortly"
                     ) from exc
                 log.info("vending transaction retried after %s", type(exc).__name__)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -281,8 +281,11 @@ class Idempotency:
             ) from exc
         except (psycopg.errors.TransactionRollback, psycopg.errors.UniqueViolation):
             raise
-        except (psycopg.OperationalError, PoolTimeout) as exc:
-            raise StorageError(f"vending database unavailable: {type(exc).__name__}") from exc
+        except psycopg.OperationalError as exc:
+            log.warning("vending database unavailable: %s", type(exc).__name__)
+            raise VendingUnavailableError(
+                "the vending database cannot be reached right now; retry the request shortly"
+            ) from exc
 
     async def record_refusal(self, request: VendRequest, error: VendingError) -> None:
         """Audit a refused request (its own transaction had rolled back)."""
@@ -293,7 +296,7 @@ class Idempotency:
                 conn.transaction(),
             ):
                 await request.record(conn, error.code, {"message": error.message})
-        except (psycopg.Error, VendingUnavailableError):
+        except (psycopg.Error, VendingBusyError):
             log.warning(
                 "could not audit a refused %s", request.action, extra={"vendor": request.vendor}
             )

@@ -35,8 +35,8 @@ from gateway.vending.errors import (
     InvalidAmountError,
     ReversalWindowClosedError,
     UnknownReceiptError,
+    VendingBusyError,
     VendingError,
-    VendingUnavailableError,
 )
 from gateway.vending.idempotency import Idempotency, Outcome, VendRequest, Work, connection
 from gateway.vending.keys import DecoderKeySource
@@ -87,8 +87,8 @@ class VendingService:
         """Run ``work`` once per request id; a refusal is audited and raised."""
         try:
             return await self._idempotency.run(request, operation, fields, work)
-        except VendingUnavailableError as exc:
-            # Nothing was decided, and the database is what is short: no audit record.
+        except VendingBusyError as exc:
+            # Nothing was decided, and connections are what is short: no audit record.
             log.warning(
                 "vending request not served: %s", exc.message, extra={"vendor": request.vendor}
             )
@@ -236,9 +236,9 @@ class VendingService:
 
         async def work(conn: AsyncConnection[Any]) -> Outcome:
             now = self._clock()
-            # Locks in the order every other party takes them: the sale's tokens (as keypad
-            # delivery and a meter's token result do), the sale, the meter (as a sale does),
-            # then the vendor's float before the account (as a sale does).
+            # Locks in the order the other parties take them: the sale's tokens, then the sale
+            # (as keypad delivery and a meter's token result do); the meter, the account, then
+            # the vendor's float (as a sale does: it locks an account in arrears with the meter).
             await conn.execute(
                 "SELECT 1 FROM vend_tokens t JOIN sales s USING (sale_id)"
                 " WHERE s.vendor = %s AND s.receipt_no = %s ORDER BY t.token_id FOR UPDATE OF t",
@@ -286,13 +286,13 @@ class VendingService:
                 " WHERE sale_id = %s AND fbe_month IS NOT NULL",
                 (sale_id,),
             )
-            balance = await store.float_balance(conn, vendor, lock=True)
             if account_id is not None and recovered > 0:
                 await conn.execute(
                     "UPDATE accounts SET arrears = arrears + %s, updated_at = now()"
                     " WHERE account_id = %s",
                     (recovered, account_id),
                 )
+            balance = await store.float_balance(conn, vendor, lock=True)
             if amount > 0:
                 balance = await store.move_float(
                     conn, vendor, "reversal", amount, balance, sale_id=sale_id, note=receipt_no

@@ -83,7 +83,7 @@ async def test_a_reply_applied_after_the_confirmation_still_records_the_acknowle
         )
         assert await apply_replies(conn, batch=10, confirm_timeout=timedelta(minutes=5)) == 1
         cur = await conn.execute(
-            "SELECT c.state, c.acknowledged_at >= c.confirmed_at, m.reply_result"
+            "SELECT c.state, c.acknowledged_at IS NOT NULL, m.reply_result"
             " FROM meter_commands c JOIN command_messages m USING (command_id)"
             " JOIN command_replies r ON r.message_id = m.message_id"
         )

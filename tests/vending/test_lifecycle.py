@@ -267,6 +267,12 @@ async def test_a_reversed_sale_gives_the_months_free_units_back(vend: Vend) -> N
     assert await vend.scalar(
         "SELECT amount FROM float_movements WHERE vendor = %s AND kind = 'claim'", name
     ) == Decimal("-23.00")
+    # the month stays with the reissued token: the reversed one shows the units went out twice
+    months = await vend.fetchone(
+        "SELECT fbe_month, fbe_reversed_month FROM vend_tokens WHERE token = %s",
+        first["tokens"][0]["token"],
+    )
+    assert months is not None and months[0] is None and months[1] is not None
     # its credit token accepted too: still one case and one claim
     await report(vend, meter, f"{first['receipt_no']}-2")
     assert (

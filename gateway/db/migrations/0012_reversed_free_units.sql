@@ -23,7 +23,8 @@ UPDATE revenue_protection r SET free_tenths = coalesce((
     SELECT sum(t.tenths) FROM vend_tokens t
      WHERE t.sale_id = r.sale_id AND t.kind = 'free_basic' AND t.state = 'accepted'), 0);
 
--- Lock order, as everywhere else: the token, its sale, the meter's vending row, the vendor.
+-- Lock order, as everywhere else: the token, its sale, the meter's vending row, the vendor
+-- (several results in one ingest batch take these per event, in arrival order).
 CREATE OR REPLACE FUNCTION vend_token_result() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     t          record;
@@ -43,9 +44,14 @@ BEGIN
     IF NOT FOUND OR t.state IN ('accepted', 'rejected') THEN
         RETURN NULL;
     END IF;
+    -- The token as it stands once locked (a reversal, another result may have come first).
     UPDATE vend_tokens SET state = new_state, result_at = NEW.ts,
            reason = NEW.details ->> 'reason'
-     WHERE token_id = t.token_id;
+     WHERE token_id = t.token_id AND state NOT IN ('accepted', 'rejected')
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
     SELECT * INTO s FROM sales WHERE sale_id = t.sale_id FOR UPDATE;
     IF new_state = 'rejected' THEN
         IF s.state <> 'reversed' THEN
@@ -64,9 +70,14 @@ BEGIN
          WHERE meter_id = NEW.meter_id;
     END IF;
     IF s.state = 'reversed' THEN
+        IF t.kind = 'key_change' THEN
+            RETURN NULL;
+        END IF;
+        -- The meter before the vendor, as a sale locks them.
+        PERFORM 1 FROM meter_vending WHERE meter_id = t.meter_id FOR UPDATE;
         -- Any credit or free basic token accepted shows the receipt did reach the customer:
         -- the whole reversal is claimed back, once.
-        IF t.kind <> 'key_change' AND NOT EXISTS (
+        IF NOT EXISTS (
             SELECT 1 FROM revenue_protection WHERE sale_id = s.sale_id) THEN
             mv_id := NULL;
             IF s.amount > 0 THEN
@@ -88,7 +99,6 @@ BEGIN
             -- The meter has these units: unless they were issued again meanwhile, they are
             -- the month's allocation after all. The meter's row lock keeps a sale from issuing
             -- them between the check and the update.
-            PERFORM 1 FROM meter_vending WHERE meter_id = t.meter_id FOR UPDATE;
             UPDATE vend_tokens SET fbe_month = fbe_reversed_month, fbe_reversed_month = NULL
              WHERE token_id = t.token_id AND fbe_reversed_month IS NOT NULL
                AND NOT EXISTS (SELECT 1 FROM vend_tokens o WHERE o.meter_id = t.meter_id
