@@ -105,6 +105,11 @@ async def apply_account(
             missing = sorted(set(record.meters) - known)
             if missing:
                 raise RecordError(f"meters: {len(missing)} unknown meter(s), first {missing[0]}")
+            # The meters before the account, as a sale or a reversal locks them.
+            await conn.execute(
+                "SELECT 1 FROM meter_vending WHERE meter_id = ANY(%s) ORDER BY meter_id FOR UPDATE",
+                (list(record.meters),),
+            )
         await conn.execute(
             "INSERT INTO accounts (account_id, customer_class, contact_numbers, indigent_from,"
             " indigent_to, essential, essential_reason, pays_above_free_allocation)"

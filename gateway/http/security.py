@@ -262,8 +262,11 @@ class AuditMiddleware:
         async def send_with_audit(message: Message) -> None:
             if message["type"] == "http.response.start":
                 MutableHeaders(scope=message)["X-Request-ID"] = request_id
-                if unsafe and not getattr(request.state, "audited", False):
-                    await self._record(request, request_id, int(message["status"]))
+                status = int(message["status"])
+                # A 503 took no effect (no capacity, or the database away): its record would
+                # only queue for the resource that is short.
+                if unsafe and status != 503 and not getattr(request.state, "audited", False):
+                    await self._record(request, request_id, status)
             await send(message)
 
         await self.app(scope, receive, send_with_audit)
@@ -273,10 +276,7 @@ class AuditMiddleware:
         route = request.scope.get("route")
         template = getattr(route, "path", None) or "(no route)"
         try:
-            # A 503 is a request refused for want of capacity: its record does not queue for
-            # a connection longer than a request would.
-            wait_s = self.access.db_wait_s if status == 503 else 5.0
-            async with self.access.pool.connection(timeout=wait_s) as conn:
+            async with self.access.pool.connection(timeout=5.0) as conn:
                 await audit.record(
                     conn,
                     actor=principal.name if principal is not None else None,

@@ -26,7 +26,6 @@ from gateway.vending import vendors
 from gateway.vending.errors import (
     InvalidInputError,
     UnknownMeterError,
-    VendingBusyError,
     VendingError,
     VendingUnavailableError,
 )
@@ -383,10 +382,8 @@ async def block_meter(
 
 
 async def _vending_error(request: Request, exc: Exception) -> JSONResponse:
+    del request
     assert isinstance(exc, VendingError)
-    if isinstance(exc, VendingBusyError):
-        # Nothing was done, and connections are short: no audit record to wait for either.
-        request.state.audited = True
     # A passing unavailability (busy, the database away for a moment) says when to come back.
     retry_after = exc.retry_after_s if isinstance(exc, VendingUnavailableError) else None
     headers = None if retry_after is None else {"Retry-After": str(max(1, math.ceil(retry_after)))}

@@ -53,7 +53,7 @@ async def deliver_pending(
             " JOIN meters m ON m.meter_id = t.meter_id"
             " WHERE t.state = 'issued' AND t.delivered_at IS NULL AND s.state = 'issued'"
             " AND m.online AND m.transport = 'mqtt' AND s.issued_at > now() - %s"
-            " ORDER BY t.token_id LIMIT %s FOR UPDATE OF t SKIP LOCKED",
+            " ORDER BY t.token_id LIMIT %s FOR UPDATE OF t, s SKIP LOCKED",
             (max_age, limit),
         )
         rows = await cur.fetchall()

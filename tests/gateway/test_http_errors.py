@@ -145,7 +145,11 @@ async def test_request_body_over_the_limit_is_413(
 
 
 async def test_busy_database_pool_is_a_503_with_retry_after(
-    auth_headers: AuthHeaders, database_url: str, mqtt_url: str, topic_prefix: str
+    auth_headers: AuthHeaders,
+    database_url: str,
+    mqtt_url: str,
+    topic_prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     # One pooled connection, and no detection loop to share it: the test holds it itself.
     settings = make_settings(
@@ -172,7 +176,12 @@ async def test_busy_database_pool_is_a_503_with_retry_after(
             assert_error_shape(busy, 503, "unavailable")
             assert int(busy.headers["retry-after"]) >= 1
             assert_error_shape(await http.get("/meters"), 503, "unavailable")
+            # a change refused for want of a connection took no effect: the audit middleware
+            # does not queue for a connection to record it (nor report a lost record)
+            refused = await http.put("/meters/M-504", json=METER)
+            assert_error_shape(refused, 503, "unavailable")
         assert waited < 10  # well under the pool's own 30 s default
+        assert not [r for r in caplog.records if "could not write the audit record" in r.message]
         assert (await http.get("/meters/M-503")).status_code == 200
 
 
