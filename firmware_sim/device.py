@@ -69,9 +69,7 @@ class Device:
 
     def on_command(self, payload: bytes, now: datetime) -> Output:
         scheduled = (*self.meter.active.values(), *self.meter.pending)
-        if any(
-            f.kind is FaultKind.IGNORE_COMMANDS and f.start <= now < f.end for f in scheduled
-        ):
+        if any(f.kind is FaultKind.IGNORE_COMMANDS and f.start <= now < f.end for f in scheduled):
             return Output()  # a deaf control unit: not carried out, not answered
         reply, result = handle_command(self.meter, self.memory, payload, now)
         out = self._emit(result, now)

@@ -29,6 +29,7 @@ from firmware_sim.device import Device
 from firmware_sim.faults import FaultKind
 from firmware_sim.modbus_map import register_image
 from firmware_sim.truth import GroundTruth
+from protocols.errors import UsageError
 
 __all__ = ["MeterContext", "serve_modbus"]
 
@@ -109,20 +110,23 @@ async def serve_modbus(
     ):
         ports.setdefault(port, {})[unit] = device
     servers: list[ModbusTcpServer] = []
-    for port, units in ports.items():
-        context = MeterContext(
-            units,
-            pacing_s=options.get("pacing_s", 0.0),
-            busy=options.get("busy", 0.0),
-            seed=port,
-        )
-        server = ModbusTcpServer(context, address=(host, port), ignore_missing_devices=True)
-        await server.serve_forever(background=True)
-        servers.append(server)
-    log.info("Modbus: %d devices on ports %d-%d", len(devices), first_port, max(ports))
-    if ready is not None:
-        ready.set()
     try:
+        for port, units in ports.items():
+            context = MeterContext(
+                units,
+                pacing_s=options.get("pacing_s", 0.0),
+                busy=options.get("busy", 0.0),
+                seed=port,
+            )
+            server = ModbusTcpServer(context, address=(host, port), ignore_missing_devices=True)
+            servers.append(server)
+            try:
+                await server.serve_forever(background=True)
+            except RuntimeError as exc:  # pymodbus: "Could not start listen" (port taken …)
+                raise UsageError(f"cannot serve Modbus on {host}:{port}: {exc}") from exc
+        log.info("Modbus: %d devices on ports %d-%d", len(devices), first_port, max(ports))
+        if ready is not None:
+            ready.set()
         async with asyncio.TaskGroup() as group:
             group.create_task(_step(devices, clock, stop, truth), name="modbus-ticks")
     finally:

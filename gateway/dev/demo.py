@@ -27,7 +27,7 @@ from gateway import registry
 from gateway.auth import Role, store
 from gateway.auth.passwords import hash_password
 from gateway.db.migrate import apply_migrations
-from gateway.dev.services import BackingServices, ensure_services, free_port
+from gateway.dev.services import BackingServices, ensure_services, free_ports
 from gateway.errors import ConflictError, ServiceStartError
 from gateway.keystore import SoftwareKeyStore
 from gateway.keystore.envelope import Keyring, new_master_key, write_keyring
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 5.0
 MANIFEST = "fleet-manifest.jsonl"
 DEMO_MODBUS_INTERVAL_S = 5.0
+# The simulated Modbus meters share ports, this many unit ids on each; the demo reserves enough
+# consecutive free ports for all of them (at most one port per this many meters).
+DEMO_MODBUS_UNITS_PER_PORT = 50
 
 
 async def _demo_principals(conninfo: str) -> None:
@@ -158,6 +161,8 @@ def _fleet_command(
         str(seed),
         "--modbus-port",
         str(modbus_port),
+        "--units-per-port",
+        str(DEMO_MODBUS_UNITS_PER_PORT),
         "--manifest",
         str(data_dir / MANIFEST),
         "--truth",
@@ -262,7 +267,7 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
                     meters=meters,
                     speed=speed,
                     seed=seed,
-                    modbus_port=free_port(),
+                    modbus_port=free_ports(-(-meters // DEMO_MODBUS_UNITS_PER_PORT)),
                     data_dir=data_dir,
                 ),
                 cwd=data_dir,

@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -28,6 +29,7 @@ import psycopg
 from psycopg import sql
 
 from gateway.errors import ServiceStartError
+from protocols.errors import UsageError
 
 __all__ = [
     "BackingServices",
@@ -35,6 +37,7 @@ __all__ = [
     "ensure_broker",
     "ensure_database",
     "free_port",
+    "free_ports",
     "port_answers",
     "start_mosquitto",
     "with_database",
@@ -44,6 +47,8 @@ log = logging.getLogger(__name__)
 
 LOCAL_PG_ADMIN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
 LOCAL_BROKER: Final = ("127.0.0.1", 1883)
+# free_ports() draws from here up to the ephemeral range (well above the usual service ports).
+FIRST_PRIVATE_PORT: Final = 20000
 
 
 def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -55,10 +60,41 @@ def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port free on loopback (see :func:`free_ports`)."""
+    return free_ports(1)
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> int:
+    """The first of ``count`` consecutive TCP ports free on ``host``.
+
+    The ports are taken below the kernel's ephemeral range, which outgoing connections draw
+    their local ports from: a port there, or the one after it, could be taken by any client
+    connection between this check and the caller's own bind. Each port is bound without
+    ``SO_REUSEADDR``, so one still in ``TIME_WAIT`` counts as taken.
+    """
+    if not 1 <= count <= 1000:
+        raise UsageError("ask for 1 to 1000 ports")
+    low = _ephemeral_low() - count
+    rng = random.SystemRandom()
+    for _ in range(200):
+        first = rng.randrange(FIRST_PRIVATE_PORT, low)
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(first, first + count):
+                    sock = held.enter_context(socket.socket())
+                    sock.bind((host, port))
+            except OSError:
+                continue
+            return first
+    raise ServiceStartError(f"no {count} consecutive free ports on {host}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return max(int(text.split()[0]), FIRST_PRIVATE_PORT + 2000)
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def with_database(url: str, database: str) -> str:

@@ -6,14 +6,12 @@ The broker (``mqtt_url``) and the per-test ``topic_prefix`` come from the projec
 
 from __future__ import annotations
 
-import socket
-
 import pytest
+
+from gateway.dev.services import free_ports
 
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """The first of four consecutive free ports (a Modbus fleet serves several)."""
+    return free_ports(4)

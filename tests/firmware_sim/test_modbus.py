@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from datetime import timedelta
 
+import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from firmware_sim.clock import ManualClock
 from firmware_sim.fleet import GroundTruth
 from firmware_sim.identity import Transport, Utility, WordOrder
 from firmware_sim.modbus_server import serve_modbus
+from protocols.errors import UsageError
 from tests.firmware_sim.helpers import START, make_device
 
 
@@ -116,3 +119,31 @@ async def test_busy_and_pacing(free_port: int) -> None:
         client.close()
         stop.set()
         await asyncio.wait_for(server, 5)
+
+
+async def test_a_taken_port_fails_loudly_and_frees_the_others(free_port: int) -> None:
+    devices = [
+        make_device(Utility.ELECTRICITY, index=index, transport=Transport.MODBUS)
+        for index in range(2)
+    ]
+    with (
+        socket.create_server(("127.0.0.1", free_port + 1)),
+        pytest.raises(UsageError, match=f"127.0.0.1:{free_port + 1}"),
+    ):
+        await asyncio.wait_for(
+            serve_modbus(
+                devices,
+                clock=ManualClock(START),
+                stop=asyncio.Event(),
+                truth=GroundTruth(None),
+                host="127.0.0.1",
+                first_port=free_port,
+                units_per_port=1,
+                options={},
+                ready=None,
+            ),
+            5,
+        )
+    # The first port's server, started before the failure, was shut down.
+    with socket.create_server(("127.0.0.1", free_port)):
+        pass

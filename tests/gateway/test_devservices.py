@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from gateway.db.migrate import apply_migrations
-from gateway.dev.services import embedded_database, port_answers, start_mosquitto
+from gateway.dev.services import embedded_database, free_ports, port_answers, start_mosquitto
 
 
 def test_embedded_postgresql_starts_and_takes_the_schema(tmp_path: Path) -> None:
@@ -33,3 +34,22 @@ def test_private_mosquitto_starts_on_a_free_port_and_stops(tmp_path: Path) -> No
     finally:
         broker.stop()
     assert not port_answers("127.0.0.1", broker.port)
+
+
+def test_free_ports_are_consecutive_bindable_and_outside_the_ephemeral_range() -> None:
+    ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    first = free_ports(5)
+    assert first + 5 <= ephemeral_low
+    for port in range(first, first + 5):
+        with socket.create_server(("127.0.0.1", port)):
+            pass
+
+
+def test_free_ports_skips_a_block_with_a_taken_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    taken = free_ports(1)
+    with socket.create_server(("127.0.0.1", taken + 1)):
+        draws = iter([taken, taken + 2])
+        monkeypatch.setattr(
+            "gateway.dev.services.random.SystemRandom.randrange", lambda *_: next(draws)
+        )
+        assert free_ports(2) == taken + 2
