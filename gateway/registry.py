@@ -18,6 +18,7 @@ from gateway.errors import NotFoundError
 from tokens.meter_number import luhn_check_digit, luhn_valid
 
 __all__ = [
+    "UTILITY_DEFAULT_SIZE",
     "MeterSpec",
     "get_meter",
     "list_meters",
@@ -33,14 +34,17 @@ _COLUMNS: Final = (
     " m.register_map, m.export_allowed, m.register_max, m.created_at, m.last_seen,"
     " m.last_reading_ts, m.online, m.status, m.address, m.area, m.latitude, m.longitude,"
     " m.reconnect_mode,"
-    " c.comms_state, v.account_id AS account,"
+    " c.comms_state, v.account_id AS account, sz.size,"
     " CASE WHEN v.sgc IS NULL THEN NULL ELSE jsonb_build_object('sgc', v.sgc, 'krn', v.krn,"
     " 'ti', v.ti, 'key_type', v.key_type, 'base_date', v.base_date, 'ea', v.ea, 'dkga', v.dkga)"
     " END AS sts"
 )
 _FROM: Final = (
     " FROM meters m JOIN meter_comms c USING (meter_id) LEFT JOIN meter_vending v USING (meter_id)"
+    " LEFT JOIN billing_meter_sizes sz USING (meter_id)"
 )
+UTILITY_DEFAULT_SIZE: Final = "*"
+"""As a meter's size: it has no size class of its own (the utility's default limits apply)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +79,20 @@ class MeterSpec:
     longitude: float | None = None
     reconnect_mode: str = "remote"
     """``arm``: a remote reconnect only arms the relay; the customer presses the button."""
+    size: str | None = None
+    """Size class (``15mm``, ``80A-3ph``) for the plausibility limits of person's reads;
+    ``*``: none (the utility's default); None: unchanged."""
+
+
+async def _upsert_size(conn: AsyncConnection[Any], meter_id: str, size: str) -> None:
+    if size == UTILITY_DEFAULT_SIZE:
+        await conn.execute("DELETE FROM billing_meter_sizes WHERE meter_id = %s", (meter_id,))
+        return
+    await conn.execute(
+        "INSERT INTO billing_meter_sizes (meter_id, size) VALUES (%s, %s)"
+        " ON CONFLICT (meter_id) DO UPDATE SET size = excluded.size",
+        (meter_id, size),
+    )
 
 
 async def _upsert_vending(conn: AsyncConnection[Any], spec: MeterSpec) -> None:
@@ -141,6 +159,8 @@ async def upsert_meter(conn: AsyncConnection[Any], spec: MeterSpec) -> dict[str,
         )
         if spec.sts is not None or spec.account is not None:
             await _upsert_vending(conn, spec)
+        if spec.size is not None:
+            await _upsert_size(conn, spec.meter_id, spec.size)
     return await get_meter(conn, spec.meter_id)
 
 

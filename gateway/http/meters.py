@@ -12,6 +12,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from gateway import registry
+from gateway.billing.limits import SIZE_PATTERN
 from gateway.errors import ValidationError
 from gateway.http.custody import CustodyDep
 from gateway.http.db import DbConn
@@ -89,6 +90,9 @@ class MeterIn(ApiModel, _MeterFields):
     """STS key data for vending; omitted: left as recorded."""
     account: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """The customer account; omitted: left as recorded."""
+    size: str | None = Field(None, pattern=SIZE_PATTERN, examples=["20mm", "80A-3ph"])
+    """Size class for the plausibility limits of manual and customer reads (``GET
+    /billing/limits``); ``*``: none, the utility's default limit; omitted: left as recorded."""
 
     @field_validator("time_zone")
     @classmethod
@@ -136,6 +140,8 @@ class MeterOut(_MeterFields):
     comms_state: Literal["ok", "late", "lost", "never"]
     sts: dict[str, Any] | None = None
     account: str | None = None
+    size: str | None = None
+    """Size class; null: none (the utility's default plausibility limit)."""
 
 
 @router.get("", response_model=list[MeterOut])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import httpx
@@ -137,3 +138,44 @@ async def test_export_download(seeded: str, gateway: GatewayHandle, auth_headers
         corrections = await http.get("/billing/corrections", headers=operator)
         assert corrections.status_code == 200
         assert corrections.text.splitlines()[0].startswith("meter_id,register,period,boundary")
+
+
+async def test_a_meters_size_class_sets_the_limit_its_reads_are_judged_by(
+    seeded: str, gateway: GatewayHandle, auth_headers: Auth
+) -> None:
+    tech = await auth_headers(seeded, Role.TECHNICIAN)
+    operator = await auth_headers(seeded, Role.OPERATOR)
+    meter = {"utility": "water", "time_zone": "Africa/Johannesburg"}
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+
+    def read(days: int, value: float) -> dict[str, object]:
+        when = (start + timedelta(days=days)).isoformat()
+        return {"value": value, "read_at": when, "source": "customer"}
+
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http:
+        refused = await http.put("/meters/W9", json={**meter, "size": "25mm"}, headers=tech)
+        assert refused.status_code == 403
+        for bad in ("", "-25mm", "x" * 33, "25 mm"):
+            answer = await http.put("/meters/W9", json={**meter, "size": bad}, headers=operator)
+            assert answer.status_code == 422, bad
+        plain = await http.put("/meters/W9", json=meter, headers=operator)
+        assert (plain.status_code, plain.json()["size"]) == (200, None)
+        with psycopg.connect(seeded, autocommit=True) as conn:
+            add_readings(conn, "W9", "24.2.1", [(start, 100.0)])
+        # 20 m3 a day is more than a domestic connection's default 5 m3/day and within a
+        # 25 mm meter's 20.
+        sized = await http.put("/meters/W9", json={**meter, "size": "25mm"}, headers=operator)
+        assert (sized.status_code, sized.json()["size"]) == (200, "25mm")
+        kept = await http.put("/meters/W9", json=meter, headers=operator)
+        assert kept.json()["size"] == "25mm", "an omitted size is left as recorded"
+        judged = await http.post("/meters/W9/reads", json=read(1, 120.0), headers=tech)
+        assert (judged.status_code, judged.json()["status"]) == (201, "accepted"), judged.text
+
+        cleared = await http.put("/meters/W9", json={**meter, "size": "*"}, headers=operator)
+        assert cleared.json()["size"] is None
+        assert (await http.get("/meters/W9", headers=tech)).json()["size"] is None
+        default = await http.post("/meters/W9/reads", json=read(2, 140.0), headers=tech)
+        assert (default.json()["status"], default.json()["reason"]) == (
+            "rejected",
+            "implausible_consumption",
+        )
