@@ -1,15 +1,20 @@
-"""The corrections report: billed estimates that a later actual read superseded.
+"""The corrections report: adjustments to periods billed on an estimate later superseded.
 
-For each superseded estimate at boundary B the report has one row per affected period that has
-ended: the period closing at B and the period opening at B. Each row gives the consumption as
-billed with the estimate, the consumption with the read that replaced it (the other boundary
-of the period as billing sees it now), and the difference billing must adjust.
+An export that bills a period on an estimate at either boundary records what it billed
+(``billing_estimated_bills``). Once such an estimate is superseded by an actual, interpolated
+or accepted person's read, the report has one row for it: the period's consumption with the
+estimate (as billed, or as corrected by an earlier row when the period's other boundary was
+superseded first), the consumption with the read that replaced it, and the difference billing
+adjusts by. The rows of a period add up to the whole correction, and a report of the rows
+superseded ``since`` a time holds each adjustment once. Before it reads, the report supersedes
+every estimate that usable points now cover, such as telemetry that arrived late.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
@@ -19,17 +24,12 @@ from psycopg import AsyncConnection
 from gateway.billing.core import BillingPolicy, advance, to_decimal
 from gateway.billing.formats import CORRECTION_SCHEMA, CorrectionRow, FileFormat, encoder
 from gateway.billing.period import Period
-from gateway.billing.store import boundary_read, period_bounds
+from gateway.billing.store import supersede_covered
 
 __all__ = ["correction_bytes", "correction_rows"]
 
 _BATCH: Final = 500
-
-
-def _consumption(start: float | None, end: float | None, margin: float) -> float | None:
-    if start is None or end is None:
-        return None
-    return advance(start, end, margin)
+_FAR_PAST: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
 def _read(value: float) -> Decimal:
@@ -44,6 +44,69 @@ def _rounded_difference(actual: float | None, estimated: float | None) -> Decima
     return None if a is None or e is None else a - e
 
 
+@dataclass(slots=True)
+class _Boundary:
+    role: str
+    at: datetime
+    billed: float
+    method: str | None
+    """The estimate's method (``last_3_months`` …); None: this boundary was not estimated."""
+    actual: float | None
+    actual_method: str | None
+    superseded_at: datetime | None
+
+
+_BILLS: Final = (
+    "SELECT b.meter_id, b.channel, b.period,"
+    " b.opening_at, b.opening_read, eo.method, eo.actual_value, eo.actual_method,"
+    " eo.superseded_at,"
+    " b.closing_at, b.closing_read, ec.method, ec.actual_value, ec.actual_method,"
+    " ec.superseded_at"
+    " FROM billing_estimated_bills b"
+    " LEFT JOIN billing_estimates eo ON eo.id = b.opening_estimate"
+    " LEFT JOIN billing_estimates ec ON ec.id = b.closing_estimate"
+    " WHERE (eo.superseded_at IS NOT NULL OR ec.superseded_at IS NOT NULL)"
+    " AND greatest(eo.superseded_at, ec.superseded_at) >= %(since)s"
+    " AND (%(period)s::text IS NULL OR b.period = %(period)s)"
+    " ORDER BY b.meter_id, b.channel, b.period"
+)
+
+
+def _adjustments(
+    meter_id: str, channel: str, period: str, boundaries: list[_Boundary], margin: float
+) -> list[CorrectionRow]:
+    """One row per superseded estimate of one billed period, in the order they were replaced."""
+    reads = {b.role: b.billed for b in boundaries}
+    rows: list[CorrectionRow] = []
+    replaced = sorted(
+        (b for b in boundaries if b.superseded_at is not None),
+        key=lambda b: (b.superseded_at, b.role != "opening"),
+    )
+    for b in replaced:
+        assert b.actual is not None and b.method is not None and b.superseded_at is not None
+        before = advance(reads["opening"], reads["closing"], margin)
+        reads[b.role] = b.actual
+        after = advance(reads["opening"], reads["closing"], margin)
+        rows.append(
+            CorrectionRow(
+                meter_id=meter_id,
+                register=channel,
+                period=period,
+                boundary=b.role,
+                boundary_at=b.at,
+                estimate_method=b.method,
+                estimated_read=_read(b.billed),
+                actual_read=_read(b.actual),
+                actual_method=b.actual_method or "",
+                estimated_consumption=to_decimal(before),
+                actual_consumption=to_decimal(after),
+                difference=_rounded_difference(after, before),
+                superseded_at=b.superseded_at,
+            )
+        )
+    return rows
+
+
 async def correction_rows(
     conn: AsyncConnection[Any],
     *,
@@ -52,64 +115,25 @@ async def correction_rows(
     now: datetime,
     policy: BillingPolicy | None = None,
 ) -> AsyncGenerator[list[CorrectionRow], None]:
-    """Rows for estimates superseded since ``since`` and/or touching billing ``period``."""
+    """Rows for estimates superseded since ``since`` and/or of billed ``period``."""
     policy = policy or BillingPolicy()
     margin = policy.rollover_margin
     async with conn.transaction():
+        await supersede_covered(conn, policy, now=now)
         cur = await conn.execute(
-            "SELECT e.meter_id, e.channel, e.boundary, e.value, e.method, e.actual_value,"
-            " e.actual_method, e.superseded_at, m.time_zone FROM billing_estimates e"
-            " JOIN meters m USING (meter_id) WHERE e.superseded_at IS NOT NULL"
-            " AND e.superseded_at >= coalesce(%s, '-infinity'::timestamptz)"
-            " ORDER BY e.meter_id, e.channel, e.boundary, e.superseded_at",
-            (since,),
+            _BILLS,
+            {"since": since or _FAR_PAST, "period": None if period is None else str(period)},
         )
         batch: list[CorrectionRow] = []
-        for (
-            meter_id,
-            channel,
-            at,
-            estimated,
-            method,
-            actual,
-            actual_method,
-            when,
-            tz,
-        ) in await cur.fetchall():
-            closed = Period.ending_at(at, tz)
-            for role, billed in (("closing", closed), ("opening", closed.next())):
-                if period is not None and billed != period:
-                    continue
-                opening, closing = await period_bounds(conn, billed, tz)
-                if closing > now:
-                    continue  # not billed yet: nothing to correct
-                other_at = opening if role == "closing" else closing
-                other = await boundary_read(
-                    conn, meter_id, channel, other_at, policy, estimate=False
-                )
-                if role == "closing":
-                    est = _consumption(other.value, estimated, margin)
-                    act = _consumption(other.value, actual, margin)
-                else:
-                    est = _consumption(estimated, other.value, margin)
-                    act = _consumption(actual, other.value, margin)
-                batch.append(
-                    CorrectionRow(
-                        meter_id=meter_id,
-                        register=channel,
-                        period=str(billed),
-                        boundary=role,
-                        boundary_at=at,
-                        estimate_method=method,
-                        estimated_read=_read(estimated),
-                        actual_read=_read(actual),
-                        actual_method=actual_method,
-                        estimated_consumption=to_decimal(est),
-                        actual_consumption=to_decimal(act),
-                        difference=_rounded_difference(act, est),
-                        superseded_at=when,
-                    )
-                )
+        for row in await cur.fetchall():
+            meter_id, channel, billed = row[:3]
+            boundaries = [
+                _Boundary(role, *row[start : start + 6])
+                for role, start in (("opening", 3), ("closing", 9))
+            ]
+            for correction in _adjustments(meter_id, channel, billed, boundaries, margin):
+                if since is None or correction.superseded_at >= since:
+                    batch.append(correction)
             if len(batch) >= _BATCH:
                 yield batch
                 batch = []

@@ -6,14 +6,16 @@ on the keyed tables), the stored estimates at the boundaries, every fall of the 
 the period (a window scan of the period's own series) and, when the detection feature's
 ``alerts`` view exists, the rollback / stuck-register alerts overlapping the period. The pure
 core turns that into boundary reads and consumption. Boundaries that need an estimate are
-estimated and stored in the same transaction, so an export bills exactly what it stored.
+estimated and stored in the same transaction, so an export bills exactly what it stored; a
+period billed on an estimate is recorded as billed (``billing_estimated_bills``) for the
+corrections report.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from psycopg import AsyncConnection
@@ -37,6 +39,7 @@ from gateway.billing.store import (
     StoredEstimate,
     as_point,
     make_estimate,
+    record_bill,
     supersede,
 )
 
@@ -155,6 +158,7 @@ async def _boundary(
     points: list[Point | None],
     stored: StoredEstimate | None,
     policy: BillingPolicy,
+    now: datetime,
 ) -> BoundaryRead:
     smart_before, smart_after, person_before, person_after = points
     read = resolve_boundary(at, [smart_before, person_before], [smart_after, person_after], policy)
@@ -164,6 +168,8 @@ async def _boundary(
         return read
     if stored is not None:
         return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+    if at > now:
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE)  # not reached yet: nothing to estimate
     return await make_estimate(conn, meter_id, channel, at, policy)
 
 
@@ -224,12 +230,16 @@ async def export_rows(
     utility: str | None = None,
     policy: BillingPolicy | None = None,
     batch_rows: int = BATCH_ROWS,
+    now: datetime | None = None,
 ) -> AsyncGenerator[list[ExportRow], None]:
     """The export's rows in (meter, register) order, ``batch_rows`` at a time.
 
-    Runs in one transaction on ``conn``: the estimates it stores commit with the export's end.
+    Runs in one transaction on ``conn``: the estimates it stores, and what it billed on them,
+    commit with the export's end. A boundary after ``now`` (default: the current time) is not
+    estimated: a period that has not ended has no closing read yet.
     """
     policy = policy or BillingPolicy()
+    now = now or datetime.now(UTC)
     async with conn.transaction():
         query = _query(alerts=await _has_alerts(conn), utility=utility is not None)
         params = {
@@ -241,11 +251,15 @@ async def export_rows(
         async with conn.cursor(name="billing_export") as cur:
             await cur.execute(query, params)
             while raws := await cur.fetchmany(batch_rows):
-                yield [await _compose(conn, period, raw, policy) for raw in raws]
+                yield [await _compose(conn, period, raw, policy, now) for raw in raws]
 
 
 async def _compose(
-    conn: AsyncConnection[Any], period: Period, raw: tuple[Any, ...], policy: BillingPolicy
+    conn: AsyncConnection[Any],
+    period: Period,
+    raw: tuple[Any, ...],
+    policy: BillingPolicy,
+    now: datetime,
 ) -> ExportRow:
     meter_id, _utility, _tz, channel, open_at, close_at = raw[:6]
     opening, closing = [
@@ -257,9 +271,18 @@ async def _compose(
             points=_points(raw, 6 + 12 * b),
             stored=_stored(raw, 30 + 3 * b),
             policy=policy,
+            now=now,
         )
         for b, at in ((0, open_at), (1, close_at))
     ]
+    await record_bill(
+        conn,
+        meter_id=meter_id,
+        channel=channel,
+        period=period,
+        opening=(open_at, opening),
+        closing=(close_at, closing),
+    )
     return _row(period, raw, opening, closing, policy)
 
 
@@ -270,11 +293,13 @@ async def export_bytes(
     file_format: FileFormat,
     utility: str | None = None,
     policy: BillingPolicy | None = None,
+    now: datetime | None = None,
 ) -> AsyncGenerator[bytes, None]:
     """The export as a file, produced batch by batch."""
     enc = encoder(EXPORT_SCHEMA, file_format)
+    rows = export_rows(conn, period, utility=utility, policy=policy, now=now)
     # aclosing: a reader that stops early ends the export's transaction (a rollback) at once.
-    async with aclosing(export_rows(conn, period, utility=utility, policy=policy)) as batches:
+    async with aclosing(rows) as batches:
         async for batch in batches:
             if data := enc.encode(batch):
                 yield data

@@ -74,7 +74,7 @@ class ExportRow:
 
 @dataclass(frozen=True, slots=True)
 class CorrectionRow:
-    """One billed period affected by a superseded estimate."""
+    """The adjustment of one billed period for one superseded estimate (docs/billing.md)."""
 
     meter_id: str
     register: str

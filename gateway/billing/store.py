@@ -34,7 +34,9 @@ __all__ = [
     "boundary_read",
     "current_estimate",
     "point",
+    "record_bill",
     "supersede",
+    "supersede_covered",
 ]
 
 REGISTERS: Final = {
@@ -275,13 +277,93 @@ async def boundary_read(
     return await make_estimate(conn, meter_id, channel, at, policy)
 
 
+async def record_bill(
+    conn: AsyncConnection[Any],
+    *,
+    meter_id: str,
+    channel: str,
+    period: Period,
+    opening: tuple[datetime, BoundaryRead],
+    closing: tuple[datetime, BoundaryRead],
+) -> None:
+    """Keep what a period was billed on when either boundary read is an estimate.
+
+    The first export to bill the period on an estimate is kept; later ones change nothing.
+    """
+    (open_at, open_read), (close_at, close_read) = opening, closing
+    if open_read.value is None or close_read.value is None:
+        return  # nothing billed
+    estimated = (
+        open_read.method is ReadMethod.ESTIMATED,
+        close_read.method is ReadMethod.ESTIMATED,
+    )
+    if not any(estimated):
+        return
+    await conn.execute(
+        "INSERT INTO billing_estimated_bills (meter_id, channel, period, opening_at,"
+        " opening_read, opening_method, opening_estimate, closing_at, closing_read,"
+        " closing_method, closing_estimate) VALUES (%(m)s, %(c)s, %(p)s, %(oa)s, %(ov)s,"
+        " %(om)s, CASE WHEN %(oe)s THEN (SELECT id FROM billing_estimates WHERE meter_id = %(m)s"
+        " AND channel = %(c)s AND boundary = %(oa)s AND superseded_at IS NULL) END, %(ca)s,"
+        " %(cv)s, %(cm)s, CASE WHEN %(ce)s THEN (SELECT id FROM billing_estimates"
+        " WHERE meter_id = %(m)s AND channel = %(c)s AND boundary = %(ca)s"
+        " AND superseded_at IS NULL) END) ON CONFLICT DO NOTHING",
+        {
+            "m": meter_id,
+            "c": channel,
+            "p": str(period),
+            "oa": open_at,
+            "ov": open_read.value,
+            "om": open_read.method.value,
+            "oe": estimated[0],
+            "ca": close_at,
+            "cv": close_read.value,
+            "cm": close_read.method.value,
+            "ce": estimated[1],
+        },
+    )
+
+
+async def supersede_covered(
+    conn: AsyncConnection[Any], policy: BillingPolicy, *, now: datetime
+) -> int:
+    """Supersede every current estimate that usable points now cover (late telemetry, reads).
+
+    One statement finds the estimates with a usable point within the interpolation window of
+    their boundary; each is then resolved by the boundary rules, as an export would.
+    """
+    cur = await conn.execute(
+        "SELECT e.id, e.meter_id, e.channel, e.boundary FROM billing_estimates e"
+        " WHERE e.superseded_at IS NULL AND e.boundary <= %(now)s AND (EXISTS ("
+        " SELECT 1 FROM reading_data r WHERE r.meter_id = e.meter_id AND r.channel = e.channel"
+        " AND r.quality <> 'estimated' AND r.ts >= e.boundary - %(w)s"
+        " AND r.ts <= e.boundary + %(w)s) OR EXISTS (SELECT 1 FROM billing_reads b"
+        " WHERE b.meter_id = e.meter_id AND b.channel = e.channel AND b.status = 'accepted'"
+        " AND b.ts >= e.boundary - %(w)s AND b.ts <= e.boundary + %(w)s))"
+        " ORDER BY e.meter_id, e.channel, e.boundary",
+        {"now": now, "w": policy.interpolation_window},
+    )
+    count = 0
+    for estimate_id, meter_id, channel, at in await cur.fetchall():
+        actual = await resolve_actual(conn, meter_id, channel, at, policy)
+        if actual is not None:
+            await supersede(conn, estimate_id, actual)
+            count += 1
+    return count
+
+
 async def covering_estimates(
     conn: AsyncConnection[Any], meter_id: str, channel: str, policy: BillingPolicy
 ) -> int:
-    """Supersede every current estimate of a register that usable points now cover."""
+    """Supersede every current estimate of a register that usable points now cover.
+
+    An estimate an export is superseding at this moment (its row locked until the export ends,
+    minutes for a large fleet) is skipped rather than waited for: the export or the next
+    corrections report settles it.
+    """
     cur = await conn.execute(
         "SELECT id, boundary FROM billing_estimates WHERE meter_id = %s AND channel = %s"
-        " AND superseded_at IS NULL ORDER BY boundary",
+        " AND superseded_at IS NULL ORDER BY boundary FOR UPDATE SKIP LOCKED",
         (meter_id, channel),
     )
     count = 0

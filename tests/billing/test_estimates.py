@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -24,6 +25,7 @@ from tests.billing.helpers import (
 )
 
 NOV = Period(2026, 11)
+DEC = Period(2026, 12)
 LATER = datetime(2027, 1, 15, tzinfo=UTC)  # a "now" after December is billed too
 
 
@@ -41,9 +43,9 @@ def silent_meter(database_url: str) -> str:
     return database_url
 
 
-async def _export(url: str, period: Period = NOV) -> dict[str, str]:
+async def _export(url: str, period: Period = NOV, now: datetime = LATER) -> dict[str, str]:
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        data = b"".join([c async for c in export_bytes(conn, period, file_format="csv")])
+        data = b"".join([c async for c in export_bytes(conn, period, file_format="csv", now=now)])
     rows = csv_rows(data)
     assert len(rows) == 1
     return rows[0]
@@ -55,6 +57,28 @@ async def _corrections(url: str, **kw: object) -> list[dict[str, str]]:
             [c async for c in correction_bytes(conn, file_format="csv", now=LATER, **kw)]  # type: ignore[arg-type]
         )
     return csv_rows(data)
+
+
+async def _meter_reader(url: str, when: str, value: float) -> None:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        result = await submit_read(
+            conn,
+            ReadSubmission(
+                meter_id="E5",
+                ts=utc(when),
+                value=value,
+                source=ReadSource.METER_READER,
+                reader="R. Mokoena",
+            ),
+            actor="test",
+        )
+    assert result.read.status == "accepted"
+
+
+def _figures(row: dict[str, str]) -> tuple[str, ...]:
+    keys = ("period", "boundary", "estimated_read", "actual_read", "actual_method")
+    keys += ("estimated_consumption", "actual_consumption", "difference")
+    return tuple(row[k] for k in keys)
 
 
 async def test_estimate_then_correction_by_a_later_read(silent_meter: str) -> None:
@@ -78,19 +102,7 @@ async def test_estimate_then_correction_by_a_later_read(silent_meter: str) -> No
     assert await _export(url) == row
 
     # a meter reader reads 1150 on 1 December 10:00 local (08:00Z), inside the 24 h window
-    async with await psycopg.AsyncConnection.connect(url) as conn:
-        result = await submit_read(
-            conn,
-            ReadSubmission(
-                meter_id="E5",
-                ts=utc("2026-12-01T08:00"),
-                value=1150.0,
-                source=ReadSource.METER_READER,
-                reader="R. Mokoena",
-            ),
-            actor="test",
-        )
-    assert result.read.status == "accepted"
+    await _meter_reader(url, "2026-12-01T08:00", 1150.0)
 
     row = await _export(url)
     assert (row["closing_method"], row["closing_read"]) == ("manual", "1150.000")
@@ -108,24 +120,80 @@ async def test_estimate_then_correction_by_a_later_read(silent_meter: str) -> No
         (NOV_CLOSE, True, 1150.0, "manual"),
     ]
 
+    # November was billed on the estimate: 300 billed, 230.833 used
+    nov = ("2026-11", "closing", "1219.167", "1150.000", "manual", "300.000", "230.833", "-69.167")
     corrections = await _corrections(url)
-    by_period = {r["period"]: r for r in corrections}
-    assert set(by_period) == {"2026-11", "2026-12"}
-    nov = by_period["2026-11"]
-    assert nov["boundary"] == "closing"
-    assert (nov["estimated_read"], nov["actual_read"], nov["actual_method"]) == (
-        "1219.167",
-        "1150.000",
-        "manual",
+    assert [_figures(r) for r in corrections] == [nov]
+    assert Decimal(corrections[0]["difference"]) == Decimal("-69.167")
+    # December, billed after the read replaced the estimate, has nothing to correct
+    december = await _export(url, DEC)
+    assert (december["opening_method"], december["opening_read"]) == ("manual", "1150.000")
+    assert [_figures(r) for r in await _corrections(url)] == [nov]
+    assert await _corrections(url, period=DEC) == []
+    assert [_figures(r) for r in await _corrections(url, period=NOV)] == [nov]
+
+
+async def test_both_periods_billed_on_the_estimate_are_corrected(silent_meter: str) -> None:
+    url = silent_meter
+    await _export(url)
+    december = await _export(url, DEC)
+    # December closes on 31 Dec 22:00Z, 72 d 22 h after the basis -> 800 + 729.1667
+    assert (december["opening_read"], december["closing_read"]) == ("1219.167", "1529.167")
+    assert december["consumption"] == "310.000"
+    await _meter_reader(url, "2026-12-01T08:00", 1150.0)
+    corrections = await _corrections(url)
+    # the estimate closed November and opened December: one adjusts down, the other up
+    assert [_figures(r) for r in corrections] == [
+        ("2026-11", "closing", "1219.167", "1150.000", "manual", "300.000", "230.833", "-69.167"),
+        ("2026-12", "opening", "1219.167", "1150.000", "manual", "310.000", "379.167", "69.167"),
+    ]
+
+
+async def test_late_telemetry_supersedes_an_estimate_and_is_corrected(silent_meter: str) -> None:
+    url = silent_meter
+    await _export(url)
+    await _meter_reader(url, "2026-12-01T08:00", 1150.0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        # the meter's own readings from either side of 31 Oct 22:00Z arrive late (backfilled)
+        conn.execute(
+            "INSERT INTO reading_data (meter_id, channel, ts, value, quality) VALUES"
+            " ('E5', '1.8.0', '2026-10-31T20:00Z', 900, 'backfilled'),"
+            " ('E5', '1.8.0', '2026-11-01T00:00Z', 904, 'backfilled')"
+        )
+        (since,) = conn.execute("SELECT clock_timestamp()").fetchone()  # type: ignore[misc]
+    corrections = await _corrections(url, period=NOV)
+    # opening interpolated halfway: 902; November now used 1150 - 902 = 248
+    second = ("2026-11", "opening", "919.167", "902.000", "interpolated", "230.833", "248.000")
+    assert [_figures(r) for r in corrections] == [
+        ("2026-11", "closing", "1219.167", "1150.000", "manual", "300.000", "230.833", "-69.167"),
+        (*second, "17.167"),
+    ]
+    # the rows of a period add up to the whole correction
+    assert sum(Decimal(r["difference"]) for r in corrections) == Decimal("248.000") - Decimal(
+        "300.000"
     )
-    assert (nov["estimated_consumption"], nov["actual_consumption"]) == ("300.000", "230.833")
-    assert Decimal(nov["difference"]) == Decimal("-69.167")
-    dec = by_period["2026-12"]
-    assert dec["boundary"] == "opening"
-    # December's closing read is not known (no data, and no December export estimated it):
-    # the adjustment for December cannot be computed yet and its figures stay empty
-    assert dec["estimated_consumption"] == dec["actual_consumption"] == dec["difference"] == ""
-    assert [r["period"] for r in await _corrections(url, period=NOV)] == ["2026-11"]
+    # since the late readings: only the new adjustment, so nothing is adjusted twice
+    assert [_figures(r) for r in await _corrections(url, since=since)] == [(*second, "17.167")]
+    with psycopg.connect(url) as conn:
+        left = conn.execute("SELECT count(*) FROM reading_data WHERE quality = 'estimated'")
+        assert left.fetchone() == (0,)
+
+
+async def test_a_period_that_has_not_ended_is_not_estimated_ahead(silent_meter: str) -> None:
+    row = await _export(silent_meter, now=utc("2026-11-15T00:00"))
+    assert (row["opening_method"], row["opening_read"]) == ("estimated", "919.167")
+    assert (row["closing_method"], row["closing_read"], row["consumption"]) == (
+        "unavailable",
+        "",
+        "",
+    )
+    with psycopg.connect(silent_meter) as conn:
+        estimates = conn.execute("SELECT boundary FROM billing_estimates").fetchall()
+        bills = conn.execute("SELECT count(*) FROM billing_estimated_bills").fetchone()
+        stored = conn.execute("SELECT max(ts) FROM reading_data").fetchone()
+    assert estimates == [(NOV_OPEN,)]
+    assert bills == (0,), "nothing was billed: the period has no closing read"
+    assert stored == (NOV_OPEN,)
 
 
 async def test_same_month_last_year_policy_and_fallback(database_url: str) -> None:
@@ -153,3 +221,23 @@ async def test_same_month_last_year_policy_and_fallback(database_url: str) -> No
     # closing: 30 Nov 2026 22:00Z; Nov 2025 used 60 kWh in 30 days -> 2/day; from the basis
     # 5000 on 1 Oct 00:00Z, 60 d 22 h -> 5000 + 121.8333
     assert row.closing_read == Decimal("5121.833")
+
+
+async def test_a_read_does_not_wait_for_an_export_holding_the_estimate(silent_meter: str) -> None:
+    url = silent_meter
+    await _export(url)
+    async with await psycopg.AsyncConnection.connect(url) as export:
+        # an export still running has superseded (so locked) the closing estimate
+        await export.execute(
+            "SELECT id FROM billing_estimates WHERE boundary = %s FOR UPDATE", (NOV_CLOSE,)
+        )
+        await asyncio.wait_for(_meter_reader(url, "2026-12-01T08:00", 1150.0), 10)
+        await export.rollback()  # the export was abandoned: the estimate is still current
+    with psycopg.connect(url) as conn:
+        current = conn.execute(
+            "SELECT count(*) FROM billing_estimates WHERE superseded_at IS NULL"
+        ).fetchone()
+    assert current == (2,)
+    # the next corrections report supersedes it with the accepted read
+    corrections = await _corrections(url)
+    assert [(r["boundary"], r["actual_read"]) for r in corrections] == [("closing", "1150.000")]
