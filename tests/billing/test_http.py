@@ -69,10 +69,13 @@ async def test_reads_and_review_over_http(
             {**body, "value": -1},
             {**body, "read_at": "2026-11-10T09:15:00"},  # no offset
             {**body, "read_at": "2999-01-01T00:00:00Z"},
+            {**body, "read_at": "0001-01-01T00:30:00+01:00"},  # a BC instant in UTC
+            {**body, "read_at": "1999-12-31T23:59:59Z"},
             {**body, "source": "postman"},
             {**body, "value": "1e999"},
         ):
-            assert (await http.post("/meters/E1/reads", json=bad, headers=tech)).status_code == 422
+            refused = await http.post("/meters/E1/reads", json=bad, headers=tech)
+            assert refused.status_code == 422, (bad, refused.text)
         export_register = await http.post(
             "/meters/E1/reads", json={**body, "register": "2.8.0", "value": 7}, headers=tech
         )
