@@ -2,9 +2,11 @@
 
 A file is UTF-8 CSV with a header line naming at least ``meter_id``, ``read_at``, ``value``
 and ``source``; ``register``, ``reader`` and ``photo_ref`` are optional, other columns are
-ignored. A line that cannot be parsed, names an unknown meter, or conflicts with a stored read
-is reported with its line number and reason, and the rest of the file still loads. Loading the
-same file again changes nothing: each line is the same read (meter, register, time, source).
+ignored. A line that cannot be parsed (text that cannot be stored, a time outside the range
+reads may have), names an unknown meter, conflicts with a stored read, or holds data the
+database refuses is reported with its line number and reason, and the rest of the file still
+loads. Loading the same file again changes nothing: each line is the same read (meter,
+register, time, source).
 """
 
 from __future__ import annotations
@@ -17,17 +19,19 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, DataError
 
-from gateway.billing.core import ReadSource
+from gateway.billing.core import ReadSource, read_time_problem
 from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.reads import ReadSubmission, submit_read
 from gateway.errors import NotFoundError
+from gateway.text import text_problem
 
 __all__ = ["LineError", "LineResult", "import_reads", "parse_reads"]
 
 REQUIRED: Final = ("meter_id", "read_at", "value", "source")
 OPTIONAL: Final = ("register", "reader", "photo_ref")
+_STORED_TEXT: Final = ("meter_id", "register", "reader", "photo_ref")
 _TEXT_MAX: Final = 200
 
 
@@ -56,6 +60,9 @@ def _parse_line(
         value = (fields.get(name) or "").strip()
         return value or None
 
+    for name in _STORED_TEXT:
+        if (problem := text_problem(text(name) or "")) is not None:
+            return LineError(line, "bad_text", f"{name} {problem}")
     meter_id = text("meter_id")
     if meter_id is None:
         return LineError(line, "missing_field", "meter_id is empty")
@@ -66,6 +73,8 @@ def _parse_line(
         ts = datetime.fromisoformat(read_at.replace("Z", "+00:00"))
     except ValueError:
         return LineError(line, "bad_time", f"read_at {read_at!r} is not an ISO 8601 time")
+    if (problem := read_time_problem(ts)) is not None:
+        return LineError(line, "bad_time", f"read_at {read_at!r} {problem}")
     raw_value = text("value")
     try:
         value = Decimal(raw_value or "")
@@ -82,7 +91,7 @@ def _parse_line(
             "bad_source",
             f"source {raw_source!r} is not one of {', '.join(s.value for s in ReadSource)}",
         )
-    for name in ("meter_id", "register", "reader", "photo_ref"):
+    for name in _STORED_TEXT:
         if len(text(name) or "") > _TEXT_MAX:
             return LineError(line, "too_long", f"{name} is longer than {_TEXT_MAX} characters")
     return ReadSubmission(
@@ -120,6 +129,12 @@ def parse_reads(
         raise ReadFileError(f"line {reader.line_num}: {exc}") from exc
 
 
+def _refusal(exc: DataError) -> str:
+    """What the database (or psycopg, converting a value) said about a line's data."""
+    message = exc.diag.message_primary or str(exc) or type(exc).__name__
+    return f"the database refused the line's data: {message[:_TEXT_MAX]}"
+
+
 async def import_reads(
     conn: AsyncConnection[Any],
     lines: Iterable[str],
@@ -139,6 +154,9 @@ async def import_reads(
             continue
         except ReadConflictError as exc:
             yield LineResult(line, "error", "conflicting_read", str(exc))
+            continue
+        except DataError as exc:  # the line's transaction is rolled back; the next one is new
+            yield LineResult(line, "error", "bad_data", _refusal(exc))
             continue
         read = result.read
         outcome = read.status if result.created else "unchanged"

@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from gateway.billing import readfile
 from gateway.billing.core import ReadSource
 from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.readfile import import_reads, parse_reads
@@ -147,6 +148,51 @@ async def test_bulk_file_with_bad_lines_and_imported_twice(meters: str) -> None:
             " FROM billing_reads ORDER BY id"
         ).fetchall()
     assert again == stored
+
+
+UNSTORABLE = (
+    "meter_id,read_at,value,source,reader\n"
+    "E1,2026-11-05T08:30:00+02:00,1110,meter_reader,R.\x00Mokoena\n"
+    "E1,0001-01-01T00:30+01:00,1111,meter_reader,\n"  # BC once in UTC
+    "E1,2026-11-06T08:30:00+02:00,1120,meter_reader,\n"
+)
+
+
+async def _stored_values(url: str) -> list[float]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT value FROM billing_reads ORDER BY id")
+        return [value for (value,) in await cur.fetchall()]
+
+
+async def test_unstorable_text_and_times_out_of_range_are_line_errors(meters: str) -> None:
+    text = UNSTORABLE + (
+        "E1,1999-12-31T23:59:59,1121,meter_reader,\n"
+        "E1,3000-01-01T00:00:00Z,1122,meter_reader,\n"
+        "E1,2026-11-07T08:30:00+02:00,1130,meter_reader,\n"
+    )
+    assert await _import(meters, text) == [
+        (2, "error", "bad_text"),
+        (3, "error", "bad_time"),
+        (4, "accepted", None),
+        (5, "error", "bad_time"),
+        (6, "error", "bad_time"),
+        (7, "accepted", None),
+    ]
+    assert await _stored_values(meters) == [1120.0, 1130.0]
+
+
+async def test_a_line_the_database_refuses_is_that_lines_error(
+    meters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the parser's checks, the database's own refusal is caught per line too.
+    monkeypatch.setattr(readfile, "text_problem", lambda value: None)
+    monkeypatch.setattr(readfile, "read_time_problem", lambda ts: None)
+    assert await _import(meters, UNSTORABLE) == [
+        (2, "error", "bad_data"),
+        (3, "error", "bad_data"),
+        (4, "accepted", None),
+    ]
+    assert await _stored_values(meters) == [1120.0]
 
 
 def test_file_without_required_columns_is_refused() -> None:
