@@ -241,6 +241,50 @@ def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     assert missing.returncode == 1 and "cannot open" in missing.stderr
 
 
+def test_cli_reads_a_file_with_a_byte_order_mark(meters: str, tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a BOM
+    path.write_bytes(
+        b"\xef\xbb\xbfmeter_id,read_at,value,source\r\n"
+        b"E1,2026-11-05T08:30:00+02:00,1110,meter_reader\r\n"
+    )
+    done = _cli(meters, "import", "reads", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["excel.csv: accepted 1, rejected 0, unchanged 0, errors 0"]
+
+
+def test_cli_reports_a_line_that_is_not_utf8_and_loads_the_rest(
+    meters: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "latin-1.csv"
+    path.write_bytes(
+        b"meter_id,read_at,value,source,reader\n"
+        b"E1,2026-11-05T08:30:00+02:00,1110,meter_reader,R. Mokoena\n"
+        b"E1,2026-11-06T08:30:00+02:00,1120,meter_reader,Ren\xe9 Botha\n"
+        b"E1,2026-11-07T08:30:00+02:00,1130,meter_reader,R. Mokoena\n"
+    )
+    done = _cli(meters, "import", "reads", str(path))
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == [
+        "line 3: error not_utf8: not UTF-8 text",
+        "latin-1.csv: accepted 2, rejected 0, unchanged 0, errors 1",
+    ]
+    again = _cli(meters, "import", "reads", str(path))
+    assert again.stdout.splitlines()[-1] == (
+        "latin-1.csv: accepted 0, rejected 0, unchanged 2, errors 1"
+    )
+
+
+def test_bytes_that_are_not_utf8_make_their_line_an_error() -> None:
+    # open_read_file decodes with surrogateescape: a byte that is not UTF-8 arrives as U+DCxx,
+    # here in a value past the header's columns
+    text = "meter_id,read_at,value,source,note\nE1,2026-11-05T08:30:00Z,1,customer,x,\udce9\n"
+    assert [(n, r) for n, r in parse_reads(io.StringIO(text), origin="f")] == [
+        (2, readfile.LineError(2, "not_utf8", "not UTF-8 text"))
+    ]
+    with pytest.raises(ReadFileError, match="header"):
+        list(parse_reads(io.StringIO("meter_id,read_at,value,source,n\udce9\n"), origin="f"))
+
+
 async def test_future_dated_file_read_is_held(meters: str) -> None:
     text = "meter_id,read_at,value,source\nE1,2999-01-01T00:00:00Z,1200,meter_reader\n"
     assert await _import(meters, text) == [(2, "rejected", "future_read")]
