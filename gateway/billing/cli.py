@@ -132,6 +132,7 @@ async def _export_billing(settings: Settings, args: argparse.Namespace) -> int:
 async def _export_corrections(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.billing.corrections import correction_bytes  # noqa: PLC0415 - pyarrow
 
+    policy = load_policy()
     async with _connect(settings) as conn:
         size = await _write(
             correction_bytes(
@@ -140,6 +141,7 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
                 now=datetime.now(UTC),
                 period=args.period,
                 since=args.since,
+                policy=policy,
             ),
             args.out,
         )
@@ -150,10 +152,12 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
 async def _import_reads(settings: Settings, path: Path, handle: IO[str]) -> int:
     from gateway.billing.readfile import import_reads  # noqa: PLC0415 - keeps start-up light
 
+    policy = load_policy()
     actor = f"cli:{getpass.getuser()}"
     counts: Counter[str] = Counter()
     async with _connect(settings) as conn:
-        async for result in import_reads(conn, handle, origin=f"file:{path.name}", actor=actor):
+        results = import_reads(conn, handle, origin=f"file:{path.name}", actor=actor, policy=policy)
+        async for result in results:
             counts[result.outcome] += 1
             if result.outcome not in ("accepted", "unchanged"):
                 detail = result.detail or ""

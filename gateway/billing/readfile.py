@@ -22,7 +22,7 @@ from typing import Any, Final, TextIO
 
 from psycopg import AsyncConnection, DataError
 
-from gateway.billing.core import ReadSource, read_time_problem
+from gateway.billing.core import BillingPolicy, ReadSource, read_time_problem
 from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.reads import ReadSubmission, submit_read
 from gateway.errors import NotFoundError
@@ -173,14 +173,18 @@ async def import_reads(
     *,
     origin: str,
     actor: str | None,
+    policy: BillingPolicy,
 ) -> AsyncIterator[LineResult]:
-    """Load a read file line by line, yielding what became of each line."""
+    """Load a read file line by line, yielding what became of each line.
+
+    ``policy`` decides, as for any read, which estimates an accepted read supersedes.
+    """
     for line, parsed in parse_reads(lines, origin=origin):
         if isinstance(parsed, LineError):
             yield LineResult(line, "error", parsed.reason, parsed.detail)
             continue
         try:
-            result = await submit_read(conn, parsed, actor=actor)
+            result = await submit_read(conn, parsed, actor=actor, policy=policy)
         except NotFoundError as exc:
             yield LineResult(line, "error", "unknown_meter", str(exc))
             continue

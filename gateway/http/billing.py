@@ -293,6 +293,7 @@ async def get_corrections(
     *,
     principal: Operator,
     download: ExportDownload,
+    policy: PolicyDep,
     period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
     format: Literal["csv", "parquet"] = "csv",
@@ -301,6 +302,11 @@ async def get_corrections(
     del principal
     billed = Period.parse(period) if period else None
     chunks = correction_bytes(
-        download.conn, file_format=format, now=datetime.now(UTC), period=billed, since=since
+        download.conn,
+        file_format=format,
+        now=datetime.now(UTC),
+        period=billed,
+        since=since,
+        policy=policy,
     )
     return _download(download.stream(chunks), f"corrections-{billed or 'all'}", format)

@@ -15,7 +15,16 @@ import pytest
 from gateway.http.security import Role
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
-from tests.billing.helpers import NOV_CLOSE, NOV_OPEN, add_meter, add_readings, csv_rows
+from tests.billing.helpers import (
+    NOV_CLOSE,
+    NOV_OPEN,
+    add_meter,
+    add_readings,
+    add_silent_meter,
+    bill_november_then_read,
+    csv_rows,
+)
+from tests.plugins.gateway import gateway_running
 
 Auth = Callable[[str, Role], Awaitable[dict[str, str]]]
 
@@ -141,6 +150,30 @@ async def test_export_download(seeded: str, gateway: GatewayHandle, auth_headers
         corrections = await http.get("/billing/corrections", headers=operator)
         assert corrections.status_code == 200
         assert corrections.text.splitlines()[0].startswith("meter_id,register,period,boundary")
+
+
+async def test_corrections_download_follows_the_configured_policy(
+    gateway_settings: Settings, auth_headers: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_silent_meter(conn)
+    await bill_november_then_read(url)
+    operator = await auth_headers(url, Role.OPERATOR)
+    monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "48")
+    async with (
+        gateway_running(gateway_settings) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http,
+    ):
+        answer = await http.get("/billing/corrections?period=2026-11", headers=operator)
+    assert answer.status_code == 200, answer.text
+    (row,) = csv_rows(answer.content)
+    # with the 48 h window November opens on the 2 November read (935), not the estimate
+    assert (row["boundary"], row["estimated_consumption"], row["actual_consumption"]) == (
+        "closing",
+        "284.167",
+        "215.000",
+    )
 
 
 async def test_a_meters_size_class_sets_the_limit_its_reads_are_judged_by(

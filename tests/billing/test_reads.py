@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from gateway.billing import readfile
-from gateway.billing.core import ReadSource
+from gateway.billing.core import BillingPolicy, ReadSource
 from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.readfile import import_reads, parse_reads
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.errors import NotFoundError
-from tests.billing.helpers import add_meter, add_readings, csv_rows, utc
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.billing.helpers import add_meter, add_readings, csv_rows, run_cli, utc
 
 
 @pytest.fixture
@@ -101,7 +96,11 @@ async def _import(url: str, text: str) -> list[tuple[int, str, str | None]]:
         return [
             (r.line, r.outcome, r.reason)
             async for r in import_reads(
-                conn, io.StringIO(text, newline=""), origin="file:test.csv", actor="t"
+                conn,
+                io.StringIO(text, newline=""),
+                origin="file:test.csv",
+                actor="t",
+                policy=BillingPolicy(),
             )
         ]
 
@@ -200,34 +199,21 @@ def test_file_without_required_columns_is_refused() -> None:
         list(parse_reads(io.StringIO("meter_id,value,source\nE1,1,customer\n"), origin="f"))
 
 
-def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_DATABASE_URL": url, "GATEWAY_LOG_FORMAT": "text"}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
-
-
 def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     path = tmp_path / "round-7.csv"
     path.write_text(FILE, encoding="utf-8")
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("line 3: error bad_value:")
     assert lines[-1] == "round-7.csv: accepted 2, rejected 1, unchanged 0, errors 4"
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.stdout.splitlines()[-1] == (
         "round-7.csv: accepted 0, rejected 0, unchanged 3, errors 4"
     )
 
     out = tmp_path / "nov.csv"
-    done = _cli(
+    done = run_cli(
         meters, "export", "billing", "--period", "2026-11", "--utility", "water", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
@@ -235,9 +221,9 @@ def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     assert [(r["meter_id"], r["register"]) for r in rows] == [("W1", "24.2.1"), ("W2", "24.2.1")]
     assert not list(tmp_path.glob(".*partial"))
 
-    bad = _cli(meters, "export", "billing", "--period", "2026-13")
+    bad = run_cli(meters, "export", "billing", "--period", "2026-13")
     assert bad.returncode == 2 and "not YYYY-MM" in bad.stderr
-    missing = _cli(meters, "import", "reads", str(tmp_path / "absent.csv"))
+    missing = run_cli(meters, "import", "reads", str(tmp_path / "absent.csv"))
     assert missing.returncode == 1 and "cannot open" in missing.stderr
 
 
@@ -247,7 +233,7 @@ def test_cli_reads_a_file_with_a_byte_order_mark(meters: str, tmp_path: Path) ->
         b"\xef\xbb\xbfmeter_id,read_at,value,source\r\n"
         b"E1,2026-11-05T08:30:00+02:00,1110,meter_reader\r\n"
     )
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["excel.csv: accepted 1, rejected 0, unchanged 0, errors 0"]
 
@@ -262,13 +248,13 @@ def test_cli_reports_a_line_that_is_not_utf8_and_loads_the_rest(
         b"E1,2026-11-06T08:30:00+02:00,1120,meter_reader,Ren\xe9 Botha\n"
         b"E1,2026-11-07T08:30:00+02:00,1130,meter_reader,R. Mokoena\n"
     )
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.returncode == 3, done.stderr
     assert done.stdout.splitlines() == [
         "line 3: error not_utf8: not UTF-8 text",
         "latin-1.csv: accepted 2, rejected 0, unchanged 0, errors 1",
     ]
-    again = _cli(meters, "import", "reads", str(path))
+    again = run_cli(meters, "import", "reads", str(path))
     assert again.stdout.splitlines()[-1] == (
         "latin-1.csv: accepted 0, rejected 0, unchanged 2, errors 1"
     )
