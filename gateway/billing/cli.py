@@ -132,6 +132,7 @@ async def _export_billing(settings: Settings, args: argparse.Namespace) -> int:
 async def _export_corrections(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.billing.corrections import correction_bytes  # noqa: PLC0415 - pyarrow
 
+    policy = load_policy()
     async with _connect(settings) as conn:
         size = await _write(
             correction_bytes(
@@ -140,6 +141,7 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
                 now=datetime.now(UTC),
                 period=args.period,
                 since=args.since,
+                policy=policy,
             ),
             args.out,
         )
@@ -150,19 +152,16 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
 async def _import_reads(settings: Settings, path: Path, handle: IO[str]) -> int:
     from gateway.billing.readfile import import_reads  # noqa: PLC0415 - keeps start-up light
 
+    policy = load_policy()
     actor = f"cli:{getpass.getuser()}"
     counts: Counter[str] = Counter()
     async with _connect(settings) as conn:
-        try:
-            async for result in import_reads(conn, handle, origin=f"file:{path.name}", actor=actor):
-                counts[result.outcome] += 1
-                if result.outcome not in ("accepted", "unchanged"):
-                    print(
-                        f"line {result.line}: {result.outcome} {result.reason}:"
-                        f" {result.detail or ''}"
-                    )
-        except UnicodeDecodeError as exc:
-            raise ReadFileError(f"{path} is not UTF-8 text: {exc.reason}") from exc
+        results = import_reads(conn, handle, origin=f"file:{path.name}", actor=actor, policy=policy)
+        async for result in results:
+            counts[result.outcome] += 1
+            if result.outcome not in ("accepted", "unchanged"):
+                detail = result.detail or ""
+                print(f"line {result.line}: {result.outcome} {result.reason}: {detail}")
     print(
         f"{path.name}: accepted {counts['accepted']}, rejected {counts['rejected']},"
         f" unchanged {counts['unchanged']}, errors {counts['error']}"
@@ -217,9 +216,11 @@ async def _limits_set(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _cmd_import_reads(settings: Settings, args: argparse.Namespace, run: Runner) -> int:
+    from gateway.billing.readfile import open_read_file  # noqa: PLC0415 - keeps start-up light
+
     path = Path(args.file)
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = open_read_file(path)
     except OSError as exc:
         raise ReadFileError(f"cannot open {path}: {exc.strerror}") from exc
     with handle:

@@ -25,11 +25,14 @@ import enum
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
 __all__ = [
+    "CLOCK_SKEW",
+    "EARLIEST_READ_AT",
+    "LATEST_READ_AT",
     "READ_QUANTUM",
     "BillingPolicy",
     "BoundaryRead",
@@ -44,6 +47,7 @@ __all__ = [
     "estimate_value",
     "interpolate",
     "is_rollover",
+    "read_time_problem",
     "register_modulus",
     "resolve_boundary",
     "shift_months",
@@ -53,6 +57,13 @@ __all__ = [
 
 READ_QUANTUM: Final = Decimal("0.001")
 """Exported reads and consumption: 3 decimals (1 Wh of kWh, 1 litre of m3)."""
+
+CLOCK_SKEW: Final = timedelta(minutes=5)
+"""How far ahead of the gateway's clock a read's time may be before it is in the future."""
+EARLIEST_READ_AT: Final = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_READ_AT: Final = datetime(3000, 1, 1, tzinfo=UTC)
+"""A read's time lies in ``[EARLIEST_READ_AT, LATEST_READ_AT)``. Anything else is a mistake, and
+far enough out PostgreSQL and Python no longer agree on the instant (a BC time in UTC)."""
 
 _DAY_S: Final = 86400.0
 
@@ -267,6 +278,21 @@ def classify_drops(drops: Iterable[tuple[float, float]], margin: float) -> tuple
         else:
             rollbacks += 1
     return rollovers, rollbacks
+
+
+def read_time_problem(ts: datetime) -> str | None:
+    """Why ``ts`` cannot be a read's time at all, or None when it can.
+
+    A time without an offset (local time in the meter's zone) is compared as written.
+    """
+    earliest, latest = EARLIEST_READ_AT, LATEST_READ_AT
+    if ts.utcoffset() is None:
+        earliest, latest = earliest.replace(tzinfo=None), latest.replace(tzinfo=None)
+    if ts < earliest:
+        return f"is before {earliest:%Y-%m-%d}"
+    if ts >= latest:
+        return f"is not before {latest:%Y-%m-%d}"
+    return None
 
 
 def validate_read(

@@ -148,9 +148,11 @@ async def correction_bytes(
     now: datetime,
     period: Period | None = None,
     since: datetime | None = None,
+    policy: BillingPolicy | None = None,
 ) -> AsyncGenerator[bytes, None]:
     enc = encoder(CORRECTION_SCHEMA, file_format)
-    async with aclosing(correction_rows(conn, period=period, since=since, now=now)) as batches:
+    rows = correction_rows(conn, period=period, since=since, now=now, policy=policy)
+    async with aclosing(rows) as batches:
         async for batch in batches:
             if data := enc.encode(batch):
                 yield data

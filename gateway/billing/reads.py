@@ -14,7 +14,7 @@ photo and validation outcome.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
@@ -22,14 +22,13 @@ from psycopg import AsyncConnection
 from psycopg.rows import class_row
 
 from gateway import audit
-from gateway.billing.core import BillingPolicy, ReadSource, validate_read
+from gateway.billing.core import CLOCK_SKEW, BillingPolicy, ReadSource, validate_read
 from gateway.billing.errors import ReadConflictError
 from gateway.billing.store import MAIN_REGISTER, REGISTERS, covering_estimates, point
 from gateway.errors import NotFoundError
 
 __all__ = ["ReadSubmission", "StoredRead", "decide_review", "review_list", "submit_read"]
 
-_CLOCK_SKEW: Final = timedelta(minutes=5)
 _COLUMNS: Final = (
     "id, meter_id, channel, ts, value, source, reader, photo_ref, status, reason, detail,"
     " origin, received_at, reviewed_by, reviewed_at"
@@ -121,7 +120,7 @@ async def submit_read(
         ts = sub.ts if sub.ts.tzinfo else sub.ts.replace(tzinfo=ZoneInfo(time_zone))
         channel = sub.channel or MAIN_REGISTER.get(utility, "")
         reason = detail = None
-        if ts > datetime.now(UTC) + _CLOCK_SKEW:
+        if ts > datetime.now(UTC) + CLOCK_SKEW:
             reason, detail = "future_read", f"read time {ts.isoformat()} is in the future"
         elif utility not in REGISTERS:
             reason, detail = "meter_not_billable", f"meter utility is {utility!r}"

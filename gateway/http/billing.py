@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
-from gateway.billing.core import BillingPolicy, ReadSource
+from gateway.billing.core import CLOCK_SKEW, BillingPolicy, ReadSource, read_time_problem
 from gateway.billing.corrections import correction_bytes
 from gateway.billing.export import export_bytes
 from gateway.billing.formats import MEDIA_TYPES
@@ -32,8 +32,6 @@ from gateway.http.security import Principal, Role, request_id_of, require, sourc
 __all__ = ["router"]
 
 router = APIRouter(tags=["billing"])
-
-_CLOCK_SKEW = timedelta(minutes=5)
 
 MeterId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 _PERIOD = r"^(19[7-9]\d|2\d{3})-(0[1-9]|1[0-2])$"
@@ -74,9 +72,11 @@ class ReadIn(ApiModel):
 
     @field_validator("read_at")
     @classmethod
-    def _not_future(cls, value: datetime) -> datetime:
-        if value > datetime.now(UTC) + _CLOCK_SKEW:
+    def _read_time(cls, value: datetime) -> datetime:
+        if value > datetime.now(UTC) + CLOCK_SKEW:
             raise ValueError("read_at is in the future")
+        if (problem := read_time_problem(value)) is not None:
+            raise ValueError(f"read_at {problem}")
         return value
 
 
@@ -293,6 +293,7 @@ async def get_corrections(
     *,
     principal: Operator,
     download: ExportDownload,
+    policy: PolicyDep,
     period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
     format: Literal["csv", "parquet"] = "csv",
@@ -301,6 +302,11 @@ async def get_corrections(
     del principal
     billed = Period.parse(period) if period else None
     chunks = correction_bytes(
-        download.conn, file_format=format, now=datetime.now(UTC), period=billed, since=since
+        download.conn,
+        file_format=format,
+        now=datetime.now(UTC),
+        period=billed,
+        since=since,
+        policy=policy,
     )
     return _download(download.stream(chunks), f"corrections-{billed or 'all'}", format)

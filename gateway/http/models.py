@@ -3,8 +3,9 @@
 JSON lets a client send ``"\\u0000"`` and lone surrogates (``"\\ud800"``). PostgreSQL refuses NUL
 in ``text`` and ``jsonb``, and a lone surrogate cannot be encoded as UTF-8 at all, so either one
 used to travel to the database (or into an error reply) and come back as a 500. Request models
-derive from :class:`ApiModel`, which refuses such text anywhere in a field's value, keys of
-nested objects included, with a 422 naming the field. (Unknown fields are ignored, never stored.)
+derive from :class:`ApiModel`, which refuses such text (:func:`gateway.text.text_problem`)
+anywhere in a field's value, keys of nested objects included, with a 422 naming the field.
+(Unknown fields are ignored, never stored.)
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ from typing import Annotated, Any, Final
 
 from pydantic import AfterValidator, BaseModel, field_validator
 
+from gateway.text import text_problem
+
 __all__ = ["ApiModel", "StorableText", "text_problem"]
 
 _MAX_DEPTH: Final = 64
-
-
-def text_problem(value: str) -> str | None:
-    """Why ``value`` cannot be stored as text, or None when it can."""
-    if "\x00" in value:
-        return "must not contain NUL characters"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return "must be valid Unicode (no lone surrogates)"
-    return None
 
 
 def _storable(value: str) -> str:

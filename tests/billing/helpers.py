@@ -5,15 +5,25 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
+
+from gateway.billing.core import ReadSource
+from gateway.billing.export import export_bytes
+from gateway.billing.period import Period
+from gateway.billing.reads import ReadSubmission, submit_read
 
 ZA = "Africa/Johannesburg"  # UTC+2 all year: November 2026 opens 2026-10-31T22:00Z
 NOV_OPEN = datetime(2026, 10, 31, 22, tzinfo=UTC)
 NOV_CLOSE = datetime(2026, 11, 30, 22, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def utc(text: str) -> datetime:
@@ -76,3 +86,41 @@ def csv_rows(data: bytes) -> list[dict[str, str]]:
     records = list(csv.DictReader(io.StringIO(body.decode("utf-8"), newline="")))
     assert len(records) == rows
     return records
+
+
+def run_cli(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``gateway ARGS…`` on database ``url``; ``env``: GATEWAY_BILLING_* settings, else defaults."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_BILLING_")}
+    environ.update(GATEWAY_DATABASE_URL=url, GATEWAY_LOG_FORMAT="text", **env)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=environ,
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def add_silent_meter(conn: psycopg.Connection) -> None:
+    """E5: daily reads from 1 August (0) to 20 October (800), then silence: 10 kWh/day."""
+    add_meter(conn, "E5", "electricity")
+    add_readings(
+        conn,
+        "E5",
+        "1.8.0",
+        series(utc("2026-08-01T00:00"), utc("2026-10-20T00:00"), timedelta(days=1), 0, 10 / 24),
+    )
+
+
+async def bill_november_then_read(url: str) -> None:
+    """E5's November billed on estimates (opening 919.167, closing 1219.167), then a meter
+    reader's reads at 2 November 04:00Z (935: 30 h after the opening, outside the default 24 h
+    window) and 1 December 08:00Z (1150: it supersedes the closing estimate)."""
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        async for _ in export_bytes(conn, Period(2026, 11), file_format="csv"):
+            pass
+        for when, value in (("2026-11-02T04:00", 935.0), ("2026-12-01T08:00", 1150.0)):
+            read = ReadSubmission("E5", utc(when), value, ReadSource.METER_READER)
+            assert (await submit_read(conn, read, actor="test")).read.status == "accepted"

@@ -21,6 +21,7 @@ from gateway.billing.core import (
     estimate_value,
     interpolate,
     is_rollover,
+    read_time_problem,
     register_modulus,
     resolve_boundary,
     shift_months,
@@ -163,6 +164,17 @@ def test_decimal_rounding_is_half_even_to_three_places() -> None:
     assert to_decimal(0.0005) == Decimal("0.000")
     assert to_decimal(0.0015) == Decimal("0.002")
     assert to_decimal(None) is None
+
+
+def test_a_reads_time_lies_from_2000_up_to_3000() -> None:
+    assert read_time_problem(datetime(2000, 1, 1, tzinfo=UTC)) is None
+    assert read_time_problem(datetime(2999, 12, 31, 23, 59)) is None
+    assert read_time_problem(datetime(1999, 12, 31, 23, 59, tzinfo=UTC)) == "is before 2000-01-01"
+    # an instant near year 1 that is BC once in UTC
+    assert read_time_problem(datetime.fromisoformat("0001-01-01T00:30+01:00")) is not None
+    assert read_time_problem(datetime(1999, 12, 31, 23, 59)) is not None  # local, as written
+    assert read_time_problem(datetime(3000, 1, 1, tzinfo=UTC)) == "is not before 3000-01-01"
+    assert read_time_problem(datetime.fromisoformat("9999-12-31T23:00-05:00")) is not None
 
 
 def test_shift_months_clamps_the_day() -> None:

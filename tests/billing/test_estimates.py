@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -19,7 +20,10 @@ from tests.billing.helpers import (
     NOV_OPEN,
     add_meter,
     add_readings,
+    add_silent_meter,
+    bill_november_then_read,
     csv_rows,
+    run_cli,
     series,
     utc,
 )
@@ -31,15 +35,8 @@ LATER = datetime(2027, 1, 15, tzinfo=UTC)  # a "now" after December is billed to
 
 @pytest.fixture
 def silent_meter(database_url: str) -> str:
-    """E5: daily reads from 1 August (0) to 20 October (800), then silence: 10 kWh/day."""
     with psycopg.connect(database_url, autocommit=True) as conn:
-        add_meter(conn, "E5", "electricity")
-        add_readings(
-            conn,
-            "E5",
-            "1.8.0",
-            series(utc("2026-08-01T00:00"), utc("2026-10-20T00:00"), timedelta(days=1), 0, 10 / 24),
-        )
+        add_silent_meter(conn)
     return database_url
 
 
@@ -194,6 +191,59 @@ async def test_a_period_that_has_not_ended_is_not_estimated_ahead(silent_meter: 
     assert estimates == [(NOV_OPEN,)]
     assert bills == (0,), "nothing was billed: the period has no closing read"
     assert stored == (NOV_OPEN,)
+
+
+async def test_corrections_export_follows_the_configured_policy(
+    silent_meter: str, tmp_path: Path
+) -> None:
+    await bill_november_then_read(silent_meter)
+    out = tmp_path / "corrections.csv"
+
+    def november(**env: str) -> list[tuple[str, str, str]]:
+        args = ("export", "corrections", "--period", "2026-11", "--out", str(out))
+        done = run_cli(silent_meter, *args, **env)
+        assert done.returncode == 0, done.stderr
+        rows = csv_rows(out.read_bytes())
+        return [(r["boundary"], r["estimated_consumption"], r["actual_consumption"]) for r in rows]
+
+    closing = ("closing", "300.000", "230.833")
+    # 24 h: the 2 November read (935, 30 h after the opening) does not cover the opening
+    assert november() == [closing]
+    # 48 h: it does; the report supersedes the opening estimate 919.167 with it
+    assert november(GATEWAY_BILLING_INTERPOLATION_HOURS="48") == [
+        closing,
+        ("opening", "230.833", "215.000"),
+    ]
+
+
+async def test_import_follows_the_configured_policy(silent_meter: str, tmp_path: Path) -> None:
+    await _export(silent_meter)  # November billed on estimates
+
+    def load(line: str, **env: str) -> None:
+        path = tmp_path / "round.csv"
+        path.write_text(f"meter_id,read_at,value,source\n{line}\n", encoding="utf-8")
+        done = run_cli(silent_meter, "import", "reads", str(path), **env)
+        assert (done.returncode, done.stdout) == (
+            0,
+            "round.csv: accepted 1, rejected 0, unchanged 0, errors 0\n",
+        ), done.stderr
+
+    def closing() -> tuple[bool, float | None]:
+        with psycopg.connect(silent_meter) as conn:
+            row = conn.execute(
+                "SELECT superseded_at IS NOT NULL, actual_value FROM billing_estimates"
+                " WHERE boundary = %s",
+                (NOV_CLOSE,),
+            ).fetchone()
+        assert row is not None
+        return row[0], row[1]
+
+    # 30 h before the closing boundary: outside the default 24 h window
+    load("E5,2026-11-29T16:00:00Z,1200,meter_reader")
+    assert closing() == (False, None)
+    # 29 h before it, inside a configured 48 h window: the estimate is superseded
+    load("E5,2026-11-29T17:00:00Z,1201,meter_reader", GATEWAY_BILLING_INTERPOLATION_HOURS="48")
+    assert closing() == (True, 1201.0)
 
 
 async def test_same_month_last_year_policy_and_fallback(database_url: str) -> None:

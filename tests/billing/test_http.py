@@ -15,7 +15,16 @@ import pytest
 from gateway.http.security import Role
 from gateway.service import GatewayHandle
 from gateway.settings import Settings
-from tests.billing.helpers import NOV_CLOSE, NOV_OPEN, add_meter, add_readings, csv_rows
+from tests.billing.helpers import (
+    NOV_CLOSE,
+    NOV_OPEN,
+    add_meter,
+    add_readings,
+    add_silent_meter,
+    bill_november_then_read,
+    csv_rows,
+)
+from tests.plugins.gateway import gateway_running
 
 Auth = Callable[[str, Role], Awaitable[dict[str, str]]]
 
@@ -69,10 +78,13 @@ async def test_reads_and_review_over_http(
             {**body, "value": -1},
             {**body, "read_at": "2026-11-10T09:15:00"},  # no offset
             {**body, "read_at": "2999-01-01T00:00:00Z"},
+            {**body, "read_at": "0001-01-01T00:30:00+01:00"},  # a BC instant in UTC
+            {**body, "read_at": "1999-12-31T23:59:59Z"},
             {**body, "source": "postman"},
             {**body, "value": "1e999"},
         ):
-            assert (await http.post("/meters/E1/reads", json=bad, headers=tech)).status_code == 422
+            refused = await http.post("/meters/E1/reads", json=bad, headers=tech)
+            assert refused.status_code == 422, (bad, refused.text)
         export_register = await http.post(
             "/meters/E1/reads", json={**body, "register": "2.8.0", "value": 7}, headers=tech
         )
@@ -138,6 +150,29 @@ async def test_export_download(seeded: str, gateway: GatewayHandle, auth_headers
         corrections = await http.get("/billing/corrections", headers=operator)
         assert corrections.status_code == 200
         assert corrections.text.splitlines()[0].startswith("meter_id,register,period,boundary")
+
+
+async def test_corrections_download_follows_the_configured_policy(
+    gateway_settings: Settings, auth_headers: Auth, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = gateway_settings.database_url.get_secret_value()
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_silent_meter(conn)
+    await bill_november_then_read(url)
+    operator = await auth_headers(url, Role.OPERATOR)
+    monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "48")
+    async with (
+        gateway_running(gateway_settings) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http,
+    ):
+        answer = await http.get("/billing/corrections?period=2026-11", headers=operator)
+    assert answer.status_code == 200, answer.text
+    rows = [
+        (r["boundary"], r["estimated_consumption"], r["actual_consumption"])
+        for r in csv_rows(answer.content)
+    ]
+    # with the 48 h window the 2 November read (935) covers November's opening too
+    assert rows == [("closing", "300.000", "230.833"), ("opening", "230.833", "215.000")]
 
 
 async def test_a_meters_size_class_sets_the_limit_its_reads_are_judged_by(

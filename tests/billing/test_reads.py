@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from gateway.billing.core import ReadSource
+from gateway.billing import readfile
+from gateway.billing.core import BillingPolicy, ReadSource
 from gateway.billing.errors import ReadConflictError, ReadFileError
 from gateway.billing.readfile import import_reads, parse_reads
 from gateway.billing.reads import ReadSubmission, decide_review, review_list, submit_read
 from gateway.errors import NotFoundError
-from tests.billing.helpers import add_meter, add_readings, csv_rows, utc
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.billing.helpers import add_meter, add_readings, csv_rows, run_cli, utc
 
 
 @pytest.fixture
@@ -100,7 +96,11 @@ async def _import(url: str, text: str) -> list[tuple[int, str, str | None]]:
         return [
             (r.line, r.outcome, r.reason)
             async for r in import_reads(
-                conn, io.StringIO(text, newline=""), origin="file:test.csv", actor="t"
+                conn,
+                io.StringIO(text, newline=""),
+                origin="file:test.csv",
+                actor="t",
+                policy=BillingPolicy(),
             )
         ]
 
@@ -149,39 +149,71 @@ async def test_bulk_file_with_bad_lines_and_imported_twice(meters: str) -> None:
     assert again == stored
 
 
+UNSTORABLE = (
+    "meter_id,read_at,value,source,reader\n"
+    "E1,2026-11-05T08:30:00+02:00,1110,meter_reader,R.\x00Mokoena\n"
+    "E1,0001-01-01T00:30+01:00,1111,meter_reader,\n"  # BC once in UTC
+    "E1,2026-11-06T08:30:00+02:00,1120,meter_reader,\n"
+)
+
+
+async def _stored_values(url: str) -> list[float]:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cur = await conn.execute("SELECT value FROM billing_reads ORDER BY id")
+        return [value for (value,) in await cur.fetchall()]
+
+
+async def test_unstorable_text_and_times_out_of_range_are_line_errors(meters: str) -> None:
+    text = UNSTORABLE + (
+        "E1,1999-12-31T23:59:59,1121,meter_reader,\n"
+        "E1,3000-01-01T00:00:00Z,1122,meter_reader,\n"
+        "E1,2026-11-07T08:30:00+02:00,1130,meter_reader,\n"
+    )
+    assert await _import(meters, text) == [
+        (2, "error", "bad_text"),
+        (3, "error", "bad_time"),
+        (4, "accepted", None),
+        (5, "error", "bad_time"),
+        (6, "error", "bad_time"),
+        (7, "accepted", None),
+    ]
+    assert await _stored_values(meters) == [1120.0, 1130.0]
+
+
+async def test_a_line_the_database_refuses_is_that_lines_error(
+    meters: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the parser's checks, the database's own refusal is caught per line too.
+    monkeypatch.setattr(readfile, "text_problem", lambda value: None)
+    monkeypatch.setattr(readfile, "read_time_problem", lambda ts: None)
+    assert await _import(meters, UNSTORABLE) == [
+        (2, "error", "bad_data"),
+        (3, "error", "bad_data"),
+        (4, "accepted", None),
+    ]
+    assert await _stored_values(meters) == [1120.0]
+
+
 def test_file_without_required_columns_is_refused() -> None:
     with pytest.raises(ReadFileError, match="read_at"):
         list(parse_reads(io.StringIO("meter_id,value,source\nE1,1,customer\n"), origin="f"))
 
 
-def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_DATABASE_URL": url, "GATEWAY_LOG_FORMAT": "text"}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
-
-
 def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     path = tmp_path / "round-7.csv"
     path.write_text(FILE, encoding="utf-8")
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.returncode == 3, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0].startswith("line 3: error bad_value:")
     assert lines[-1] == "round-7.csv: accepted 2, rejected 1, unchanged 0, errors 4"
-    done = _cli(meters, "import", "reads", str(path))
+    done = run_cli(meters, "import", "reads", str(path))
     assert done.stdout.splitlines()[-1] == (
         "round-7.csv: accepted 0, rejected 0, unchanged 3, errors 4"
     )
 
     out = tmp_path / "nov.csv"
-    done = _cli(
+    done = run_cli(
         meters, "export", "billing", "--period", "2026-11", "--utility", "water", "--out", str(out)
     )
     assert done.returncode == 0, done.stderr
@@ -189,10 +221,54 @@ def test_cli_import_and_export(meters: str, tmp_path: Path) -> None:
     assert [(r["meter_id"], r["register"]) for r in rows] == [("W1", "24.2.1"), ("W2", "24.2.1")]
     assert not list(tmp_path.glob(".*partial"))
 
-    bad = _cli(meters, "export", "billing", "--period", "2026-13")
+    bad = run_cli(meters, "export", "billing", "--period", "2026-13")
     assert bad.returncode == 2 and "not YYYY-MM" in bad.stderr
-    missing = _cli(meters, "import", "reads", str(tmp_path / "absent.csv"))
+    missing = run_cli(meters, "import", "reads", str(tmp_path / "absent.csv"))
     assert missing.returncode == 1 and "cannot open" in missing.stderr
+
+
+def test_cli_reads_a_file_with_a_byte_order_mark(meters: str, tmp_path: Path) -> None:
+    path = tmp_path / "excel.csv"  # Excel's "CSV UTF-8" starts with a BOM
+    path.write_bytes(
+        b"\xef\xbb\xbfmeter_id,read_at,value,source\r\n"
+        b"E1,2026-11-05T08:30:00+02:00,1110,meter_reader\r\n"
+    )
+    done = run_cli(meters, "import", "reads", str(path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["excel.csv: accepted 1, rejected 0, unchanged 0, errors 0"]
+
+
+def test_cli_reports_a_line_that_is_not_utf8_and_loads_the_rest(
+    meters: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "latin-1.csv"
+    path.write_bytes(
+        b"meter_id,read_at,value,source,reader\n"
+        b"E1,2026-11-05T08:30:00+02:00,1110,meter_reader,R. Mokoena\n"
+        b"E1,2026-11-06T08:30:00+02:00,1120,meter_reader,Ren\xe9 Botha\n"
+        b"E1,2026-11-07T08:30:00+02:00,1130,meter_reader,R. Mokoena\n"
+    )
+    done = run_cli(meters, "import", "reads", str(path))
+    assert done.returncode == 3, done.stderr
+    assert done.stdout.splitlines() == [
+        "line 3: error not_utf8: not UTF-8 text",
+        "latin-1.csv: accepted 2, rejected 0, unchanged 0, errors 1",
+    ]
+    again = run_cli(meters, "import", "reads", str(path))
+    assert again.stdout.splitlines()[-1] == (
+        "latin-1.csv: accepted 0, rejected 0, unchanged 2, errors 1"
+    )
+
+
+def test_bytes_that_are_not_utf8_make_their_line_an_error() -> None:
+    # open_read_file decodes with surrogateescape: a byte that is not UTF-8 arrives as U+DCxx,
+    # here in a value past the header's columns
+    text = "meter_id,read_at,value,source,note\nE1,2026-11-05T08:30:00Z,1,customer,x,\udce9\n"
+    assert [(n, r) for n, r in parse_reads(io.StringIO(text), origin="f")] == [
+        (2, readfile.LineError(2, "not_utf8", "not UTF-8 text"))
+    ]
+    with pytest.raises(ReadFileError, match="header"):
+        list(parse_reads(io.StringIO("meter_id,read_at,value,source,n\udce9\n"), origin="f"))
 
 
 async def test_future_dated_file_read_is_held(meters: str) -> None:
