@@ -4,7 +4,8 @@ One statement, read through a server-side cursor in batches, gives for each mete
 the nearest usable telemetry and person's read on both sides of both boundaries (index probes
 on the keyed tables), the stored estimates at the boundaries, every fall of the register in
 the period (a window scan of the period's own series) and, when the detection feature's
-``alerts`` view exists, the rollback / stuck-register alerts overlapping the period. The pure
+``alerts`` view exists, the rollback / stuck-register alerts overlapping the period (on the
+register an alert names, or on the main register when it names none). The pure
 core turns that into boundary reads and consumption. Boundaries that need an estimate are
 estimated and stored in the same transaction, so an export bills exactly what it stored.
 """
@@ -96,8 +97,9 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " WHERE a.meter_id = m.meter_id"
         " AND a.kind IN ('register_rollback', 'stuck_register')"
         " AND a.start < m.close_at AND coalesce(a.\"end\", 'infinity') > m.open_at"
-        " AND (a.evidence::jsonb ->> 'channel' IS NULL"
-        "      OR a.evidence::jsonb ->> 'channel' = c.channel)) al ON true"
+        # An alert names the register it judged, or none: then it is the main one (the
+        # stuck-register rule judges only that).
+        " AND coalesce(a.evidence::jsonb ->> 'channel' = c.channel, c.main)) al ON true"
         if alerts
         else " CROSS JOIN (SELECT NULL::text[] AS kinds) al"
     )

@@ -19,6 +19,7 @@ from tests.billing.helpers import (
     add_meter,
     add_readings,
     csv_rows,
+    run_detection,
     series,
     utc,
 )
@@ -185,17 +186,36 @@ async def test_parquet_is_streamed_in_row_groups(fleet: str) -> None:
 
 async def test_detection_alerts_flag_the_row(fleet: str) -> None:
     with psycopg.connect(fleet, autocommit=True) as conn:
-        # what the detection feature stores behind its `alerts` view
+        # E8: hourly; the import register stands still from 00:00 to 10:00 on 10 November
+        # while the meter's own power channel shows 1 kW: detection raises stuck_register, and
+        # its evidence names no channel (the rule judges the main register only).
+        # E8 also exports energy on 2.8.0.
+        add_meter(conn, "E8", "electricity")
+        start, stuck_at = utc("2026-10-31T00:00"), utc("2026-11-10T00:00")  # 240 h apart
+        hours = range(32 * 24)
+        frozen = [min(max(h - 240, 0), 10) for h in hours]
+        at = [start + timedelta(hours=h) for h in hours]
+        add_readings(conn, "E8", "1.8.0", [(at[h], 500 + h - frozen[h]) for h in hours])
+        add_readings(conn, "E8", "1.7.0", [(at[h], 1.0) for h in hours])
+        add_readings(conn, "E8", "2.8.0", [(at[h], 10 + h / 10) for h in hours])
+        # what the detection feature stores behind its `alerts` view:
+        # ended before November, so not this period; and a kind billing does not flag
         conn.execute(
             "INSERT INTO alert_data (meter_id, kind, severity, start_ts, end_ts, evidence) VALUES"
-            " ('E1', 'stuck_register', 'warning', '2026-11-20', NULL, '{\"channel\": \"1.8.0\"}'),"
-            # ended before November: not this period
-            " ('E2', 'register_rollback', 'critical', '2026-10-01', '2026-10-02', '{}'),"
+            " ('E2', 'register_rollback', 'critical', '2026-10-01', '2026-10-02',"
+            '  \'{"channel": "1.8.0", "previous": 420, "value": 410, "drop": 10}\'),'
             " ('W1', 'leak', 'warning', '2026-11-02', NULL, '{}')"
         )
+    await run_detection(fleet, "E8")
+    with psycopg.connect(fleet) as conn:
+        stuck = conn.execute(
+            "SELECT start, evidence FROM alerts WHERE meter_id = 'E8' AND kind = 'stuck_register'"
+        ).fetchall()
+    assert [(ts, "channel" in evidence) for ts, evidence in stuck] == [(stuck_at, False)]
     rows = _rows(await _export(fleet))
-    assert rows["E1", "1.8.0"]["flags"] == "stuck_register"
-    assert rows["E1", "2.8.0"]["flags"] == ""  # the alert names the import register
+    assert rows["E8", "1.8.0"]["flags"] == "stuck_register"
+    assert rows["E8", "2.8.0"]["flags"] == ""  # detection judged the main register only
+    assert rows["E1", "1.8.0"]["flags"] == ""
     assert rows["E2", "1.8.0"]["flags"] == ""
     assert rows["W1", "24.2.1"]["flags"] == "register_rollover"
 
