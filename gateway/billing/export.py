@@ -5,9 +5,11 @@ the nearest usable telemetry and person's read on both sides of both boundaries 
 on the keyed tables), the stored estimates at the boundaries, every fall of the register in
 the period (a window scan of the period's own series) and, when the detection feature's
 ``alerts`` view exists, the rollback / stuck-register alerts overlapping the period (on the
-register an alert names, or on the main register when it names none). The pure
-core turns that into boundary reads and consumption. Boundaries that need an estimate are
-estimated and stored in the same transaction, so an export bills exactly what it stored.
+register an alert names, or on the main register when it names none), and the meter's
+registered ``register_max``. The pure core turns that into boundary reads and consumption (a
+fall between the boundary reads is a wrap only if the series' falls do not contradict it).
+Boundaries that need an estimate are estimated and stored in the same transaction, so an export
+bills exactly what it stored.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from gateway.billing.core import (
     EstimateMethod,
     Point,
     ReadMethod,
-    advance,
     classify_drops,
+    period_consumption,
     resolve_boundary,
     to_decimal,
 )
@@ -107,7 +109,7 @@ def _query(*, alerts: bool, utility: bool) -> str:
         "WITH p AS (SELECT make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) AS start,"
         " make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) + interval '1 month' AS stop,"
         " %(window)s::interval AS w),"
-        " m AS (SELECT meters.meter_id, meters.utility, meters.time_zone,"
+        " m AS (SELECT meters.meter_id, meters.utility, meters.time_zone, meters.register_max,"
         " p.start AT TIME ZONE meters.time_zone AS open_at,"
         " p.stop AT TIME ZONE meters.time_zone AS close_at"
         " FROM meters, p WHERE meters.utility IN ('electricity', 'water')"
@@ -116,7 +118,7 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " SELECT m.meter_id, m.utility, m.time_zone, c.channel, m.open_at, m.close_at, "
         + point_cols
         + ", eopen.id, eopen.value, eopen.method, eclose.id, eclose.value, eclose.method,"
-        " d.drop_from, d.drop_to, al.kinds"
+        " d.drop_from, d.drop_to, al.kinds, m.register_max"
         f" FROM m CROSS JOIN p JOIN (VALUES {_REGISTER_VALUES}) AS c(utility, channel, main)"
         " ON c.utility = m.utility"
         + probes
@@ -157,16 +159,23 @@ async def _boundary(
     points: list[Point | None],
     stored: StoredEstimate | None,
     policy: BillingPolicy,
+    capacity: float | None,
 ) -> BoundaryRead:
     smart_before, smart_after, person_before, person_after = points
-    read = resolve_boundary(at, [smart_before, person_before], [smart_after, person_after], policy)
+    read = resolve_boundary(
+        at,
+        [smart_before, person_before],
+        [smart_after, person_after],
+        policy,
+        capacity=capacity,
+    )
     if read is not None:
         if stored is not None:
             await supersede(conn, stored.id, read)
         return read
     if stored is not None:
         return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
-    return await make_estimate(conn, meter_id, channel, at, policy)
+    return await make_estimate(conn, meter_id, channel, at, policy, capacity=capacity)
 
 
 def _row(
@@ -177,21 +186,14 @@ def _row(
     policy: BillingPolicy,
 ) -> ExportRow:
     meter_id, utility, time_zone, channel, open_at, close_at = raw[:6]
-    drop_from, drop_to, alert_kinds = raw[-3:]
-    rollovers, rollbacks = classify_drops(
-        zip(drop_from or (), drop_to or (), strict=True), policy.rollover_margin
-    )
-    consumption: float | None = None
+    drop_from, drop_to, alert_kinds, capacity = raw[-4:]
+    falls = list(zip(drop_from or (), drop_to or (), strict=True))
+    used = period_consumption(opening.value, closing.value, falls, policy, capacity=capacity)
+    _, series_rollbacks = classify_drops(falls, policy.series_rollover_margin, capacity=capacity)
     flags = set(alert_kinds or ())
-    if opening.value is not None and closing.value is not None:
-        consumption = advance(opening.value, closing.value, policy.rollover_margin)
-        if consumption is None:
-            rollbacks += 1
-        elif closing.value < opening.value:
-            rollovers = max(rollovers, 1)
-    if rollbacks:
+    if used.went_back or series_rollbacks:
         flags.add("register_rollback")
-    if rollovers:
+    if used.rolled_over:
         flags.add("register_rollover")
     return ExportRow(
         period=str(period),
@@ -208,7 +210,7 @@ def _row(
         closing_read=to_decimal(closing.value),
         closing_method=closing.method.value,
         closing_estimate=closing.estimate_method.value if closing.estimate_method else None,
-        consumption=to_decimal(consumption),
+        consumption=to_decimal(used.consumption),
         flags=";".join(sorted(flags)),
     )
 
@@ -250,6 +252,7 @@ async def _compose(
     conn: AsyncConnection[Any], period: Period, raw: tuple[Any, ...], policy: BillingPolicy
 ) -> ExportRow:
     meter_id, _utility, _tz, channel, open_at, close_at = raw[:6]
+    capacity = raw[-1]
     opening, closing = [
         await _boundary(
             conn,
@@ -259,6 +262,7 @@ async def _compose(
             points=_points(raw, 6 + 12 * b),
             stored=_stored(raw, 30 + 3 * b),
             policy=policy,
+            capacity=capacity,
         )
         for b, at in ((0, open_at), (1, close_at))
     ]

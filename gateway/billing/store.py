@@ -34,6 +34,7 @@ __all__ = [
     "boundary_read",
     "current_estimate",
     "point",
+    "register_max",
     "supersede",
 ]
 
@@ -100,6 +101,13 @@ async def point(
     return None if row is None else as_point(*row)
 
 
+async def register_max(conn: AsyncConnection[Any], meter_id: str) -> float | None:
+    """The meter's registered register capacity (``meters.register_max``), if any."""
+    cur = await conn.execute("SELECT register_max FROM meters WHERE meter_id = %s", (meter_id,))
+    row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEstimate:
     id: int
@@ -125,13 +133,15 @@ async def resolve_actual(
     channel: str,
     at: datetime,
     policy: BillingPolicy,
+    *,
+    capacity: float | None,
 ) -> BoundaryRead | None:
     """Rules 1-3 at one boundary from the stored points; ``None`` when it needs an estimate."""
     window = policy.interpolation_window
     before = await point(conn, meter_id, channel, lo=at - window, hi=at, last=True)
     after = await point(conn, meter_id, channel, lo=at, hi=at + window, last=False)
     # The nearest usable point of each kind matters (a person's read beside telemetry).
-    return resolve_boundary(at, [before], [after], policy)
+    return resolve_boundary(at, [before], [after], policy, capacity=capacity)
 
 
 async def _rate(
@@ -143,18 +153,19 @@ async def _rate(
     basis: Point,
     method: EstimateMethod,
     policy: BillingPolicy,
+    capacity: float | None,
 ) -> float | None:
     if method is EstimateMethod.LAST_3_MONTHS:
         first = await point(
             conn, meter_id, channel, lo=shift_months(basis.ts, -3), hi=basis.ts, last=False
         )
-        return None if first is None else daily_rate(first, basis, policy)
+        return None if first is None else daily_rate(first, basis, policy, capacity=capacity)
     start, end = shift_months(at, -13), shift_months(at, -12)
     first = await point(conn, meter_id, channel, lo=start, hi=end, last=False)
     last = await point(conn, meter_id, channel, lo=start, hi=end, last=True)
     if first is None or last is None:
         return None
-    return daily_rate(first, last, policy)
+    return daily_rate(first, last, policy, capacity=capacity)
 
 
 async def make_estimate(
@@ -163,12 +174,15 @@ async def make_estimate(
     channel: str,
     at: datetime,
     policy: BillingPolicy,
+    *,
+    capacity: float | None,
 ) -> BoundaryRead:
     """Estimate the register at ``at``, store it (once) and return it.
 
     The basis is the latest usable point before ``at`` (else the earliest after it); the rate
     comes from the policy's method, or the other method when the meter lacks data for it.
-    The estimate is stored in ``billing_estimates`` and as an ``estimated`` reading.
+    ``capacity`` is the meter's ``register_max``. The estimate is stored in
+    ``billing_estimates`` and as an ``estimated`` reading.
     """
     stored = await current_estimate(conn, meter_id, channel, at)
     if stored is not None:
@@ -192,12 +206,13 @@ async def make_estimate(
             basis=basis,
             method=method,
             policy=policy,
+            capacity=capacity,
         )
         if rate is not None:
             break
     else:
         return BoundaryRead(None, ReadMethod.UNAVAILABLE)
-    value = estimate_value(at, basis, rate)
+    value = estimate_value(at, basis, rate, capacity=capacity)
     cur = await conn.execute(
         "INSERT INTO billing_estimates (meter_id, channel, boundary, value, method, daily_rate,"
         " basis_ts, basis_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -262,7 +277,8 @@ async def boundary_read(
     With ``estimate=False`` an uncovered boundary without a stored estimate is
     ``unavailable`` instead of being estimated (reports must not create estimates).
     """
-    actual = await resolve_actual(conn, meter_id, channel, at, policy)
+    capacity = await register_max(conn, meter_id)
+    actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
     stored = await current_estimate(conn, meter_id, channel, at)
     if actual is not None:
         if stored is not None:
@@ -272,7 +288,7 @@ async def boundary_read(
         return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
     if not estimate:
         return BoundaryRead(None, ReadMethod.UNAVAILABLE)
-    return await make_estimate(conn, meter_id, channel, at, policy)
+    return await make_estimate(conn, meter_id, channel, at, policy, capacity=capacity)
 
 
 async def covering_estimates(
@@ -284,9 +300,10 @@ async def covering_estimates(
         " AND superseded_at IS NULL ORDER BY boundary",
         (meter_id, channel),
     )
+    capacity = await register_max(conn, meter_id)
     count = 0
     for estimate_id, at in await cur.fetchall():
-        actual = await resolve_actual(conn, meter_id, channel, at, policy)
+        actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
         if actual is not None:
             await supersede(conn, estimate_id, actual)
             count += 1

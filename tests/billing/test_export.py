@@ -220,6 +220,56 @@ async def test_detection_alerts_flag_the_row(fleet: str) -> None:
     assert rows["W1", "24.2.1"]["flags"] == "register_rollover"
 
 
+async def test_register_capacity_and_meter_exchange(fleet: str) -> None:
+    hourly = timedelta(hours=1)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # E10: a 16-bit register (register_max 65 536), hourly, 0.5 kWh/h, readings on both
+        # boundaries; it wraps on 21 November: 65 400 -> 65 760 - 65 536 = 224, 360 kWh
+        add_meter(conn, "E10", "electricity")
+        conn.execute("UPDATE meters SET register_max = 65536 WHERE meter_id = 'E10'")
+        add_readings(
+            conn,
+            "E10",
+            "1.8.0",
+            [(ts, v % 65_536) for ts, v in series(NOV_OPEN, NOV_CLOSE, hourly, 65_400, 0.5)],
+        )
+        # E11: a register of 2^32 Wh shown in kWh (register_max 4 294 967), read every 2 h
+        # at odd hours, 1 kWh/h: both boundaries are interpolated, the closing one across the
+        # wrap: 4 294 966 at 21:00Z, 1 at 23:00Z -> 0 at 22:00Z; opening 4 294 247
+        add_meter(conn, "E11", "electricity")
+        conn.execute("UPDATE meters SET register_max = 4294967 WHERE meter_id = 'E11'")
+        start = utc("2026-10-30T23:00")
+        add_readings(
+            conn,
+            "E11",
+            "1.8.0",
+            [
+                (ts, v % 4_294_967)
+                for ts, v in series(start, utc("2026-12-01T01:00"), 2 * hourly, 4_294_966 - 742, 1)
+            ],
+        )
+        # E12 (no register_max: wraps at 100 000): exchanged on 15 November after 93 173.5
+        # for a new meter starting at 0, 0.5 kWh/h throughout. The boundary reads, 93 000 and
+        # 0.5 * 372 h = 186, would look like a wrap within the wide margin; the series shows a
+        # fall from mid-range that is no rollover: the register went back, not round
+        add_meter(conn, "E12", "electricity")
+        swap = utc("2026-11-15T10:00")
+        old = series(NOV_OPEN, swap - hourly, hourly, 93_000, 0.5)
+        new = series(swap, NOV_CLOSE, hourly, 0, 0.5)
+        add_readings(conn, "E12", "1.8.0", old + new)
+    rows = _rows(await _export(fleet))
+    e10 = rows["E10", "1.8.0"]
+    assert (e10["opening_read"], e10["closing_read"]) == ("65400.000", "224.000")
+    assert (e10["consumption"], e10["flags"]) == ("360.000", "register_rollover")
+    e11 = rows["E11", "1.8.0"]
+    assert (e11["opening_method"], e11["closing_method"]) == ("interpolated", "interpolated")
+    assert (e11["opening_read"], e11["closing_read"]) == ("4294247.000", "0.000")
+    assert (e11["consumption"], e11["flags"]) == ("720.000", "register_rollover")
+    e12 = rows["E12", "1.8.0"]
+    assert (e12["opening_read"], e12["closing_read"]) == ("93000.000", "186.000")
+    assert (e12["consumption"], e12["flags"]) == ("", "register_rollback")
+
+
 async def test_person_reads_at_boundaries(fleet: str) -> None:
     with psycopg.connect(fleet, autocommit=True) as conn:
         add_meter(conn, "E7", "electricity")
