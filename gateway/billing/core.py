@@ -22,7 +22,8 @@ detection feature's narrow one between neighbouring readings (a period's series,
 an interpolation spans), and a wider one between reads further apart (a period's boundary reads,
 a person's read and the point before it, the span a daily rate is taken over); a period's
 boundary reads count as a wrap only if its series does not show the register going back instead
-(:func:`period_consumption`).
+(:func:`period_consumption`). A fall by no more than the register's resolution is jitter, not a
+fall: no consumption, and neither a wrap nor a rollback (detection's ``rollback_resolution``).
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class BillingPolicy:
     the register's range into its bottom ``margin`` wrapped."""
     series_rollover_margin: float = _DETECTION.rollover_margin
     """Between neighbouring readings, as detection judges them (its ``rollover_margin``)."""
+    rollback_resolution: float = _DETECTION.rollback_resolution
+    """A fall by at most this much is the register's jitter (detection's setting of the name)."""
     min_rate_span: timedelta = timedelta(days=7)
     """Shortest history an average daily consumption may be computed from."""
 
@@ -122,6 +125,8 @@ class BillingPolicy:
             raise ValueError("rollover_margin must be between 0 and 0.5")
         if not 0 <= self.series_rollover_margin < 0.5:
             raise ValueError("series_rollover_margin must be at least 0 and below 0.5")
+        if self.rollback_resolution < 0:
+            raise ValueError("rollback_resolution must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,24 +191,38 @@ def is_rollover(prev: float, value: float, margin: float, *, capacity: float | N
 
 
 def advance(
-    prev: float, value: float, margin: float, *, capacity: float | None = None
+    prev: float,
+    value: float,
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
 ) -> float | None:
-    """Consumption from ``prev`` to ``value``; ``None`` when the register went backwards."""
-    if value >= prev:
-        return value - prev
+    """Consumption from ``prev`` to ``value``; ``None`` when the register went backwards.
+
+    A fall by no more than ``resolution`` is jitter: no consumption.
+    """
+    if value >= prev - resolution:
+        return max(value - prev, 0.0)
     if is_rollover(prev, value, margin, capacity=capacity):
         return register_modulus(prev, capacity) - prev + value
     return None
 
 
 def interpolate(
-    before: Point, after: Point, at: datetime, margin: float, *, capacity: float | None = None
+    before: Point,
+    after: Point,
+    at: datetime,
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
 ) -> float | None:
     """The register at ``at``, linear between two points; ``None`` across a rollback."""
     span = (after.ts - before.ts).total_seconds()
     if span <= 0:
         return before.value
-    used = advance(before.value, after.value, margin, capacity=capacity)
+    used = advance(before.value, after.value, margin, capacity=capacity, resolution=resolution)
     if used is None:
         return None
     value = before.value + used * (at - before.ts).total_seconds() / span
@@ -257,7 +276,14 @@ def resolve_boundary(
             assert exact is not None
             return BoundaryRead(exact.value, exact.method)
     if left is not None and right is not None:
-        value = interpolate(left, right, at, policy.series_rollover_margin, capacity=capacity)
+        value = interpolate(
+            left,
+            right,
+            at,
+            policy.series_rollover_margin,
+            capacity=capacity,
+            resolution=policy.rollback_resolution,
+        )
         if value is not None:
             return BoundaryRead(value, ReadMethod.INTERPOLATED)
     for point in (left, right):
@@ -275,7 +301,13 @@ def daily_rate(
     span = last.ts - first.ts
     if span < policy.min_rate_span:
         return None
-    used = advance(first.value, last.value, policy.rollover_margin, capacity=capacity)
+    used = advance(
+        first.value,
+        last.value,
+        policy.rollover_margin,
+        capacity=capacity,
+        resolution=policy.rollback_resolution,
+    )
     if used is None:
         return None
     return used / (span.total_seconds() / _DAY_S)
@@ -297,11 +329,18 @@ def estimate_value(
 
 
 def classify_drops(
-    drops: Iterable[tuple[float, float]], margin: float, *, capacity: float | None = None
+    drops: Iterable[tuple[float, float]],
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
 ) -> tuple[int, int]:
-    """Count the falls of a series (previous, next value) as (rollovers, rollbacks)."""
+    """Count the falls of a series (previous, next value) as (rollovers, rollbacks); falls by
+    no more than ``resolution`` are jitter and not counted."""
     rollovers = rollbacks = 0
     for prev, value in drops:
+        if value >= prev - resolution:
+            continue
         if is_rollover(prev, value, margin, capacity=capacity):
             rollovers += 1
         else:
@@ -335,13 +374,19 @@ def period_consumption(
     A closing read below the opening read wrapped when the two reads look like a wrap (the wide
     ``rollover_margin``, since they are a month apart) and the series does not contradict it: a
     series that falls without ever rolling over (each fall judged with the narrow series margin)
-    shows the register going back — a meter exchanged or reset — not round.
+    shows the register going back — a meter exchanged or reset — not round. Falls within the
+    resolution are jitter, here and in the series.
     """
-    rollovers, rollbacks = classify_drops(falls, policy.series_rollover_margin, capacity=capacity)
+    rollovers, rollbacks = classify_drops(
+        falls,
+        policy.series_rollover_margin,
+        capacity=capacity,
+        resolution=policy.rollback_resolution,
+    )
     if opening is None or closing is None:
         return PeriodAdvance(None, rollovers > 0, went_back=False)
-    if closing >= opening:
-        return PeriodAdvance(closing - opening, rollovers > 0, went_back=False)
+    if closing >= opening - policy.rollback_resolution:
+        return PeriodAdvance(max(closing - opening, 0.0), rollovers > 0, went_back=False)
     contradicted = rollbacks > 0 and rollovers == 0
     if not contradicted and is_rollover(
         opening, closing, policy.rollover_margin, capacity=capacity
@@ -360,6 +405,7 @@ def validate_read(
     max_per_day: float,
     margin: float,
     capacity: float | None = None,
+    resolution: float = 0.0,
     min_elapsed: timedelta = timedelta(hours=1),
 ) -> Verdict:
     """Check a read against the usable points before and after it.
@@ -372,7 +418,7 @@ def validate_read(
     if value < 0 or not math.isfinite(value):
         return Verdict(False, "invalid_value", f"register value {value!r} is not a reading")
     if previous is not None:
-        used = advance(previous.value, value, margin, capacity=capacity)
+        used = advance(previous.value, value, margin, capacity=capacity, resolution=resolution)
         if used is None:
             return Verdict(
                 False,
@@ -389,7 +435,11 @@ def validate_read(
                 f"{used:g} since {previous.ts.isoformat()} exceeds the plausible "
                 f"{limit:g} ({max_per_day:g} per day)",
             )
-    if following is not None and advance(value, following.value, margin, capacity=capacity) is None:
+    if (
+        following is not None
+        and advance(value, following.value, margin, capacity=capacity, resolution=resolution)
+        is None
+    ):
         return Verdict(
             False,
             "above_following_read",

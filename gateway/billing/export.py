@@ -3,13 +3,13 @@
 One statement, read through a server-side cursor in batches, gives for each meter register
 the nearest usable telemetry and person's read on both sides of both boundaries (index probes
 on the keyed tables), the stored estimates at the boundaries, every fall of the register in
-the period (a window scan of the period's own series) and, when the detection feature's
-``alerts`` view exists, the rollback / stuck-register alerts overlapping the period (on the
-register an alert names, or on the main register when it names none), and the meter's
-registered ``register_max``. The pure core turns that into boundary reads and consumption (a
-fall between the boundary reads is a wrap only if the series' falls do not contradict it).
-Boundaries that need an estimate are estimated and stored in the same transaction, so an export
-bills exactly what it stored.
+the period (a window scan of the period's own series, to tell a wrap from a register gone back)
+and, when the detection feature's ``alerts`` view exists, the rollback / stuck-register alerts
+overlapping the period, which are the row's flags of those kinds (on the register an alert
+names, or on the main register when it names none), and the meter's ``register_max``. The pure
+core turns that into boundary reads and consumption (a fall between the boundary reads is a
+wrap only if the series' falls do not contradict it). Boundaries that need an estimate are
+estimated and stored in the same transaction, so an export bills exactly what it stored.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from gateway.billing.core import (
     EstimateMethod,
     Point,
     ReadMethod,
-    classify_drops,
     period_consumption,
     resolve_boundary,
     to_decimal,
@@ -187,11 +186,12 @@ def _row(
 ) -> ExportRow:
     meter_id, utility, time_zone, channel, open_at, close_at = raw[:6]
     drop_from, drop_to, alert_kinds, capacity = raw[-4:]
-    falls = list(zip(drop_from or (), drop_to or (), strict=True))
+    falls = zip(drop_from or (), drop_to or (), strict=True)
     used = period_consumption(opening.value, closing.value, falls, policy, capacity=capacity)
-    _, series_rollbacks = classify_drops(falls, policy.series_rollover_margin, capacity=capacity)
+    # A fall inside the series is flagged when detection found it a rollback (its alert, among
+    # the kinds): jitter and a meter clock set back are not.
     flags = set(alert_kinds or ())
-    if used.went_back or series_rollbacks:
+    if used.went_back:
         flags.add("register_rollback")
     if used.rolled_over:
         flags.add("register_rollover")

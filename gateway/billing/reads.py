@@ -155,6 +155,7 @@ async def submit_read(
                 max_per_day=max_per_day or float("inf"),
                 margin=policy.rollover_margin,
                 capacity=capacity,
+                resolution=policy.rollback_resolution,
             )
             reason, detail = verdict.reason, verdict.detail
         status = "accepted" if reason is None else "rejected"

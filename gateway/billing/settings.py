@@ -1,7 +1,8 @@
 """Billing policy settings: ``GATEWAY_BILLING_*`` variables, validated at start.
 
-How a register rolls over between neighbouring readings is the detection feature's rule, so
-its margin comes from the detection settings (``GATEWAY_DETECTION_RULES``), not a second one.
+How a register rolls over between neighbouring readings, and how far it may jitter without
+going back, are the detection feature's rules, so their settings come from
+``GATEWAY_DETECTION_RULES``, not a second copy.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ class BillingSettings(BaseSettings):
     detection_rules: dict[str, float] = Field(
         default_factory=dict, validation_alias="GATEWAY_DETECTION_RULES"
     )
-    """The detection rule overrides (docs/detection.md); billing uses ``rollover_margin``."""
+    """The detection rule overrides (docs/detection.md); billing uses ``rollover_margin`` and
+    ``rollback_resolution``."""
 
     def policy(self) -> BillingPolicy:
         rules = Rules.from_overrides(self.detection_rules)
@@ -38,6 +40,7 @@ class BillingSettings(BaseSettings):
             interpolation_window=timedelta(hours=self.interpolation_hours),
             estimate_method=self.estimate_method,
             series_rollover_margin=rules.rollover_margin,
+            rollback_resolution=rules.rollback_resolution,
         )
 
 

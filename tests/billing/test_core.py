@@ -117,6 +117,29 @@ def test_period_consumption_across_a_wrap() -> None:
     assert (missing.consumption, missing.rolled_over) == (None, True)
 
 
+def test_a_fall_within_the_resolution_is_jitter() -> None:
+    assert advance(1000.0004, 1000.0001, 0.1, resolution=0.001) == 0.0
+    assert advance(1000.0004, 1000.0001, 0.1) is None
+    assert advance(1000.0, 999.0, 0.1, resolution=0.001) is None
+    # an idle register jittering across a boundary is interpolated, not refused
+    jitter = resolve_boundary(T0, [Point(at(-1), 7.0004)], [Point(at(1), 7.0001)], POLICY)
+    assert jitter is not None and jitter.value == pytest.approx(7.0004)
+    assert classify_drops([(7.0004, 7.0001), (500.0, 480.0)], 0.01, resolution=0.001) == (0, 1)
+    idle = period_consumption(7.0004, 7.0001, [(7.0004, 7.0001)], POLICY)
+    assert (idle.consumption, idle.rolled_over, idle.went_back) == (0.0, False, False)
+    prev = Point(T0, 1000.0004)
+    ok = validate_read(
+        ts=at(48),
+        value=1000.0,
+        previous=prev,
+        following=None,
+        max_per_day=50,
+        margin=0.1,
+        resolution=0.001,
+    )
+    assert ok.accepted
+
+
 def test_interpolation_is_linear_in_time() -> None:
     # 100 at 22:00 the day before, 112 at 04:00: 12 over 6 h, 2 h to midnight -> 104
     value = interpolate(Point(at(-2), 100.0), Point(at(4), 112.0), T0, 0.1)
@@ -260,12 +283,15 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "6")
     monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "same_month_last_year")
-    monkeypatch.setenv("GATEWAY_DETECTION_RULES", '{"rollover_margin": 0.02}')
+    monkeypatch.setenv(
+        "GATEWAY_DETECTION_RULES", '{"rollover_margin": 0.02, "rollback_resolution": 0.01}'
+    )
     policy = load_policy()
     assert policy.interpolation_window == timedelta(hours=6)
     assert policy.estimate_method is EstimateMethod.SAME_MONTH_LAST_YEAR
-    # neighbouring readings roll over as detection says they do: one setting for both
+    # neighbouring readings roll over, and jitter, as detection says they do: one setting
     assert (policy.series_rollover_margin, policy.rollover_margin) == (0.02, 0.1)
+    assert policy.rollback_resolution == 0.01
     monkeypatch.setenv("GATEWAY_DETECTION_RULES", '{"rollover_margin": 0.5}')
     with pytest.raises(ConfigError, match="GATEWAY_DETECTION_RULES"):
         load_policy()

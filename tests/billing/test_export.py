@@ -28,7 +28,7 @@ NOV = Period(2026, 11)
 
 
 @pytest.fixture
-def fleet(database_url: str) -> str:
+async def fleet(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         # E1: hourly, 0.5 kWh/h, readings on both boundaries -> actual / actual, 720 h * 0.5
         add_meter(conn, "E1", "electricity")
@@ -68,7 +68,8 @@ def fleet(database_url: str) -> str:
                 (utc("2026-12-01T00:00"), 30.0),
             ],
         )
-        # E3: a rollback inside the period (150 -> 120), boundaries exact: 100 -> 200
+        # E3: a rollback inside the period (150 -> 120), boundaries exact: 100 -> 200; the row
+        # is flagged from detection's alert
         add_meter(conn, "E3", "electricity")
         add_readings(
             conn,
@@ -88,6 +89,8 @@ def fleet(database_url: str) -> str:
             "2.8.0",
             series(utc("2026-10-31T00:00"), utc("2026-12-01T12:00"), timedelta(hours=1), 10, 0.1),
         )
+    # the detection feature judges readings as they arrive: E3's fall is a register_rollback
+    await run_detection(database_url, "E1", "E2", "E3", "W1")
     return database_url
 
 
@@ -268,6 +271,60 @@ async def test_register_capacity_and_meter_exchange(fleet: str) -> None:
     e12 = rows["E12", "1.8.0"]
     assert (e12["opening_read"], e12["closing_read"]) == ("93000.000", "186.000")
     assert (e12["consumption"], e12["flags"]) == ("", "register_rollback")
+
+
+async def test_rollback_flag_is_what_detection_found(fleet: str) -> None:
+    hourly = timedelta(hours=1)
+    month = series(NOV_OPEN, NOV_CLOSE, hourly, 0, 0.5)  # (ts, kWh since the opening)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # E13: idle, its register jittering below its 0.001 resolution: 2000.0004 at the
+        # opening, 2000.0001 / 2000.0004 in turn, 2000.0001 at the closing
+        add_meter(conn, "E13", "electricity")
+        jitter = [(ts, (2000.0004, 2000.0001)[i % 2]) for i, (ts, _) in enumerate(month)]
+        add_readings(conn, "E13", "1.8.0", [*jitter[:-1], (NOV_CLOSE, 2000.0001)])
+        # E14: 0.5 kWh/h, received on time, but on 10 November its clock was set back 45 min
+        # for two readings: the one read at 10:30 is stamped 09:45, the one read at 11:00 is
+        # stamped 10:15. In time-stamp order the register falls from 09:45 to 10:00; in the
+        # order the meter read them it never went down
+        add_meter(conn, "E14", "electricity")
+        t10 = utc("2026-11-10T10:00")
+        late = {t10 - hourly / 4: t10 + hourly / 2, t10 + hourly / 4: t10 + hourly}
+        readings = [(ts, 3000 + used, ts) for ts, used in month if ts != t10 + hourly]
+        readings += [
+            (stamped, 3000 + 0.5 * (read - NOV_OPEN) / hourly, read)
+            for stamped, read in late.items()
+        ]
+        conn.cursor().executemany(
+            "INSERT INTO reading_data (meter_id, channel, ts, value, received_at)"
+            " VALUES ('E14', '1.8.0', %s, %s, %s)",
+            readings,
+        )
+        # E15: a genuine fall inside the period (the register set back by 50 kWh on
+        # 10 November), boundaries exact: 4000 -> 4000 + 360 - 50
+        add_meter(conn, "E15", "electricity")
+        add_readings(
+            conn,
+            "E15",
+            "1.8.0",
+            [(ts, 4000 + used - 50 * (ts > t10)) for ts, used in month],
+        )
+    rows_before = _rows(await _export(fleet))
+    await run_detection(fleet, "E13", "E14", "E15")
+    with psycopg.connect(fleet) as conn:
+        found = conn.execute(
+            "SELECT meter_id, evidence ->> 'channel' FROM alerts"
+            " WHERE kind = 'register_rollback' AND meter_id IN ('E13', 'E14', 'E15')"
+        ).fetchall()
+    assert found == [("E15", "1.8.0")]
+    rows = _rows(await _export(fleet))
+    e13 = rows["E13", "1.8.0"]
+    assert (e13["opening_read"], e13["closing_read"]) == ("2000.000", "2000.000")
+    assert (e13["consumption"], e13["flags"]) == ("0.000", "")
+    assert (rows["E14", "1.8.0"]["consumption"], rows["E14", "1.8.0"]["flags"]) == ("360.000", "")
+    e15 = rows["E15", "1.8.0"]
+    assert (e15["consumption"], e15["flags"]) == ("310.000", "register_rollback")
+    # the flag is detection's finding: before detection judged E15's readings there was none
+    assert rows_before["E15", "1.8.0"]["flags"] == ""
 
 
 async def test_person_reads_at_boundaries(fleet: str) -> None:
