@@ -15,8 +15,15 @@ Boundary read rules (docs/billing.md):
 4. otherwise ``estimated`` from the meter's own average daily consumption, or ``unavailable``
    when the meter has no history to estimate from.
 
-Rollovers: a register that falls from near the top of its digit range (within ``margin`` of
-the next power of ten) to near zero wrapped; any other fall is a rollback.
+Rollovers: a register that falls from near its capacity (within ``margin`` of it) to near zero
+wrapped; any other fall is a rollback. The capacity is the meter's registered ``register_max``,
+else the next power of ten above the value, as the detection feature has it. Two margins: the
+detection feature's narrow one between neighbouring readings (a period's series, the two points
+an interpolation spans), and a wider one between reads further apart (a period's boundary reads,
+a person's read and the point before it, the span a daily rate is taken over); a period's
+boundary reads count as a wrap only if its series does not show the register going back instead
+(:func:`period_consumption`). A fall by no more than the register's resolution is jitter, not a
+fall: no consumption, and neither a wrap nor a rollback (detection's ``rollback_resolution``).
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final
 
+from gateway.detection.model import Rules
+from gateway.detection.rules.registers import register_capacity
+
 __all__ = [
     "CLOCK_SKEW",
     "EARLIEST_READ_AT",
@@ -37,6 +47,7 @@ __all__ = [
     "BillingPolicy",
     "BoundaryRead",
     "EstimateMethod",
+    "PeriodAdvance",
     "Point",
     "ReadMethod",
     "ReadSource",
@@ -47,6 +58,7 @@ __all__ = [
     "estimate_value",
     "interpolate",
     "is_rollover",
+    "period_consumption",
     "read_time_problem",
     "register_modulus",
     "resolve_boundary",
@@ -66,6 +78,7 @@ LATEST_READ_AT: Final = datetime(3000, 1, 1, tzinfo=UTC)
 far enough out PostgreSQL and Python no longer agree on the instant (a BC time in UTC)."""
 
 _DAY_S: Final = 86400.0
+_DETECTION: Final = Rules()
 
 
 class ReadMethod(enum.StrEnum):
@@ -107,7 +120,12 @@ class BillingPolicy:
     estimate_method: EstimateMethod = EstimateMethod.LAST_3_MONTHS
     """Preferred estimate; the other one is used when the meter lacks the data for it."""
     rollover_margin: float = 0.1
-    """A fall from the top ``margin`` of the register's range into its bottom ``margin``."""
+    """Between reads further apart than neighbouring readings: a fall from the top ``margin`` of
+    the register's range into its bottom ``margin`` wrapped."""
+    series_rollover_margin: float = _DETECTION.rollover_margin
+    """Between neighbouring readings, as detection judges them (its ``rollover_margin``)."""
+    rollback_resolution: float = _DETECTION.rollback_resolution
+    """A fall by at most this much is the register's jitter (detection's setting of the name)."""
     min_rate_span: timedelta = timedelta(days=7)
     """Shortest history an average daily consumption may be computed from."""
 
@@ -116,6 +134,10 @@ class BillingPolicy:
             raise ValueError("interpolation_window must be positive")
         if not 0 < self.rollover_margin < 0.5:
             raise ValueError("rollover_margin must be between 0 and 0.5")
+        if not 0 <= self.series_rollover_margin < 0.5:
+            raise ValueError("series_rollover_margin must be at least 0 and below 0.5")
+        if self.rollback_resolution < 0:
+            raise ValueError("rollback_resolution must not be negative")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,41 +184,61 @@ def to_decimal(value: float | None) -> Decimal | None:
     return Decimal(repr(value)).quantize(READ_QUANTUM, rounding=ROUND_HALF_EVEN)
 
 
-def register_modulus(value: float) -> float:
-    """The wrap value of a register showing ``value``: the next power of ten above it."""
-    if value < 10:
-        return 10.0
-    return float(10 ** math.ceil(math.log10(value + 1e-9)))
+def register_modulus(value: float, capacity: float | None = None) -> float:
+    """The wrap value of a register showing ``value``: its registered ``capacity``
+    (``meters.register_max``) when known, else the next power of ten above the value."""
+    return register_capacity(value, capacity)
 
 
-def is_rollover(prev: float, value: float, margin: float) -> bool:
-    """Whether a fall from ``prev`` to ``value`` is a wrap past the register's maximum."""
+def is_rollover(prev: float, value: float, margin: float, *, capacity: float | None = None) -> bool:
+    """Whether a fall from ``prev`` to ``value`` is a wrap past the register's capacity.
+
+    A register showing more than its registered capacity cannot have wrapped at it.
+    """
     if value >= prev:
         return False
-    modulus = register_modulus(prev)
-    return prev >= modulus * (1.0 - margin) and value <= modulus * margin
+    modulus = register_modulus(prev, capacity)
+    return modulus * (1.0 - margin) <= prev <= modulus and value <= modulus * margin
 
 
-def advance(prev: float, value: float, margin: float) -> float | None:
-    """Consumption from ``prev`` to ``value``; ``None`` when the register went backwards."""
-    if value >= prev:
-        return value - prev
-    if is_rollover(prev, value, margin):
-        return register_modulus(prev) - prev + value
+def advance(
+    prev: float,
+    value: float,
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
+) -> float | None:
+    """Consumption from ``prev`` to ``value``; ``None`` when the register went backwards.
+
+    A fall by no more than ``resolution`` is jitter: no consumption.
+    """
+    if value >= prev - resolution:
+        return max(value - prev, 0.0)
+    if is_rollover(prev, value, margin, capacity=capacity):
+        return register_modulus(prev, capacity) - prev + value
     return None
 
 
-def interpolate(before: Point, after: Point, at: datetime, margin: float) -> float | None:
+def interpolate(
+    before: Point,
+    after: Point,
+    at: datetime,
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
+) -> float | None:
     """The register at ``at``, linear between two points; ``None`` across a rollback."""
     span = (after.ts - before.ts).total_seconds()
     if span <= 0:
         return before.value
-    used = advance(before.value, after.value, margin)
+    used = advance(before.value, after.value, margin, capacity=capacity, resolution=resolution)
     if used is None:
         return None
     value = before.value + used * (at - before.ts).total_seconds() / span
     if after.value < before.value:  # wrapped in between: bring it back into range
-        modulus = register_modulus(before.value)
+        modulus = register_modulus(before.value, capacity)
         if value >= modulus:
             value -= modulus
     return value
@@ -226,11 +268,15 @@ def resolve_boundary(
     before: Sequence[Point | None],
     after: Sequence[Point | None],
     policy: BillingPolicy,
+    *,
+    capacity: float | None = None,
 ) -> BoundaryRead | None:
     """Rules 1-3 of the module docstring; ``None`` means the boundary needs an estimate.
 
     ``before`` holds candidates at or before ``at``, ``after`` candidates at or after it;
-    candidates farther than the interpolation window are ignored.
+    candidates farther than the interpolation window are ignored. The two points interpolated
+    between are neighbours (nothing usable lies between them): a fall between them is judged
+    with the series margin.
     """
     window = policy.interpolation_window
     left = _nearest((p for p in before if p is not None and at - window <= p.ts <= at), at)
@@ -241,7 +287,14 @@ def resolve_boundary(
             assert exact is not None
             return BoundaryRead(exact.value, exact.method)
     if left is not None and right is not None:
-        value = interpolate(left, right, at, policy.rollover_margin)
+        value = interpolate(
+            left,
+            right,
+            at,
+            policy.series_rollover_margin,
+            capacity=capacity,
+            resolution=policy.rollback_resolution,
+        )
         if value is not None:
             return BoundaryRead(value, ReadMethod.INTERPOLATED)
     for point in (left, right):
@@ -252,28 +305,54 @@ def resolve_boundary(
     return None
 
 
-def daily_rate(first: Point, last: Point, policy: BillingPolicy) -> float | None:
+def daily_rate(
+    first: Point, last: Point, policy: BillingPolicy, *, capacity: float | None = None
+) -> float | None:
     """Average consumption per day between two points, when the span is long enough."""
     span = last.ts - first.ts
     if span < policy.min_rate_span:
         return None
-    used = advance(first.value, last.value, policy.rollover_margin)
+    used = advance(
+        first.value,
+        last.value,
+        policy.rollover_margin,
+        capacity=capacity,
+        resolution=policy.rollback_resolution,
+    )
     if used is None:
         return None
     return used / (span.total_seconds() / _DAY_S)
 
 
-def estimate_value(at: datetime, basis: Point, rate: float) -> float:
-    """The register at ``at`` projected from ``basis`` at ``rate`` per day (never below 0)."""
-    days = (at - basis.ts).total_seconds() / _DAY_S
-    return max(0.0, basis.value + rate * days)
+def estimate_value(
+    at: datetime, basis: Point, rate: float, *, capacity: float | None = None
+) -> float:
+    """The register at ``at`` projected from ``basis`` at ``rate`` per day.
+
+    With a registered ``capacity`` the projection wraps within the register's range, as the
+    register itself would; without one it is never below 0 and never wraps (nothing says at
+    which power of ten this register's digits end).
+    """
+    value = basis.value + rate * (at - basis.ts).total_seconds() / _DAY_S
+    if capacity is not None:
+        return value % capacity
+    return max(0.0, value)
 
 
-def classify_drops(drops: Iterable[tuple[float, float]], margin: float) -> tuple[int, int]:
-    """Count the falls of a series (previous, next value) as (rollovers, rollbacks)."""
+def classify_drops(
+    drops: Iterable[tuple[float, float]],
+    margin: float,
+    *,
+    capacity: float | None = None,
+    resolution: float = 0.0,
+) -> tuple[int, int]:
+    """Count the falls of a series (previous, next value) as (rollovers, rollbacks); falls by
+    no more than ``resolution`` are jitter and not counted."""
     rollovers = rollbacks = 0
     for prev, value in drops:
-        if is_rollover(prev, value, margin):
+        if value >= prev - resolution:
+            continue
+        if is_rollover(prev, value, margin, capacity=capacity):
             rollovers += 1
         else:
             rollbacks += 1
@@ -295,6 +374,54 @@ def read_time_problem(ts: datetime) -> str | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class PeriodAdvance:
+    """A period's consumption between its boundary reads, and what the register did."""
+
+    consumption: float | None
+    """``None`` when a read is unavailable or the register went backwards."""
+    rolled_over: bool
+    """The register wrapped between the reads, or the period's series shows it wrapping."""
+    went_back: bool
+    """The closing read is below the opening read and that is not a wrap."""
+
+
+def period_consumption(
+    opening: float | None,
+    closing: float | None,
+    falls: Iterable[tuple[float, float]],
+    policy: BillingPolicy,
+    *,
+    capacity: float | None = None,
+) -> PeriodAdvance:
+    """Consumption from a period's opening to its closing read, given the falls of the period's
+    series (each a pair of neighbouring readings, previous and next value).
+
+    A closing read below the opening read wrapped when the two reads look like a wrap (the wide
+    ``rollover_margin``, since they are a month apart) and the series does not contradict it: a
+    series that falls without ever rolling over (each fall judged with the narrow series margin)
+    shows the register going back — a meter exchanged or reset — not round. Falls within the
+    resolution are jitter, here and in the series.
+    """
+    rollovers, rollbacks = classify_drops(
+        falls,
+        policy.series_rollover_margin,
+        capacity=capacity,
+        resolution=policy.rollback_resolution,
+    )
+    if opening is None or closing is None:
+        return PeriodAdvance(None, rollovers > 0, went_back=False)
+    if closing >= opening - policy.rollback_resolution:
+        return PeriodAdvance(max(closing - opening, 0.0), rollovers > 0, went_back=False)
+    contradicted = rollbacks > 0 and rollovers == 0
+    if not contradicted and is_rollover(
+        opening, closing, policy.rollover_margin, capacity=capacity
+    ):
+        used = register_modulus(opening, capacity) - opening + closing
+        return PeriodAdvance(used, rolled_over=True, went_back=False)
+    return PeriodAdvance(None, rollovers > 0, went_back=True)
+
+
 def validate_read(
     *,
     ts: datetime,
@@ -303,6 +430,8 @@ def validate_read(
     following: Point | None,
     max_per_day: float,
     margin: float,
+    capacity: float | None = None,
+    resolution: float = 0.0,
     min_elapsed: timedelta = timedelta(hours=1),
 ) -> Verdict:
     """Check a read against the usable points before and after it.
@@ -315,7 +444,7 @@ def validate_read(
     if value < 0 or not math.isfinite(value):
         return Verdict(False, "invalid_value", f"register value {value!r} is not a reading")
     if previous is not None:
-        used = advance(previous.value, value, margin)
+        used = advance(previous.value, value, margin, capacity=capacity, resolution=resolution)
         if used is None:
             return Verdict(
                 False,
@@ -332,7 +461,11 @@ def validate_read(
                 f"{used:g} since {previous.ts.isoformat()} exceeds the plausible "
                 f"{limit:g} ({max_per_day:g} per day)",
             )
-    if following is not None and advance(value, following.value, margin) is None:
+    if (
+        following is not None
+        and advance(value, following.value, margin, capacity=capacity, resolution=resolution)
+        is None
+    ):
         return Verdict(
             False,
             "above_following_read",

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from psycopg import AsyncConnection
 
-from gateway.billing.core import BillingPolicy, advance, to_decimal
+from gateway.billing.core import BillingPolicy, period_consumption, to_decimal
 from gateway.billing.formats import CORRECTION_SCHEMA, CorrectionRow, FileFormat, encoder
 from gateway.billing.period import Period
 from gateway.billing.store import supersede_covered
@@ -57,12 +57,12 @@ class _Boundary:
 
 
 _BILLS: Final = (
-    "SELECT b.meter_id, b.channel, b.period,"
+    "SELECT b.meter_id, b.channel, b.period, m.register_max,"
     " b.opening_at, b.opening_read, eo.method, eo.actual_value, eo.actual_method,"
     " eo.superseded_at,"
     " b.closing_at, b.closing_read, ec.method, ec.actual_value, ec.actual_method,"
     " ec.superseded_at"
-    " FROM billing_estimated_bills b"
+    " FROM billing_estimated_bills b JOIN meters m USING (meter_id)"
     " LEFT JOIN billing_estimates eo ON eo.id = b.opening_estimate"
     " LEFT JOIN billing_estimates ec ON ec.id = b.closing_estimate"
     " WHERE (eo.superseded_at IS NOT NULL OR ec.superseded_at IS NOT NULL)"
@@ -73,10 +73,22 @@ _BILLS: Final = (
 
 
 def _adjustments(
-    meter_id: str, channel: str, period: str, boundaries: list[_Boundary], margin: float
+    meter_id: str,
+    channel: str,
+    period: str,
+    boundaries: list[_Boundary],
+    *,
+    policy: BillingPolicy,
+    capacity: float | None,
 ) -> list[CorrectionRow]:
     """One row per superseded estimate of one billed period, in the order they were replaced."""
     reads = {b.role: b.billed for b in boundaries}
+
+    def used() -> float | None:
+        return period_consumption(
+            reads["opening"], reads["closing"], (), policy, capacity=capacity
+        ).consumption
+
     rows: list[CorrectionRow] = []
     replaced = sorted(
         (b for b in boundaries if b.superseded_at is not None),
@@ -84,9 +96,9 @@ def _adjustments(
     )
     for b in replaced:
         assert b.actual is not None and b.method is not None and b.superseded_at is not None
-        before = advance(reads["opening"], reads["closing"], margin)
+        before = used()
         reads[b.role] = b.actual
-        after = advance(reads["opening"], reads["closing"], margin)
+        after = used()
         rows.append(
             CorrectionRow(
                 meter_id=meter_id,
@@ -117,7 +129,6 @@ async def correction_rows(
 ) -> AsyncGenerator[list[CorrectionRow], None]:
     """Rows for estimates superseded since ``since`` and/or of billed ``period``."""
     policy = policy or BillingPolicy()
-    margin = policy.rollover_margin
     async with conn.transaction():
         await supersede_covered(conn, policy, now=now)
         cur = await conn.execute(
@@ -126,12 +137,15 @@ async def correction_rows(
         )
         batch: list[CorrectionRow] = []
         for row in await cur.fetchall():
-            meter_id, channel, billed = row[:3]
+            meter_id, channel, billed, capacity = row[:4]
             boundaries = [
                 _Boundary(role, *row[start : start + 6])
-                for role, start in (("opening", 3), ("closing", 9))
+                for role, start in (("opening", 4), ("closing", 10))
             ]
-            for correction in _adjustments(meter_id, channel, billed, boundaries, margin):
+            adjustments = _adjustments(
+                meter_id, channel, billed, boundaries, policy=policy, capacity=capacity
+            )
+            for correction in adjustments:
                 if since is None or correction.superseded_at >= since:
                     batch.append(correction)
             if len(batch) >= _BATCH:

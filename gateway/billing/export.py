@@ -3,9 +3,12 @@
 One statement, read through a server-side cursor in batches, gives for each meter register
 the nearest usable telemetry and person's read on both sides of both boundaries (index probes
 on the keyed tables), the stored estimates at the boundaries, every fall of the register in
-the period (a window scan of the period's own series) and, when the detection feature's
-``alerts`` view exists, the rollback / stuck-register alerts overlapping the period. The pure
-core turns that into boundary reads and consumption. Boundaries that need an estimate are
+the period (a window scan of the period's own series, to tell a wrap from a register gone back)
+and, when the detection feature's ``alerts`` view exists, the rollback / stuck-register alerts
+overlapping the period, which are the row's flags of those kinds (on the register an alert
+names, or on the main register when it names none), and the meter's ``register_max``. The pure
+core turns that into boundary reads and consumption (a fall between the boundary reads is a
+wrap only if the series' falls do not contradict it). Boundaries that need an estimate are
 estimated and stored in the same transaction, so an export bills exactly what it stored; a
 period billed on an estimate is recorded as billed (``billing_estimated_bills``) for the
 corrections report.
@@ -26,8 +29,7 @@ from gateway.billing.core import (
     EstimateMethod,
     Point,
     ReadMethod,
-    advance,
-    classify_drops,
+    period_consumption,
     resolve_boundary,
     to_decimal,
 )
@@ -99,8 +101,9 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " WHERE a.meter_id = m.meter_id"
         " AND a.kind IN ('register_rollback', 'stuck_register')"
         " AND a.start < m.close_at AND coalesce(a.\"end\", 'infinity') > m.open_at"
-        " AND (a.evidence::jsonb ->> 'channel' IS NULL"
-        "      OR a.evidence::jsonb ->> 'channel' = c.channel)) al ON true"
+        # An alert names the register it judged, or none: then it is the main one (the
+        # stuck-register rule judges only that).
+        " AND coalesce(a.evidence::jsonb ->> 'channel' = c.channel, c.main)) al ON true"
         if alerts
         else " CROSS JOIN (SELECT NULL::text[] AS kinds) al"
     )
@@ -108,7 +111,7 @@ def _query(*, alerts: bool, utility: bool) -> str:
         "WITH p AS (SELECT make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) AS start,"
         " make_timestamp(%(year)s, %(month)s, 1, 0, 0, 0) + interval '1 month' AS stop,"
         " %(window)s::interval AS w),"
-        " m AS (SELECT meters.meter_id, meters.utility, meters.time_zone,"
+        " m AS (SELECT meters.meter_id, meters.utility, meters.time_zone, meters.register_max,"
         " p.start AT TIME ZONE meters.time_zone AS open_at,"
         " p.stop AT TIME ZONE meters.time_zone AS close_at"
         " FROM meters, p WHERE meters.utility IN ('electricity', 'water')"
@@ -117,7 +120,7 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " SELECT m.meter_id, m.utility, m.time_zone, c.channel, m.open_at, m.close_at, "
         + point_cols
         + ", eopen.id, eopen.value, eopen.method, eclose.id, eclose.value, eclose.method,"
-        " d.drop_from, d.drop_to, al.kinds"
+        " d.drop_from, d.drop_to, al.kinds, m.register_max"
         f" FROM m CROSS JOIN p JOIN (VALUES {_REGISTER_VALUES}) AS c(utility, channel, main)"
         " ON c.utility = m.utility"
         + probes
@@ -159,9 +162,16 @@ async def _boundary(
     stored: StoredEstimate | None,
     policy: BillingPolicy,
     now: datetime,
+    capacity: float | None,
 ) -> BoundaryRead:
     smart_before, smart_after, person_before, person_after = points
-    read = resolve_boundary(at, [smart_before, person_before], [smart_after, person_after], policy)
+    read = resolve_boundary(
+        at,
+        [smart_before, person_before],
+        [smart_after, person_after],
+        policy,
+        capacity=capacity,
+    )
     if read is not None:
         if stored is not None:
             await supersede(conn, stored.id, read)
@@ -170,7 +180,7 @@ async def _boundary(
         return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
     if at > now:
         return BoundaryRead(None, ReadMethod.UNAVAILABLE)  # not reached yet: nothing to estimate
-    return await make_estimate(conn, meter_id, channel, at, policy)
+    return await make_estimate(conn, meter_id, channel, at, policy, capacity=capacity)
 
 
 def _row(
@@ -181,21 +191,15 @@ def _row(
     policy: BillingPolicy,
 ) -> ExportRow:
     meter_id, utility, time_zone, channel, open_at, close_at = raw[:6]
-    drop_from, drop_to, alert_kinds = raw[-3:]
-    rollovers, rollbacks = classify_drops(
-        zip(drop_from or (), drop_to or (), strict=True), policy.rollover_margin
-    )
-    consumption: float | None = None
+    drop_from, drop_to, alert_kinds, capacity = raw[-4:]
+    falls = zip(drop_from or (), drop_to or (), strict=True)
+    used = period_consumption(opening.value, closing.value, falls, policy, capacity=capacity)
+    # A fall inside the series is flagged when detection found it a rollback (its alert, among
+    # the kinds): jitter and a meter clock set back are not.
     flags = set(alert_kinds or ())
-    if opening.value is not None and closing.value is not None:
-        consumption = advance(opening.value, closing.value, policy.rollover_margin)
-        if consumption is None:
-            rollbacks += 1
-        elif closing.value < opening.value:
-            rollovers = max(rollovers, 1)
-    if rollbacks:
+    if used.went_back:
         flags.add("register_rollback")
-    if rollovers:
+    if used.rolled_over:
         flags.add("register_rollover")
     return ExportRow(
         period=str(period),
@@ -212,7 +216,7 @@ def _row(
         closing_read=to_decimal(closing.value),
         closing_method=closing.method.value,
         closing_estimate=closing.estimate_method.value if closing.estimate_method else None,
-        consumption=to_decimal(consumption),
+        consumption=to_decimal(used.consumption),
         flags=";".join(sorted(flags)),
     )
 
@@ -262,6 +266,7 @@ async def _compose(
     now: datetime,
 ) -> ExportRow:
     meter_id, _utility, _tz, channel, open_at, close_at = raw[:6]
+    capacity = raw[-1]
     opening, closing = [
         await _boundary(
             conn,
@@ -272,6 +277,7 @@ async def _compose(
             stored=_stored(raw, 30 + 3 * b),
             policy=policy,
             now=now,
+            capacity=capacity,
         )
         for b, at in ((0, open_at), (1, close_at))
     ]

@@ -74,9 +74,13 @@ class SubmitResult:
     created: bool
 
 
-async def _meter(conn: AsyncConnection[Any], meter_id: str) -> tuple[str, str, float | None]:
+async def _meter(
+    conn: AsyncConnection[Any], meter_id: str
+) -> tuple[str, str, float | None, float | None]:
+    """The meter's utility, zone, plausibility limit (per day) and register capacity."""
     cur = await conn.execute(
-        "SELECT m.utility, m.time_zone, coalesce(sized.max_per_day, any_size.max_per_day)"
+        "SELECT m.utility, m.time_zone, coalesce(sized.max_per_day, any_size.max_per_day),"
+        " m.register_max"
         " FROM meters m LEFT JOIN billing_meter_sizes s USING (meter_id)"
         " LEFT JOIN billing_limits sized ON sized.utility = m.utility AND sized.size = s.size"
         " LEFT JOIN billing_limits any_size ON any_size.utility = m.utility"
@@ -86,7 +90,7 @@ async def _meter(conn: AsyncConnection[Any], meter_id: str) -> tuple[str, str, f
     row = await cur.fetchone()
     if row is None:
         raise NotFoundError(f"meter {meter_id!r} is not registered")
-    return row[0], row[1], row[2]
+    return row[0], row[1], row[2], row[3]
 
 
 async def _stored(
@@ -116,7 +120,7 @@ async def submit_read(
     """
     policy = policy or BillingPolicy()
     async with conn.transaction():
-        utility, time_zone, max_per_day = await _meter(conn, sub.meter_id)
+        utility, time_zone, max_per_day, capacity = await _meter(conn, sub.meter_id)
         ts = sub.ts if sub.ts.tzinfo else sub.ts.replace(tzinfo=ZoneInfo(time_zone))
         channel = sub.channel or MAIN_REGISTER.get(utility, "")
         reason = detail = None
@@ -149,6 +153,8 @@ async def submit_read(
                 following=following,
                 max_per_day=max_per_day or float("inf"),
                 margin=policy.rollover_margin,
+                capacity=capacity,
+                resolution=policy.rollback_resolution,
             )
             reason, detail = verdict.reason, verdict.detail
         status = "accepted" if reason is None else "rejected"

@@ -31,10 +31,10 @@ __all__ = [
     "MAIN_REGISTER",
     "REGISTERS",
     "StoredEstimate",
-    "boundary_read",
     "current_estimate",
     "point",
     "record_bill",
+    "register_max",
     "supersede",
     "supersede_covered",
 ]
@@ -102,6 +102,13 @@ async def point(
     return None if row is None else as_point(*row)
 
 
+async def register_max(conn: AsyncConnection[Any], meter_id: str) -> float | None:
+    """The meter's registered register capacity (``meters.register_max``), if any."""
+    cur = await conn.execute("SELECT register_max FROM meters WHERE meter_id = %s", (meter_id,))
+    row = await cur.fetchone()
+    return None if row is None else row[0]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredEstimate:
     id: int
@@ -127,13 +134,15 @@ async def resolve_actual(
     channel: str,
     at: datetime,
     policy: BillingPolicy,
+    *,
+    capacity: float | None,
 ) -> BoundaryRead | None:
     """Rules 1-3 at one boundary from the stored points; ``None`` when it needs an estimate."""
     window = policy.interpolation_window
     before = await point(conn, meter_id, channel, lo=at - window, hi=at, last=True)
     after = await point(conn, meter_id, channel, lo=at, hi=at + window, last=False)
     # The nearest usable point of each kind matters (a person's read beside telemetry).
-    return resolve_boundary(at, [before], [after], policy)
+    return resolve_boundary(at, [before], [after], policy, capacity=capacity)
 
 
 async def _rate(
@@ -145,18 +154,19 @@ async def _rate(
     basis: Point,
     method: EstimateMethod,
     policy: BillingPolicy,
+    capacity: float | None,
 ) -> float | None:
     if method is EstimateMethod.LAST_3_MONTHS:
         first = await point(
             conn, meter_id, channel, lo=shift_months(basis.ts, -3), hi=basis.ts, last=False
         )
-        return None if first is None else daily_rate(first, basis, policy)
+        return None if first is None else daily_rate(first, basis, policy, capacity=capacity)
     start, end = shift_months(at, -13), shift_months(at, -12)
     first = await point(conn, meter_id, channel, lo=start, hi=end, last=False)
     last = await point(conn, meter_id, channel, lo=start, hi=end, last=True)
     if first is None or last is None:
         return None
-    return daily_rate(first, last, policy)
+    return daily_rate(first, last, policy, capacity=capacity)
 
 
 async def make_estimate(
@@ -165,12 +175,15 @@ async def make_estimate(
     channel: str,
     at: datetime,
     policy: BillingPolicy,
+    *,
+    capacity: float | None,
 ) -> BoundaryRead:
     """Estimate the register at ``at``, store it (once) and return it.
 
     The basis is the latest usable point before ``at`` (else the earliest after it); the rate
     comes from the policy's method, or the other method when the meter lacks data for it.
-    The estimate is stored in ``billing_estimates`` and as an ``estimated`` reading.
+    ``capacity`` is the meter's ``register_max``. The estimate is stored in
+    ``billing_estimates`` and as an ``estimated`` reading.
     """
     stored = await current_estimate(conn, meter_id, channel, at)
     if stored is not None:
@@ -194,12 +207,13 @@ async def make_estimate(
             basis=basis,
             method=method,
             policy=policy,
+            capacity=capacity,
         )
         if rate is not None:
             break
     else:
         return BoundaryRead(None, ReadMethod.UNAVAILABLE)
-    value = estimate_value(at, basis, rate)
+    value = estimate_value(at, basis, rate, capacity=capacity)
     cur = await conn.execute(
         "INSERT INTO billing_estimates (meter_id, channel, boundary, value, method, daily_rate,"
         " basis_ts, basis_value) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
@@ -234,47 +248,6 @@ async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: Bounda
             " AND quality = 'estimated'",
             row,
         )
-
-
-async def period_bounds(
-    conn: AsyncConnection[Any], period: Period, time_zone: str
-) -> tuple[datetime, datetime]:
-    """The period's boundaries in ``time_zone``, computed as the export computes them."""
-    cur = await conn.execute(
-        "SELECT make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) AT TIME ZONE %(tz)s,"
-        " (make_timestamp(%(y)s, %(m)s, 1, 0, 0, 0) + interval '1 month') AT TIME ZONE %(tz)s",
-        {"y": period.year, "m": period.month, "tz": time_zone},
-    )
-    row = await cur.fetchone()
-    assert row is not None
-    return row[0], row[1]
-
-
-async def boundary_read(
-    conn: AsyncConnection[Any],
-    meter_id: str,
-    channel: str,
-    at: datetime,
-    policy: BillingPolicy,
-    *,
-    estimate: bool,
-) -> BoundaryRead:
-    """The boundary read as billing sees it now; superseding a stored estimate if covered.
-
-    With ``estimate=False`` an uncovered boundary without a stored estimate is
-    ``unavailable`` instead of being estimated (reports must not create estimates).
-    """
-    actual = await resolve_actual(conn, meter_id, channel, at, policy)
-    stored = await current_estimate(conn, meter_id, channel, at)
-    if actual is not None:
-        if stored is not None:
-            await supersede(conn, stored.id, actual)
-        return actual
-    if stored is not None:
-        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
-    if not estimate:
-        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
-    return await make_estimate(conn, meter_id, channel, at, policy)
 
 
 async def record_bill(
@@ -333,7 +306,8 @@ async def supersede_covered(
     their boundary; each is then resolved by the boundary rules, as an export would.
     """
     cur = await conn.execute(
-        "SELECT e.id, e.meter_id, e.channel, e.boundary FROM billing_estimates e"
+        "SELECT e.id, e.meter_id, e.channel, e.boundary, m.register_max"
+        " FROM billing_estimates e JOIN meters m USING (meter_id)"
         " WHERE e.superseded_at IS NULL AND e.boundary <= %(now)s AND (EXISTS ("
         " SELECT 1 FROM reading_data r WHERE r.meter_id = e.meter_id AND r.channel = e.channel"
         " AND r.quality <> 'estimated' AND r.ts >= e.boundary - %(w)s"
@@ -344,8 +318,8 @@ async def supersede_covered(
         {"now": now, "w": policy.interpolation_window},
     )
     count = 0
-    for estimate_id, meter_id, channel, at in await cur.fetchall():
-        actual = await resolve_actual(conn, meter_id, channel, at, policy)
+    for estimate_id, meter_id, channel, at, capacity in await cur.fetchall():
+        actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
         if actual is not None:
             await supersede(conn, estimate_id, actual)
             count += 1
@@ -366,9 +340,10 @@ async def covering_estimates(
         " AND superseded_at IS NULL ORDER BY boundary FOR UPDATE SKIP LOCKED",
         (meter_id, channel),
     )
+    capacity = await register_max(conn, meter_id)
     count = 0
     for estimate_id, at in await cur.fetchall():
-        actual = await resolve_actual(conn, meter_id, channel, at, policy)
+        actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
         if actual is not None:
             await supersede(conn, estimate_id, actual)
             count += 1

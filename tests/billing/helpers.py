@@ -19,6 +19,9 @@ from gateway.billing.core import ReadSource
 from gateway.billing.export import export_bytes
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, submit_read
+from gateway.detection.model import Rules
+from gateway.detection.service import evaluate_windows
+from gateway.detection.store import Window
 
 ZA = "Africa/Johannesburg"  # UTC+2 all year: November 2026 opens 2026-10-31T22:00Z
 NOV_OPEN = datetime(2026, 10, 31, 22, tzinfo=UTC)
@@ -60,6 +63,15 @@ def series(
         out.append((ts, first + per_hour * (ts - start).total_seconds() / 3600))
         ts += step
     return out
+
+
+async def run_detection(url: str, *meter_ids: str) -> None:
+    """Judge the meters' stored readings with the detection rules and store the alerts they
+    raise, as the detection loop does."""
+    lo, hi = datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC)
+    async with await psycopg.AsyncConnection.connect(url) as conn, conn.transaction():
+        windows = [Window(meter_id, lo, hi) for meter_id in meter_ids]
+        await evaluate_windows(conn, windows, Rules(), datetime.now(UTC))
 
 
 _TRAILER = re.compile(r"# end rows=(\d+) sha256=([0-9a-f]{64})\r\n")

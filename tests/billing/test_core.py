@@ -21,6 +21,7 @@ from gateway.billing.core import (
     estimate_value,
     interpolate,
     is_rollover,
+    period_consumption,
     read_time_problem,
     register_modulus,
     resolve_boundary,
@@ -53,6 +54,91 @@ def test_rollover_only_from_the_top_to_the_bottom_of_the_range() -> None:
     assert advance(99_990.0, 15.0, 0.1) == pytest.approx(25.0)
     assert advance(100.0, 130.5, 0.1) == pytest.approx(30.5)
     assert advance(500.0, 400.0, 0.1) is None
+
+
+def test_a_registered_capacity_is_where_the_register_wraps() -> None:
+    # a 16-bit counter (register_max 65 536) wraps far below the next power of ten
+    assert register_modulus(65_500.0, 65_536.0) == 65_536.0
+    assert register_modulus(65_500.0, None) == 100_000.0
+    assert is_rollover(65_500.0, 20.0, 0.1, capacity=65_536.0)
+    assert not is_rollover(65_500.0, 20.0, 0.1)  # at the power of ten it is a rollback
+    assert advance(65_500.0, 20.0, 0.1, capacity=65_536.0) == pytest.approx(56.0)
+    assert advance(65_500.0, 20.0, 0.1) is None
+    # 2^32 Wh counted in kWh
+    assert advance(4_294_960.0, 3.0, 0.01, capacity=4_294_967.0) == pytest.approx(10.0)
+    # a register showing more than its registered capacity did not wrap at it
+    assert not is_rollover(70_000.0, 5.0, 0.1, capacity=65_536.0)
+    # the narrow margin of neighbouring readings: 1 % of 65 536 is 655.36
+    assert is_rollover(65_000.0, 100.0, 0.01, capacity=65_536.0)
+    assert not is_rollover(64_000.0, 100.0, 0.01, capacity=65_536.0)
+
+
+def test_interpolation_across_a_registered_capacity() -> None:
+    # 65 535 at 23:00, 2 at 02:00 on a 65 536 register: 3 over 3 h -> 65 536 = 0 at midnight
+    before, after = Point(at(-1), 65_535.0), Point(at(2), 2.0)
+    read = resolve_boundary(T0, [before], [after], POLICY, capacity=65_536.0)
+    assert read is not None and read.method is ReadMethod.INTERPOLATED
+    assert read.value == pytest.approx(0.0, abs=1e-9)
+    assert interpolate(before, after, at(1), 0.01, capacity=65_536.0) == pytest.approx(1.0)
+    assert resolve_boundary(T0, [before], [after], POLICY) is None  # 100 000: a rollback
+
+
+def test_estimates_across_a_registered_capacity() -> None:
+    first = Point(T0 - timedelta(days=30), 65_236.0)
+    last = Point(T0 - timedelta(days=10), 64.0)  # 300 + 64 over 20 days
+    assert daily_rate(first, last, POLICY, capacity=65_536.0) == pytest.approx(18.2)
+    assert daily_rate(first, last, POLICY) is None
+    # projected past the capacity the register shows the wrapped value, as the meter would
+    basis = Point(T0 - timedelta(days=2), 65_530.0)
+    assert estimate_value(T0, basis, 5.0, capacity=65_536.0) == pytest.approx(4.0)
+    assert estimate_value(T0, basis, 5.0) == pytest.approx(65_540.0)  # digits unknown: no wrap
+    # projected back across the wrap
+    after = Point(T0 + timedelta(days=1), 3.0)
+    assert estimate_value(T0, after, 5.0, capacity=65_536.0) == pytest.approx(65_534.0)
+
+
+def test_period_consumption_across_a_wrap() -> None:
+    # boundary reads a month apart on a 65 536 register; the series saw the wrap
+    wrapped = period_consumption(65_400.0, 224.0, [(65_535.5, 0.5)], POLICY, capacity=65_536.0)
+    assert wrapped.consumption == pytest.approx(360.0)
+    assert (wrapped.rolled_over, wrapped.went_back) == (True, False)
+    # nothing in between (person's reads, estimates): the two reads decide, with the wide margin
+    unseen = period_consumption(99_100.0, 700.0, [], POLICY)
+    assert unseen.consumption == pytest.approx(1_600.0)
+    assert unseen.rolled_over
+    # a meter exchanged at 93 010 for a new one: the two reads look like a wrap of 7 500 (wide
+    # margin), but the series fell from mid-range without ever rolling over: it went back
+    swap = period_consumption(93_000.0, 500.0, [(93_010.0, 0.0)], POLICY)
+    assert (swap.consumption, swap.rolled_over, swap.went_back) == (None, False, True)
+    # a fall from mid-range is never a wrap; a rise is consumption
+    assert period_consumption(50_000.0, 500.0, [], POLICY).went_back
+    plain = period_consumption(100.0, 130.0, [], POLICY)
+    assert (plain.consumption, plain.rolled_over, plain.went_back) == (30.0, False, False)
+    missing = period_consumption(None, 130.0, [(99_999.0, 1.0)], POLICY)
+    assert (missing.consumption, missing.rolled_over) == (None, True)
+
+
+def test_a_fall_within_the_resolution_is_jitter() -> None:
+    assert advance(1000.0004, 1000.0001, 0.1, resolution=0.001) == 0.0
+    assert advance(1000.0004, 1000.0001, 0.1) is None
+    assert advance(1000.0, 999.0, 0.1, resolution=0.001) is None
+    # an idle register jittering across a boundary is interpolated, not refused
+    jitter = resolve_boundary(T0, [Point(at(-1), 7.0004)], [Point(at(1), 7.0001)], POLICY)
+    assert jitter is not None and jitter.value == pytest.approx(7.0004)
+    assert classify_drops([(7.0004, 7.0001), (500.0, 480.0)], 0.01, resolution=0.001) == (0, 1)
+    idle = period_consumption(7.0004, 7.0001, [(7.0004, 7.0001)], POLICY)
+    assert (idle.consumption, idle.rolled_over, idle.went_back) == (0.0, False, False)
+    prev = Point(T0, 1000.0004)
+    ok = validate_read(
+        ts=at(48),
+        value=1000.0,
+        previous=prev,
+        following=None,
+        max_per_day=50,
+        margin=0.1,
+        resolution=0.001,
+    )
+    assert ok.accepted
 
 
 def test_interpolation_is_linear_in_time() -> None:
@@ -209,9 +295,19 @@ def test_policy_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setenv("GATEWAY_BILLING_INTERPOLATION_HOURS", "6")
     monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "same_month_last_year")
+    monkeypatch.setenv(
+        "GATEWAY_DETECTION_RULES", '{"rollover_margin": 0.02, "rollback_resolution": 0.01}'
+    )
     policy = load_policy()
     assert policy.interpolation_window == timedelta(hours=6)
     assert policy.estimate_method is EstimateMethod.SAME_MONTH_LAST_YEAR
+    # neighbouring readings roll over, and jitter, as detection says they do: one setting
+    assert (policy.series_rollover_margin, policy.rollover_margin) == (0.02, 0.1)
+    assert policy.rollback_resolution == 0.01
+    monkeypatch.setenv("GATEWAY_DETECTION_RULES", '{"rollover_margin": 0.5}')
+    with pytest.raises(ConfigError, match="GATEWAY_DETECTION_RULES"):
+        load_policy()
+    monkeypatch.delenv("GATEWAY_DETECTION_RULES")
     monkeypatch.setenv("GATEWAY_BILLING_ESTIMATE_METHOD", "guess")
     with pytest.raises(ConfigError, match="GATEWAY_BILLING_ESTIMATE_METHOD"):
         load_policy()

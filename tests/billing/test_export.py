@@ -19,6 +19,7 @@ from tests.billing.helpers import (
     add_meter,
     add_readings,
     csv_rows,
+    run_detection,
     series,
     utc,
 )
@@ -27,7 +28,7 @@ NOV = Period(2026, 11)
 
 
 @pytest.fixture
-def fleet(database_url: str) -> str:
+async def fleet(database_url: str) -> str:
     with psycopg.connect(database_url, autocommit=True) as conn:
         # E1: hourly, 0.5 kWh/h, readings on both boundaries -> actual / actual, 720 h * 0.5
         add_meter(conn, "E1", "electricity")
@@ -67,7 +68,8 @@ def fleet(database_url: str) -> str:
                 (utc("2026-12-01T00:00"), 30.0),
             ],
         )
-        # E3: a rollback inside the period (150 -> 120), boundaries exact: 100 -> 200
+        # E3: a rollback inside the period (150 -> 120), boundaries exact: 100 -> 200; the row
+        # is flagged from detection's alert
         add_meter(conn, "E3", "electricity")
         add_readings(
             conn,
@@ -87,6 +89,8 @@ def fleet(database_url: str) -> str:
             "2.8.0",
             series(utc("2026-10-31T00:00"), utc("2026-12-01T12:00"), timedelta(hours=1), 10, 0.1),
         )
+    # the detection feature judges readings as they arrive: E3's fall is a register_rollback
+    await run_detection(database_url, "E1", "E2", "E3", "W1")
     return database_url
 
 
@@ -185,19 +189,142 @@ async def test_parquet_is_streamed_in_row_groups(fleet: str) -> None:
 
 async def test_detection_alerts_flag_the_row(fleet: str) -> None:
     with psycopg.connect(fleet, autocommit=True) as conn:
-        # what the detection feature stores behind its `alerts` view
+        # E8: hourly; the import register stands still from 00:00 to 10:00 on 10 November
+        # while the meter's own power channel shows 1 kW: detection raises stuck_register, and
+        # its evidence names no channel (the rule judges the main register only).
+        # E8 also exports energy on 2.8.0.
+        add_meter(conn, "E8", "electricity")
+        start, stuck_at = utc("2026-10-31T00:00"), utc("2026-11-10T00:00")  # 240 h apart
+        hours = range(32 * 24)
+        frozen = [min(max(h - 240, 0), 10) for h in hours]
+        at = [start + timedelta(hours=h) for h in hours]
+        add_readings(conn, "E8", "1.8.0", [(at[h], 500 + h - frozen[h]) for h in hours])
+        add_readings(conn, "E8", "1.7.0", [(at[h], 1.0) for h in hours])
+        add_readings(conn, "E8", "2.8.0", [(at[h], 10 + h / 10) for h in hours])
+        # what the detection feature stores behind its `alerts` view:
+        # ended before November, so not this period; and a kind billing does not flag
         conn.execute(
             "INSERT INTO alert_data (meter_id, kind, severity, start_ts, end_ts, evidence) VALUES"
-            " ('E1', 'stuck_register', 'warning', '2026-11-20', NULL, '{\"channel\": \"1.8.0\"}'),"
-            # ended before November: not this period
-            " ('E2', 'register_rollback', 'critical', '2026-10-01', '2026-10-02', '{}'),"
+            " ('E2', 'register_rollback', 'critical', '2026-10-01', '2026-10-02',"
+            '  \'{"channel": "1.8.0", "previous": 420, "value": 410, "drop": 10}\'),'
             " ('W1', 'leak', 'warning', '2026-11-02', NULL, '{}')"
         )
+    await run_detection(fleet, "E8")
+    with psycopg.connect(fleet) as conn:
+        stuck = conn.execute(
+            "SELECT start, evidence FROM alerts WHERE meter_id = 'E8' AND kind = 'stuck_register'"
+        ).fetchall()
+    assert [(ts, "channel" in evidence) for ts, evidence in stuck] == [(stuck_at, False)]
     rows = _rows(await _export(fleet))
-    assert rows["E1", "1.8.0"]["flags"] == "stuck_register"
-    assert rows["E1", "2.8.0"]["flags"] == ""  # the alert names the import register
+    assert rows["E8", "1.8.0"]["flags"] == "stuck_register"
+    assert rows["E8", "2.8.0"]["flags"] == ""  # detection judged the main register only
+    assert rows["E1", "1.8.0"]["flags"] == ""
     assert rows["E2", "1.8.0"]["flags"] == ""
     assert rows["W1", "24.2.1"]["flags"] == "register_rollover"
+
+
+async def test_register_capacity_and_meter_exchange(fleet: str) -> None:
+    hourly = timedelta(hours=1)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # E10: a 16-bit register (register_max 65 536), hourly, 0.5 kWh/h, readings on both
+        # boundaries; it wraps on 21 November: 65 400 -> 65 760 - 65 536 = 224, 360 kWh
+        add_meter(conn, "E10", "electricity")
+        conn.execute("UPDATE meters SET register_max = 65536 WHERE meter_id = 'E10'")
+        add_readings(
+            conn,
+            "E10",
+            "1.8.0",
+            [(ts, v % 65_536) for ts, v in series(NOV_OPEN, NOV_CLOSE, hourly, 65_400, 0.5)],
+        )
+        # E11: a register of 2^32 Wh shown in kWh (register_max 4 294 967), read every 2 h
+        # at odd hours, 1 kWh/h: both boundaries are interpolated, the closing one across the
+        # wrap: 4 294 966 at 21:00Z, 1 at 23:00Z -> 0 at 22:00Z; opening 4 294 247
+        add_meter(conn, "E11", "electricity")
+        conn.execute("UPDATE meters SET register_max = 4294967 WHERE meter_id = 'E11'")
+        start = utc("2026-10-30T23:00")
+        add_readings(
+            conn,
+            "E11",
+            "1.8.0",
+            [
+                (ts, v % 4_294_967)
+                for ts, v in series(start, utc("2026-12-01T01:00"), 2 * hourly, 4_294_966 - 742, 1)
+            ],
+        )
+        # E12 (no register_max: wraps at 100 000): exchanged on 15 November after 93 173.5
+        # for a new meter starting at 0, 0.5 kWh/h throughout. The boundary reads, 93 000 and
+        # 0.5 * 372 h = 186, would look like a wrap within the wide margin; the series shows a
+        # fall from mid-range that is no rollover: the register went back, not round
+        add_meter(conn, "E12", "electricity")
+        swap = utc("2026-11-15T10:00")
+        old = series(NOV_OPEN, swap - hourly, hourly, 93_000, 0.5)
+        new = series(swap, NOV_CLOSE, hourly, 0, 0.5)
+        add_readings(conn, "E12", "1.8.0", old + new)
+    rows = _rows(await _export(fleet))
+    e10 = rows["E10", "1.8.0"]
+    assert (e10["opening_read"], e10["closing_read"]) == ("65400.000", "224.000")
+    assert (e10["consumption"], e10["flags"]) == ("360.000", "register_rollover")
+    e11 = rows["E11", "1.8.0"]
+    assert (e11["opening_method"], e11["closing_method"]) == ("interpolated", "interpolated")
+    assert (e11["opening_read"], e11["closing_read"]) == ("4294247.000", "0.000")
+    assert (e11["consumption"], e11["flags"]) == ("720.000", "register_rollover")
+    e12 = rows["E12", "1.8.0"]
+    assert (e12["opening_read"], e12["closing_read"]) == ("93000.000", "186.000")
+    assert (e12["consumption"], e12["flags"]) == ("", "register_rollback")
+
+
+async def test_rollback_flag_is_what_detection_found(fleet: str) -> None:
+    hourly = timedelta(hours=1)
+    month = series(NOV_OPEN, NOV_CLOSE, hourly, 0, 0.5)  # (ts, kWh since the opening)
+    with psycopg.connect(fleet, autocommit=True) as conn:
+        # E13: idle, its register jittering below its 0.001 resolution: 2000.0004 at the
+        # opening, 2000.0001 / 2000.0004 in turn, 2000.0001 at the closing
+        add_meter(conn, "E13", "electricity")
+        jitter = [(ts, (2000.0004, 2000.0001)[i % 2]) for i, (ts, _) in enumerate(month)]
+        add_readings(conn, "E13", "1.8.0", [*jitter[:-1], (NOV_CLOSE, 2000.0001)])
+        # E14: 0.5 kWh/h, received on time, but on 10 November its clock was set back 45 min
+        # for two readings: the one read at 10:30 is stamped 09:45, the one read at 11:00 is
+        # stamped 10:15. In time-stamp order the register falls from 09:45 to 10:00; in the
+        # order the meter read them it never went down
+        add_meter(conn, "E14", "electricity")
+        t10 = utc("2026-11-10T10:00")
+        late = {t10 - hourly / 4: t10 + hourly / 2, t10 + hourly / 4: t10 + hourly}
+        readings = [(ts, 3000 + used, ts) for ts, used in month if ts != t10 + hourly]
+        readings += [
+            (stamped, 3000 + 0.5 * (read - NOV_OPEN) / hourly, read)
+            for stamped, read in late.items()
+        ]
+        conn.cursor().executemany(
+            "INSERT INTO reading_data (meter_id, channel, ts, value, received_at)"
+            " VALUES ('E14', '1.8.0', %s, %s, %s)",
+            readings,
+        )
+        # E15: a genuine fall inside the period (the register set back by 50 kWh on
+        # 10 November), boundaries exact: 4000 -> 4000 + 360 - 50
+        add_meter(conn, "E15", "electricity")
+        add_readings(
+            conn,
+            "E15",
+            "1.8.0",
+            [(ts, 4000 + used - 50 * (ts > t10)) for ts, used in month],
+        )
+    rows_before = _rows(await _export(fleet))
+    await run_detection(fleet, "E13", "E14", "E15")
+    with psycopg.connect(fleet) as conn:
+        found = conn.execute(
+            "SELECT meter_id, evidence ->> 'channel' FROM alerts"
+            " WHERE kind = 'register_rollback' AND meter_id IN ('E13', 'E14', 'E15')"
+        ).fetchall()
+    assert found == [("E15", "1.8.0")]
+    rows = _rows(await _export(fleet))
+    e13 = rows["E13", "1.8.0"]
+    assert (e13["opening_read"], e13["closing_read"]) == ("2000.000", "2000.000")
+    assert (e13["consumption"], e13["flags"]) == ("0.000", "")
+    assert (rows["E14", "1.8.0"]["consumption"], rows["E14", "1.8.0"]["flags"]) == ("360.000", "")
+    e15 = rows["E15", "1.8.0"]
+    assert (e15["consumption"], e15["flags"]) == ("310.000", "register_rollback")
+    # the flag is detection's finding: before detection judged E15's readings there was none
+    assert rows_before["E15", "1.8.0"]["flags"] == ""
 
 
 async def test_person_reads_at_boundaries(fleet: str) -> None:

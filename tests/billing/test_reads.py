@@ -80,6 +80,19 @@ async def test_reads_are_validated_against_history(meters: str) -> None:
             await decide_review(conn, high.read.id, accept=False, actor="operator-1")
 
 
+async def test_reads_roll_over_at_the_registered_capacity(meters: str) -> None:
+    with psycopg.connect(meters, autocommit=True) as conn:
+        add_meter(conn, "E16", "electricity")  # a 16-bit register: register_max 65 536
+        conn.execute("UPDATE meters SET register_max = 65536 WHERE meter_id = 'E16'")
+        add_readings(conn, "E16", "1.8.0", [(utc("2026-11-01T00:00"), 65_530.0)])
+    async with await psycopg.AsyncConnection.connect(meters) as conn:
+        # 6 to the wrap and 10 after it: consumption, not a fall below the previous read
+        wrap = await submit_read(conn, read("E16", "2026-11-02T00:00", 10.0), actor="t")
+        assert (wrap.read.status, wrap.read.reason) == ("accepted", None)
+        back = await submit_read(conn, read("E16", "2026-11-03T00:00", 8.0), actor="t")
+        assert (back.read.status, back.read.reason) == ("rejected", "below_previous_read")
+
+
 FILE = """meter_id,register,read_at,value,source,reader,photo_ref
 E1,1.8.0,2026-11-05T08:30:00+02:00,1120.5,meter_reader,R. Mokoena,photos/e1.jpg
 E1,,2026-11-06T08:30:00,not-a-number,meter_reader,R. Mokoena,
