@@ -137,6 +137,12 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " OR closesb.ts IS NOT NULL OR closesa.ts IS NOT NULL"
         " OR openpb.ts IS NOT NULL OR openpa.ts IS NOT NULL"
         " OR closepb.ts IS NOT NULL OR closepa.ts IS NOT NULL"
+        " OR EXISTS (SELECT 1 FROM reading_data r WHERE r.meter_id = m.meter_id"
+        " AND r.channel = c.channel AND r.quality <> 'estimated'"
+        " AND r.ts > m.open_at AND r.ts < m.close_at)"
+        " OR EXISTS (SELECT 1 FROM billing_reads r WHERE r.meter_id = m.meter_id"
+        " AND r.channel = c.channel AND r.status = 'accepted'"
+        " AND r.ts > m.open_at AND r.ts < m.close_at)"
         " ORDER BY m.meter_id, c.channel"
     )
 

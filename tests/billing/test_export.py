@@ -342,3 +342,28 @@ async def test_person_reads_at_boundaries(fleet: str) -> None:
     assert (e7["opening_method"], e7["opening_read"]) == ("customer", "40.000")
     assert (e7["closing_method"], e7["closing_read"]) == ("manual", "95.500")
     assert e7["consumption"] == "55.500"
+
+
+async def test_a_second_register_with_data_only_inside_the_period_gets_its_row(
+    database_url: str,
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        add_meter(conn, "E20", "electricity")
+        add_readings(conn, "E20", "1.8.0", [(NOV_OPEN, 10.0), (NOV_CLOSE, 70.0)])
+        # export began on 10 November: nothing near either boundary
+        add_readings(
+            conn,
+            "E20",
+            "2.8.0",
+            series(utc("2026-11-10T00:00"), utc("2026-11-20T00:00"), timedelta(days=1), 0, 0.5),
+        )
+        add_meter(conn, "E21", "electricity")  # no export at all: no second row
+        add_readings(conn, "E21", "1.8.0", [(NOV_OPEN, 5.0), (NOV_CLOSE, 6.0)])
+    rows = _rows(await _export(database_url))
+    assert sorted(rows) == [("E20", "1.8.0"), ("E20", "2.8.0"), ("E21", "1.8.0")]
+    second = rows["E20", "2.8.0"]
+    # nothing to estimate the opening from (no history before 10 November): not billable,
+    # and shown so rather than left out
+    assert (second["opening_method"], second["consumption"]) == ("unavailable", "")
+    # the closing is estimated from 10-20 November: 12 kWh/day, 10 d 22 h after 120 -> 251
+    assert (second["closing_method"], second["closing_read"]) == ("estimated", "251.000")
