@@ -161,7 +161,16 @@ async def _rate(
             conn, meter_id, channel, lo=shift_months(basis.ts, -3), hi=basis.ts, last=False
         )
         return None if first is None else daily_rate(first, basis, policy, capacity=capacity)
-    start, end = shift_months(at, -13), shift_months(at, -12)
+    # the calendar month before the boundary, a year earlier, in the meter's own time zone
+    cur = await conn.execute(
+        "SELECT (%(at)s AT TIME ZONE time_zone - interval '13 months') AT TIME ZONE time_zone,"
+        " (%(at)s AT TIME ZONE time_zone - interval '12 months') AT TIME ZONE time_zone"
+        " FROM meters WHERE meter_id = %(m)s",
+        {"at": at, "m": meter_id},
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    start, end = row
     first = await point(conn, meter_id, channel, lo=start, hi=end, last=False)
     last = await point(conn, meter_id, channel, lo=start, hi=end, last=True)
     if first is None or last is None:

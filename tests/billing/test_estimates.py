@@ -291,3 +291,28 @@ async def test_a_read_does_not_wait_for_an_export_holding_the_estimate(silent_me
     # the next corrections report supersedes it with the accepted read
     corrections = await _corrections(url)
     assert [(r["boundary"], r["actual_read"]) for r in corrections] == [("closing", "1150.000")]
+
+
+async def test_same_month_last_year_is_the_meters_own_calendar_month(database_url: str) -> None:
+    from gateway.billing.core import BillingPolicy, EstimateMethod  # noqa: PLC0415
+    from gateway.billing.export import export_rows  # noqa: PLC0415
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        add_meter(conn, "E7", "electricity")
+        # October 2025 (local) at 10 kWh/day, November 2025 at 2 kWh/day, hourly; then one
+        # read on 1 October 2026
+        october = series(
+            utc("2025-09-30T22:00"), utc("2025-10-31T21:00"), timedelta(hours=1), 0, 10 / 24
+        )
+        november = series(
+            utc("2025-10-31T22:00"), utc("2025-11-30T22:00"), timedelta(hours=1), 310, 2 / 24
+        )
+        add_readings(conn, "E7", "1.8.0", [*october, *november])
+        add_readings(conn, "E7", "1.8.0", [(utc("2026-10-01T00:00"), 5000.0)])
+    policy = BillingPolicy(estimate_method=EstimateMethod.SAME_MONTH_LAST_YEAR)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        (row,) = [r async for b in export_rows(conn, NOV, policy=policy, now=LATER) for r in b]
+    # November 2025 in Johannesburg is 31 Oct 22:00Z - 30 Nov 22:00Z: 2 kWh/day exactly (a
+    # window on UTC dates would start on 30 October and take in a day of October's 10)
+    assert row.closing_estimate == "same_month_last_year"
+    assert row.closing_read == Decimal("5121.833")  # 5000 + 2 x 60 d 22 h
