@@ -141,6 +141,7 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
                 now=datetime.now(UTC),
                 period=args.period,
                 since=args.since,
+                new=args.new,
                 policy=policy,
             ),
             args.out,
@@ -253,6 +254,11 @@ def add_commands(sub: Any, run: Runner) -> Any:
     corrections.add_argument("--period", type=_period, help="only this billed period (YYYY-MM)")
     corrections.add_argument(
         "--since", type=_instant, help="only estimates superseded at or after this time"
+    )
+    corrections.add_argument(
+        "--new",
+        action="store_true",
+        help="only rows no earlier --new report delivered, and mark them delivered",
     )
     corrections.add_argument("--format", choices=("csv", "parquet"), default="csv")
     corrections.add_argument("--out", help="output file (default: standard output)")

@@ -400,7 +400,9 @@ def period_consumption(
     A closing read below the opening read wrapped when the two reads look like a wrap (the wide
     ``rollover_margin``, since they are a month apart) and the series does not contradict it: a
     series that falls without ever rolling over (each fall judged with the narrow series margin)
-    shows the register going back — a meter exchanged or reset — not round. Falls within the
+    shows the register going back — a meter exchanged or reset — not round; a series that
+    rolls over exactly once and never falls otherwise confirms the wrap, even when the reads are
+    outside that margin (a period that used much of the register's range). Falls within the
     resolution are jitter, here and in the series.
     """
     rollovers, rollbacks = classify_drops(
@@ -413,9 +415,13 @@ def period_consumption(
         return PeriodAdvance(None, rollovers > 0, went_back=False)
     if closing >= opening - policy.rollback_resolution:
         return PeriodAdvance(max(closing - opening, 0.0), rollovers > 0, went_back=False)
+    # The series shows the register going round once and nothing else: that is the wrap,
+    # however much of the register's range the period used.
+    confirmed = rollovers == 1 and rollbacks == 0
     contradicted = rollbacks > 0 and rollovers == 0
-    if not contradicted and is_rollover(
-        opening, closing, policy.rollover_margin, capacity=capacity
+    if confirmed or (
+        not contradicted
+        and is_rollover(opening, closing, policy.rollover_margin, capacity=capacity)
     ):
         used = register_modulus(opening, capacity) - opening + closing
         return PeriodAdvance(used, rolled_over=True, went_back=False)

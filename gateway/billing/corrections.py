@@ -54,21 +54,32 @@ class _Boundary:
     actual: float | None
     actual_method: str | None
     superseded_at: datetime | None
+    reported_at: datetime | None
+    """When a ``new`` report delivered this boundary's row; None: not yet."""
 
 
 _BILLS: Final = (
-    "SELECT b.meter_id, b.channel, b.period, m.register_max,"
+    "SELECT b.meter_id, b.channel, b.period, m.register_max, b.consumption,"
     " b.opening_at, b.opening_read, eo.method, eo.actual_value, eo.actual_method,"
-    " eo.superseded_at,"
+    " eo.superseded_at, b.opening_reported_at,"
     " b.closing_at, b.closing_read, ec.method, ec.actual_value, ec.actual_method,"
-    " ec.superseded_at"
+    " ec.superseded_at, b.closing_reported_at"
     " FROM billing_estimated_bills b JOIN meters m USING (meter_id)"
     " LEFT JOIN billing_estimates eo ON eo.id = b.opening_estimate"
     " LEFT JOIN billing_estimates ec ON ec.id = b.closing_estimate"
     " WHERE (eo.superseded_at IS NOT NULL OR ec.superseded_at IS NOT NULL)"
     " AND greatest(eo.superseded_at, ec.superseded_at) >= %(since)s"
     " AND (%(period)s::text IS NULL OR b.period = %(period)s)"
+    " AND (NOT %(new)s OR (eo.superseded_at IS NOT NULL AND b.opening_reported_at IS NULL)"
+    "      OR (ec.superseded_at IS NOT NULL AND b.closing_reported_at IS NULL))"
     " ORDER BY b.meter_id, b.channel, b.period"
+)
+_BILLS_NEW: Final = _BILLS + " FOR UPDATE OF b"
+_DELIVERED: Final = (
+    "UPDATE billing_estimated_bills SET"
+    " opening_reported_at = CASE WHEN %(opening)s THEN now() ELSE opening_reported_at END,"
+    " closing_reported_at = CASE WHEN %(closing)s THEN now() ELSE closing_reported_at END"
+    " WHERE meter_id = %(meter_id)s AND channel = %(channel)s AND period = %(period)s"
 )
 
 
@@ -78,10 +89,15 @@ def _adjustments(
     period: str,
     boundaries: list[_Boundary],
     *,
+    billed: float | None,
     policy: BillingPolicy,
     capacity: float | None,
-) -> list[CorrectionRow]:
-    """One row per superseded estimate of one billed period, in the order they were replaced."""
+) -> list[tuple[_Boundary, CorrectionRow]]:
+    """One row per superseded estimate of one billed period, in the order they were replaced.
+
+    The first starts from the consumption as billed (``billed``); each later one from the
+    figure the row before it corrected to.
+    """
     reads = {b.role: b.billed for b in boundaries}
 
     def used() -> float | None:
@@ -89,33 +105,33 @@ def _adjustments(
             reads["opening"], reads["closing"], (), policy, capacity=capacity
         ).consumption
 
-    rows: list[CorrectionRow] = []
+    rows: list[tuple[_Boundary, CorrectionRow]] = []
+    before = billed
     replaced = sorted(
         (b for b in boundaries if b.superseded_at is not None),
         key=lambda b: (b.superseded_at, b.role != "opening"),
     )
     for b in replaced:
         assert b.actual is not None and b.method is not None and b.superseded_at is not None
-        before = used()
         reads[b.role] = b.actual
         after = used()
-        rows.append(
-            CorrectionRow(
-                meter_id=meter_id,
-                register=channel,
-                period=period,
-                boundary=b.role,
-                boundary_at=b.at,
-                estimate_method=b.method,
-                estimated_read=_read(b.billed),
-                actual_read=_read(b.actual),
-                actual_method=b.actual_method or "",
-                estimated_consumption=to_decimal(before),
-                actual_consumption=to_decimal(after),
-                difference=_rounded_difference(after, before),
-                superseded_at=b.superseded_at,
-            )
+        row = CorrectionRow(
+            meter_id=meter_id,
+            register=channel,
+            period=period,
+            boundary=b.role,
+            boundary_at=b.at,
+            estimate_method=b.method,
+            estimated_read=_read(b.billed),
+            actual_read=_read(b.actual),
+            actual_method=b.actual_method or "",
+            estimated_consumption=to_decimal(before),
+            actual_consumption=to_decimal(after),
+            difference=_rounded_difference(after, before),
+            superseded_at=b.superseded_at,
         )
+        rows.append((b, row))
+        before = after
     return rows
 
 
@@ -124,35 +140,74 @@ async def correction_rows(
     *,
     period: Period | None = None,
     since: datetime | None = None,
+    new: bool = False,
     now: datetime,
     policy: BillingPolicy | None = None,
 ) -> AsyncGenerator[list[CorrectionRow], None]:
-    """Rows for estimates superseded since ``since`` and/or of billed ``period``."""
+    """Rows for estimates superseded since ``since`` and/or of billed ``period``.
+
+    With ``new``: only rows no earlier ``new`` report delivered, and they are marked delivered
+    when the report's transaction commits (after its last row); two such reports at once
+    deliver each row once.
+    """
     policy = policy or BillingPolicy()
     async with conn.transaction():
         await supersede_covered(conn, policy, now=now)
-        cur = await conn.execute(
-            _BILLS,
-            {"since": since or _FAR_PAST, "period": None if period is None else str(period)},
-        )
-        batch: list[CorrectionRow] = []
-        for row in await cur.fetchall():
-            meter_id, channel, billed, capacity = row[:4]
-            boundaries = [
-                _Boundary(role, *row[start : start + 6])
-                for role, start in (("opening", 4), ("closing", 10))
-            ]
-            adjustments = _adjustments(
-                meter_id, channel, billed, boundaries, policy=policy, capacity=capacity
-            )
-            for correction in adjustments:
-                if since is None or correction.superseded_at >= since:
-                    batch.append(correction)
-            if len(batch) >= _BATCH:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+        params = {
+            "since": since or _FAR_PAST,
+            "period": None if period is None else str(period),
+            "new": new,
+        }
+        delivered: list[dict[str, Any]] = []
+        async with conn.cursor(name="billing_corrections") as cur:
+            await cur.execute(_BILLS_NEW if new else _BILLS, params)
+            while rows := await cur.fetchmany(_BATCH):
+                batch: list[CorrectionRow] = []
+                for row in rows:
+                    keep = _keep(row, since=since, new=new, policy=policy)
+                    batch.extend(correction for _, correction in keep)
+                    if new and keep:
+                        roles = {b.role for b, _ in keep}
+                        delivered.append(
+                            {
+                                "meter_id": row[0],
+                                "channel": row[1],
+                                "period": row[2],
+                                "opening": "opening" in roles,
+                                "closing": "closing" in roles,
+                            }
+                        )
+                if batch:
+                    yield batch
+        if delivered:
+            async with conn.cursor() as marks:
+                await marks.executemany(_DELIVERED, delivered)
+
+
+def _keep(
+    row: tuple[Any, ...], *, since: datetime | None, new: bool, policy: BillingPolicy
+) -> list[tuple[_Boundary, CorrectionRow]]:
+    """The report's rows of one bill: those superseded since ``since``, or not yet delivered."""
+    meter_id, channel, billed_period, capacity, billed = row[:5]
+    boundaries = [
+        _Boundary(role, *row[start : start + 7])
+        for role, start in (("opening", 5), ("closing", 12))
+    ]
+    adjustments = _adjustments(
+        meter_id,
+        channel,
+        billed_period,
+        boundaries,
+        billed=billed,
+        policy=policy,
+        capacity=capacity,
+    )
+    return [
+        (b, correction)
+        for b, correction in adjustments
+        if (since is None or correction.superseded_at >= since)
+        and (not new or b.reported_at is None)
+    ]
 
 
 async def correction_bytes(
@@ -162,10 +217,11 @@ async def correction_bytes(
     now: datetime,
     period: Period | None = None,
     since: datetime | None = None,
+    new: bool = False,
     policy: BillingPolicy | None = None,
 ) -> AsyncGenerator[bytes, None]:
     enc = encoder(CORRECTION_SCHEMA, file_format)
-    rows = correction_rows(conn, period=period, since=since, now=now, policy=policy)
+    rows = correction_rows(conn, period=period, since=since, new=new, now=now, policy=policy)
     async with aclosing(rows) as batches:
         async for batch in batches:
             if data := enc.encode(batch):

@@ -38,6 +38,7 @@ from gateway.billing.period import Period
 from gateway.billing.store import (
     REGISTERS,
     UNITS,
+    BilledRead,
     StoredEstimate,
     as_point,
     make_estimate,
@@ -94,6 +95,9 @@ def _query(*, alerts: bool, utility: bool) -> str:
         f" LEFT JOIN billing_estimates e{b} ON e{b}.meter_id = m.meter_id"
         f" AND e{b}.channel = c.channel AND e{b}.boundary = m.{b}_at"
         f" AND e{b}.superseded_at IS NULL"
+        + f" LEFT JOIN LATERAL (SELECT x.actual_value, x.actual_method FROM billing_estimates x"
+        f" WHERE x.meter_id = m.meter_id AND x.channel = c.channel AND x.boundary = m.{b}_at"
+        f" AND x.superseded_at IS NOT NULL ORDER BY x.superseded_at DESC LIMIT 1) s{b} ON true"
         for b in ("open", "close")
     )
     alert_join = (
@@ -120,6 +124,7 @@ def _query(*, alerts: bool, utility: bool) -> str:
         " SELECT m.meter_id, m.utility, m.time_zone, c.channel, m.open_at, m.close_at, "
         + point_cols
         + ", eopen.id, eopen.value, eopen.method, eclose.id, eclose.value, eclose.method,"
+        " sopen.actual_value, sopen.actual_method, sclose.actual_value, sclose.actual_method,"
         " d.drop_from, d.drop_to, al.kinds, m.register_max"
         f" FROM m CROSS JOIN p JOIN (VALUES {_REGISTER_VALUES}) AS c(utility, channel, main)"
         " ON c.utility = m.utility"
@@ -158,6 +163,13 @@ def _stored(row: tuple[Any, ...], start: int) -> StoredEstimate | None:
     return StoredEstimate(row[start], row[start + 1], EstimateMethod(row[start + 2]))
 
 
+def _settled(row: tuple[Any, ...], start: int) -> BoundaryRead | None:
+    """The read that superseded an estimate at this boundary: billing's read of it from then on."""
+    if row[start] is None:
+        return None
+    return BoundaryRead(row[start], ReadMethod(row[start + 1]))
+
+
 async def _boundary(
     conn: AsyncConnection[Any],
     *,
@@ -166,10 +178,12 @@ async def _boundary(
     at: datetime,
     points: list[Point | None],
     stored: StoredEstimate | None,
+    settled: BoundaryRead | None,
     policy: BillingPolicy,
     now: datetime,
     capacity: float | None,
-) -> BoundaryRead:
+) -> tuple[BoundaryRead, int | None]:
+    """The boundary read, and the id of the estimate it is when it is one."""
     smart_before, smart_after, person_before, person_after = points
     read = resolve_boundary(
         at,
@@ -178,14 +192,21 @@ async def _boundary(
         policy,
         capacity=capacity,
     )
-    if read is not None:
-        if stored is not None:
-            await supersede(conn, stored.id, read)
-        return read
     if stored is not None:
-        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
-    if at > now:
-        return BoundaryRead(None, ReadMethod.UNAVAILABLE)  # not reached yet: nothing to estimate
+        if read is None:
+            return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method), stored.id
+        await supersede(conn, stored.id, read)
+        return read, None
+    if settled is not None:
+        # Once a read has replaced an estimate, the corrections report has adjusted the bills
+        # with it: later data must not bill the boundary a second, different way.
+        return settled, None
+    if read is not None:
+        return read, None
+    if at + policy.interpolation_window > now:
+        # Data for the boundary may still come in: a boundary is estimated only once the
+        # interpolation window after it has passed (a period not ended is never estimated).
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE), None
     return await make_estimate(conn, meter_id, channel, at, policy, capacity=capacity)
 
 
@@ -273,7 +294,7 @@ async def _compose(
 ) -> ExportRow:
     meter_id, _utility, _tz, channel, open_at, close_at = raw[:6]
     capacity = raw[-1]
-    opening, closing = [
+    (opening, opening_estimate), (closing, closing_estimate) = [
         await _boundary(
             conn,
             meter_id=meter_id,
@@ -281,21 +302,25 @@ async def _compose(
             at=at,
             points=_points(raw, 6 + 12 * b),
             stored=_stored(raw, 30 + 3 * b),
+            settled=_settled(raw, 36 + 2 * b),
             policy=policy,
             now=now,
             capacity=capacity,
         )
         for b, at in ((0, open_at), (1, close_at))
     ]
-    await record_bill(
-        conn,
-        meter_id=meter_id,
-        channel=channel,
-        period=period,
-        opening=(open_at, opening),
-        closing=(close_at, closing),
-    )
-    return _row(period, raw, opening, closing, policy)
+    row = _row(period, raw, opening, closing, policy)
+    if opening_estimate is not None or closing_estimate is not None:
+        await record_bill(
+            conn,
+            meter_id=meter_id,
+            channel=channel,
+            period=period,
+            opening=BilledRead(open_at, opening, opening_estimate),
+            closing=BilledRead(close_at, closing, closing_estimate),
+            consumption=None if row.consumption is None else float(row.consumption),
+        )
+    return row
 
 
 async def export_bytes(

@@ -30,6 +30,7 @@ from gateway.billing.period import Period
 __all__ = [
     "MAIN_REGISTER",
     "REGISTERS",
+    "BilledRead",
     "StoredEstimate",
     "current_estimate",
     "point",
@@ -186,8 +187,8 @@ async def make_estimate(
     policy: BillingPolicy,
     *,
     capacity: float | None,
-) -> BoundaryRead:
-    """Estimate the register at ``at``, store it (once) and return it.
+) -> tuple[BoundaryRead, int | None]:
+    """Estimate the register at ``at``, store it (once) and return it with its id.
 
     The basis is the latest usable point before ``at`` (else the earliest after it); the rate
     comes from the policy's method, or the other method when the meter lacks data for it.
@@ -196,12 +197,12 @@ async def make_estimate(
     """
     stored = await current_estimate(conn, meter_id, channel, at)
     if stored is not None:
-        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method), stored.id
     basis = await point(conn, meter_id, channel, hi=at, last=True)
     if basis is None:
         basis = await point(conn, meter_id, channel, lo=at, last=False)
     if basis is None:
-        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE), None
     other = (
         EstimateMethod.SAME_MONTH_LAST_YEAR
         if policy.estimate_method is EstimateMethod.LAST_3_MONTHS
@@ -221,7 +222,7 @@ async def make_estimate(
         if rate is not None:
             break
     else:
-        return BoundaryRead(None, ReadMethod.UNAVAILABLE)
+        return BoundaryRead(None, ReadMethod.UNAVAILABLE), None
     value = estimate_value(at, basis, rate, capacity=capacity)
     cur = await conn.execute(
         "INSERT INTO billing_estimates (meter_id, channel, boundary, value, method, daily_rate,"
@@ -230,16 +231,17 @@ async def make_estimate(
         " RETURNING id",
         (meter_id, channel, at, value, method.value, rate, basis.ts, basis.value),
     )
-    if await cur.fetchone() is None:  # a concurrent export stored it first: bill that one
+    inserted = await cur.fetchone()
+    if inserted is None:  # a concurrent export stored it first: bill that one
         stored = await current_estimate(conn, meter_id, channel, at)
         assert stored is not None
-        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method)
+        return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method), stored.id
     await conn.execute(
         "INSERT INTO reading_data (meter_id, channel, ts, value, quality)"
         " VALUES (%s, %s, %s, %s, 'estimated') ON CONFLICT DO NOTHING",
         (meter_id, channel, at, value),
     )
-    return BoundaryRead(value, ReadMethod.ESTIMATED, method)
+    return BoundaryRead(value, ReadMethod.ESTIMATED, method), inserted[0]
 
 
 async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: BoundaryRead) -> None:
@@ -259,50 +261,54 @@ async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: Bounda
         )
 
 
+@dataclass(frozen=True, slots=True)
+class BilledRead:
+    """A boundary read as an export billed it."""
+
+    at: datetime
+    read: BoundaryRead
+    estimate_id: int | None
+    """The stored estimate it is, when it is one."""
+
+
 async def record_bill(
     conn: AsyncConnection[Any],
     *,
     meter_id: str,
     channel: str,
     period: Period,
-    opening: tuple[datetime, BoundaryRead],
-    closing: tuple[datetime, BoundaryRead],
+    opening: BilledRead,
+    closing: BilledRead,
+    consumption: float | None,
 ) -> None:
     """Keep what a period was billed on when either boundary read is an estimate.
 
     The first export to bill the period on an estimate is kept; later ones change nothing.
+    A period without both reads was not billed and is not kept.
     """
-    (open_at, open_read), (close_at, close_read) = opening, closing
-    if open_read.value is None or close_read.value is None:
-        return  # nothing billed
-    estimated = (
-        open_read.method is ReadMethod.ESTIMATED,
-        close_read.method is ReadMethod.ESTIMATED,
-    )
-    if not any(estimated):
+    if opening.read.value is None or closing.read.value is None:
+        return
+    if opening.estimate_id is None and closing.estimate_id is None:
         return
     await conn.execute(
         "INSERT INTO billing_estimated_bills (meter_id, channel, period, opening_at,"
         " opening_read, opening_method, opening_estimate, closing_at, closing_read,"
-        " closing_method, closing_estimate) VALUES (%(m)s, %(c)s, %(p)s, %(oa)s, %(ov)s,"
-        " %(om)s, CASE WHEN %(oe)s THEN (SELECT id FROM billing_estimates WHERE meter_id = %(m)s"
-        " AND channel = %(c)s AND boundary = %(oa)s AND superseded_at IS NULL) END, %(ca)s,"
-        " %(cv)s, %(cm)s, CASE WHEN %(ce)s THEN (SELECT id FROM billing_estimates"
-        " WHERE meter_id = %(m)s AND channel = %(c)s AND boundary = %(ca)s"
-        " AND superseded_at IS NULL) END) ON CONFLICT DO NOTHING",
-        {
-            "m": meter_id,
-            "c": channel,
-            "p": str(period),
-            "oa": open_at,
-            "ov": open_read.value,
-            "om": open_read.method.value,
-            "oe": estimated[0],
-            "ca": close_at,
-            "cv": close_read.value,
-            "cm": close_read.method.value,
-            "ce": estimated[1],
-        },
+        " closing_method, closing_estimate, consumption)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        (
+            meter_id,
+            channel,
+            str(period),
+            opening.at,
+            opening.read.value,
+            opening.read.method.value,
+            opening.estimate_id,
+            closing.at,
+            closing.read.value,
+            closing.read.method.value,
+            closing.estimate_id,
+            consumption,
+        ),
     )
 
 

@@ -296,9 +296,13 @@ async def get_corrections(
     policy: PolicyDep,
     period: Annotated[str | None, Query(pattern=_PERIOD)] = None,
     since: AwareDatetime | None = None,
+    new: bool = False,
     format: Literal["csv", "parquet"] = "csv",
 ) -> StreamingResponse:
-    """Superseded estimates: estimated vs actual consumption per billed period."""
+    """Superseded estimates: estimated vs actual consumption per billed period.
+
+    ``new=true``: only the rows no earlier ``new`` download delivered; they count as delivered
+    once the whole file has been produced."""
     del principal
     billed = Period.parse(period) if period else None
     chunks = correction_bytes(
@@ -307,6 +311,7 @@ async def get_corrections(
         now=datetime.now(UTC),
         period=billed,
         since=since,
+        new=new,
         policy=policy,
     )
     return _download(download.stream(chunks), f"corrections-{billed or 'all'}", format)

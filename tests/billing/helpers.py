@@ -115,12 +115,12 @@ def run_cli(url: str, *args: str, **env: str) -> subprocess.CompletedProcess[str
     )
 
 
-def add_silent_meter(conn: psycopg.Connection) -> None:
+def add_silent_meter(conn: psycopg.Connection, meter_id: str = "E5") -> None:
     """E5: daily reads from 1 August (0) to 20 October (800), then silence: 10 kWh/day."""
-    add_meter(conn, "E5", "electricity")
+    add_meter(conn, meter_id, "electricity")
     add_readings(
         conn,
-        "E5",
+        meter_id,
         "1.8.0",
         series(utc("2026-08-01T00:00"), utc("2026-10-20T00:00"), timedelta(days=1), 0, 10 / 24),
     )

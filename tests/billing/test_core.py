@@ -116,6 +116,13 @@ def test_period_consumption_across_a_wrap() -> None:
     assert (plain.consumption, plain.rolled_over, plain.went_back) == (30.0, False, False)
     missing = period_consumption(None, 130.0, [(99_999.0, 1.0)], POLICY)
     assert (missing.consumption, missing.rolled_over) == (None, True)
+    # a period that used 14 % of the register's range: outside the wide margin, but the series
+    # saw the register go round once and fall nowhere else
+    large = period_consumption(88_000.0, 2_000.0, [(99_999.6, 0.1)], POLICY)
+    assert (large.consumption, large.rolled_over, large.went_back) == (14_000.0, True, False)
+    # going round once and back once besides: not a confirmed wrap
+    both = period_consumption(88_000.0, 2_000.0, [(99_999.6, 0.1), (5_000.0, 1_000.0)], POLICY)
+    assert (both.consumption, both.went_back) == (None, True)
 
 
 def test_a_fall_within_the_resolution_is_jitter() -> None:

@@ -6,13 +6,15 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from gateway.billing.core import ReadSource
-from gateway.billing.corrections import correction_bytes
+from gateway.billing.corrections import correction_bytes, correction_rows
 from gateway.billing.export import export_bytes
+from gateway.billing.formats import CorrectionRow
 from gateway.billing.period import Period
 from gateway.billing.reads import ReadSubmission, submit_read
 from tests.billing.helpers import (
@@ -56,15 +58,17 @@ async def _corrections(url: str, **kw: object) -> list[dict[str, str]]:
     return csv_rows(data)
 
 
-async def _meter_reader(url: str, when: str, value: float) -> None:
+async def _meter_reader(
+    url: str, when: str, value: float, *, meter_id: str = "E5", source: ReadSource | None = None
+) -> None:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         result = await submit_read(
             conn,
             ReadSubmission(
-                meter_id="E5",
+                meter_id=meter_id,
                 ts=utc(when),
                 value=value,
-                source=ReadSource.METER_READER,
+                source=source or ReadSource.METER_READER,
                 reader="R. Mokoena",
             ),
             actor="test",
@@ -316,3 +320,103 @@ async def test_same_month_last_year_is_the_meters_own_calendar_month(database_ur
     # window on UTC dates would start on 30 October and take in a day of October's 10)
     assert row.closing_estimate == "same_month_last_year"
     assert row.closing_read == Decimal("5121.833")  # 5000 + 2 x 60 d 22 h
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-export", "re-export"])
+async def test_an_estimate_superseded_while_an_export_runs(silent_meter: str, first: bool) -> None:
+    from gateway.billing.export import export_rows  # noqa: PLC0415
+
+    with psycopg.connect(silent_meter, autocommit=True) as conn:
+        add_silent_meter(conn, "E6")
+    if not first:
+        async with await psycopg.AsyncConnection.connect(silent_meter) as conn:
+            assert len([r async for b in export_rows(conn, NOV, now=LATER) for r in b]) == 2
+    async with await psycopg.AsyncConnection.connect(silent_meter) as conn:
+        rows = export_rows(conn, NOV, now=LATER, batch_rows=1)
+        (e5,) = await anext(rows)
+        # meanwhile a meter reader's read of E6 is accepted (and supersedes its estimate)
+        await _meter_reader(silent_meter, "2026-12-01T08:00", 1150.0, meter_id="E6")
+        (e6,) = await anext(rows)
+        with pytest.raises(StopAsyncIteration):
+            await anext(rows)
+    assert (e5.meter_id, e6.meter_id) == ("E5", "E6")
+    with psycopg.connect(silent_meter) as conn:
+        bills = conn.execute(
+            "SELECT meter_id, closing_method, closing_estimate IS NOT NULL"
+            " FROM billing_estimated_bills ORDER BY meter_id"
+        ).fetchall()
+    assert bills == [
+        ("E5", "estimated", True),
+        ("E6", e6.closing_method, e6.closing_method == "estimated"),
+    ]
+    # whichever way the export billed E6's closing, the report corrects what it billed
+    corrections = await _corrections(silent_meter)
+    e6_rows = [r for r in corrections if r["meter_id"] == "E6"]
+    if e6.closing_method == "estimated":
+        assert [(r["boundary"], r["actual_read"]) for r in e6_rows] == [("closing", "1150.000")]
+    else:
+        assert e6_rows == []
+
+
+async def test_a_boundary_keeps_the_read_that_replaced_its_estimate(silent_meter: str) -> None:
+    url = silent_meter
+    await _export(url)
+    # a customer's read 10 h after the closing boundary replaces the estimate (one-sided)
+    await _meter_reader(url, "2026-12-01T08:00", 1150.0, source=ReadSource.CUSTOMER)
+    correction = [_figures(r) for r in await _corrections(url)]
+    assert correction == [
+        ("2026-11", "closing", "1219.167", "1150.000", "customer", "300.000", "230.833", "-69.167")
+    ]
+    # then the meter's own reading at the boundary arrives: the bill was corrected with 1150, so
+    # November and December keep that read, and the report stays as it was
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_readings(conn, "E5", "1.8.0", [(NOV_CLOSE, 1140.0)])
+    november = await _export(url)
+    assert (november["closing_read"], november["closing_method"]) == ("1150.000", "customer")
+    december = await _export(url, DEC)
+    assert (december["opening_read"], december["opening_method"]) == ("1150.000", "customer")
+    assert [_figures(r) for r in await _corrections(url)] == correction
+
+
+async def test_new_corrections_are_delivered_once(silent_meter: str) -> None:
+    url = silent_meter
+    await _export(url)
+    await _meter_reader(url, "2026-12-01T08:00", 1150.0)
+    closing = ("2026-11", "closing", "1219.167", "1150.000", "manual", "300.000", "230.833")
+    assert [_figures(r) for r in await _corrections(url, new=True)] == [(*closing, "-69.167")]
+    assert await _corrections(url, new=True) == []
+    # the whole report still shows it
+    assert [_figures(r) for r in await _corrections(url)] == [(*closing, "-69.167")]
+    with psycopg.connect(url, autocommit=True) as conn:
+        add_readings(
+            conn,
+            "E5",
+            "1.8.0",
+            [(utc("2026-10-31T20:00"), 900.0), (utc("2026-11-01T00:00"), 904.0)],
+        )
+
+    # two reports at once: the second waits for the first and delivers nothing again
+    async def report(conn: psycopg.AsyncConnection[Any]) -> list[list[CorrectionRow]]:
+        return [b async for b in correction_rows(conn, new=True, now=LATER)]
+
+    async with (
+        await psycopg.AsyncConnection.connect(url) as first,
+        await psycopg.AsyncConnection.connect(url) as second,
+    ):
+        rows = correction_rows(first, new=True, now=LATER)
+        (batch,) = [await anext(rows)]
+        racing = asyncio.create_task(report(second))
+        await asyncio.sleep(0.5)
+        assert not racing.done(), "the second report did not wait for the first"
+        with pytest.raises(StopAsyncIteration):
+            await anext(rows)
+        assert await asyncio.wait_for(racing, 10) == []
+    opening = ("2026-11", "opening", "919.167", "902.000", "interpolated", "230.833", "248.000")
+    assert [(r.period, r.boundary, str(r.difference)) for r in batch] == [
+        ("2026-11", "opening", "17.167")
+    ]
+    assert await _corrections(url, new=True) == []
+    assert [_figures(r) for r in await _corrections(url)] == [
+        (*closing, "-69.167"),
+        (*opening, "17.167"),
+    ]

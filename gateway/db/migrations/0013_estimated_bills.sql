@@ -16,6 +16,10 @@ CREATE TABLE billing_estimated_bills (
     closing_read      double precision NOT NULL,
     closing_method    text NOT NULL,
     closing_estimate  bigint REFERENCES billing_estimates (id),
+    consumption       double precision,  -- as billed (3 places); null: not computable (flagged)
+    -- when a `--new` corrections report delivered the row for each boundary's estimate
+    opening_reported_at timestamptz,
+    closing_reported_at timestamptz,
     billed_at         timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (meter_id, channel, period),
     CHECK (opening_estimate IS NOT NULL OR closing_estimate IS NOT NULL),
@@ -26,3 +30,7 @@ CREATE INDEX billing_estimated_bills_opening ON billing_estimated_bills (opening
     WHERE opening_estimate IS NOT NULL;
 CREATE INDEX billing_estimated_bills_closing ON billing_estimated_bills (closing_estimate)
     WHERE closing_estimate IS NOT NULL;
+-- The read that superseded an estimate is the boundary's read from then on: exports look it
+-- up per boundary.
+CREATE INDEX billing_estimates_settled ON billing_estimates (meter_id, channel, boundary)
+    WHERE superseded_at IS NOT NULL;
