@@ -138,7 +138,9 @@ def parse_reads(
     """Parse a read file lazily: (line number, read or error) per data line.
 
     Raises :class:`ReadFileError` when the header is not UTF-8 text or lacks a required
-    column. ``lines`` as :func:`open_read_file` decodes them.
+    column. ``lines`` as :func:`open_read_file` decodes them. A record the CSV reader cannot
+    take (a field over its size limit) and one whose quoted field spans lines (a quote left
+    open swallows the lines after it) are errors of their own lines; the rest is read.
     """
     reader = csv.DictReader(iter(lines))
     header = reader.fieldnames or []
@@ -147,18 +149,38 @@ def parse_reads(
     missing = [name for name in REQUIRED if name not in header]
     if missing:
         raise ReadFileError(f"read file header lacks column(s) {', '.join(missing)}")
-    try:
-        for fields in reader:
-            line = reader.line_num
-            if not _record_is_utf8(fields):
-                yield line, LineError(line, "not_utf8", "not UTF-8 text")
-                continue
-            if None in fields:
-                yield line, LineError(line, "extra_fields", "more fields than header columns")
-                continue
-            yield line, _parse_line(fields, line, origin)
-    except csv.Error as exc:
-        raise ReadFileError(f"line {reader.line_num}: {exc}") from exc
+    records = iter(reader)
+    last = reader.line_num  # the header's last line
+    while True:
+        try:
+            fields = next(records)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader goes on with the next line
+            yield last + 1, LineError(last + 1, "bad_csv", str(exc)[:_TEXT_MAX])
+            last += 1
+            continue
+        previous, last = last, reader.line_num
+        line = last
+        breaks = sum(_line_breaks(value) for value in fields.values())
+        if breaks:
+            # (a field left open at the end of the file holds the last line break too)
+            first = max(previous + 1, line - breaks)
+            detail = f"a quoted field runs from line {first} to line {line} (a quote not closed?)"
+            yield first, LineError(first, "line_break", detail)
+            continue
+        if not _record_is_utf8(fields):
+            yield line, LineError(line, "not_utf8", "not UTF-8 text")
+            continue
+        if None in fields:
+            yield line, LineError(line, "extra_fields", "more fields than header columns")
+            continue
+        yield line, _parse_line(fields, line, origin)
+
+
+def _line_breaks(value: str | list[str] | None) -> int:
+    values = value if isinstance(value, list) else [value or ""]
+    return sum(text.count("\n") for text in values)
 
 
 def _refusal(exc: DataError) -> str:

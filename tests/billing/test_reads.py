@@ -284,6 +284,31 @@ def test_bytes_that_are_not_utf8_make_their_line_an_error() -> None:
         list(parse_reads(io.StringIO("meter_id,read_at,value,source,n\udce9\n"), origin="f"))
 
 
+def test_an_open_quote_or_an_oversized_field_is_its_own_lines_error() -> None:
+    text = (
+        "meter_id,read_at,value,source,reader\n"
+        "E1,2026-11-05T08:30:00Z,1,customer,A\n"  # 2
+        f"E1,2026-11-06T08:30:00Z,2,customer,{'x' * 200_000}\n"  # 3: over the csv field limit
+        "E1,2026-11-07T08:30:00Z,3,customer,B\n"  # 4
+        'E1,2026-11-08T08:30:00Z,4,customer,"R. Mokoena\n'  # 5: the quote is never closed
+        "E1,2026-11-09T08:30:00Z,5,customer,C\n"  # 6
+        "\n"  # 7: blank
+        "E1,2026-11-10T08:30:00Z,6,customer,D\n"  # 8
+    )
+    parsed = list(parse_reads(io.StringIO(text, newline=""), origin="f"))
+    assert [n for n, r in parsed if isinstance(r, ReadSubmission)] == [2, 4]
+    errors = [(n, r.reason) for n, r in parsed if isinstance(r, readfile.LineError)]
+    assert errors == [(3, "bad_csv"), (5, "line_break")]
+    (spanning,) = [r for _, r in parsed if isinstance(r, readfile.LineError) and r.line == 5]
+    assert "line 5 to line 8" in spanning.detail
+
+
+def test_a_blank_line_is_skipped_not_an_error() -> None:
+    text = "meter_id,read_at,value,source\n\nE1,2026-11-05T08:30:00Z,1,customer\n"
+    [(line, parsed)] = list(parse_reads(io.StringIO(text, newline=""), origin="f"))
+    assert line == 3 and isinstance(parsed, ReadSubmission)
+
+
 async def test_future_dated_file_read_is_held(meters: str) -> None:
     text = "meter_id,read_at,value,source\nE1,2999-01-01T00:00:00Z,1200,meter_reader\n"
     assert await _import(meters, text) == [(2, "rejected", "future_read")]
