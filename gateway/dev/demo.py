@@ -43,8 +43,9 @@ log = logging.getLogger(__name__)
 REPORT_EVERY_S = 5.0
 MANIFEST = "fleet-manifest.jsonl"
 DEMO_MODBUS_INTERVAL_S = 5.0
-# The simulated Modbus meters share ports, this many unit ids on each; the demo reserves enough
-# consecutive free ports for all of them (at most one port per this many meters).
+# One simulated meter in this many is polled over Modbus; they share ports, this many unit ids
+# on each, and the demo reserves enough consecutive free ports for them.
+DEMO_MODBUS_ONE_IN = 10
 DEMO_MODBUS_UNITS_PER_PORT = 50
 
 
@@ -141,6 +142,10 @@ def _broker_for_fleet(settings: Settings) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(netloc=f"{user}@{host}")), env
 
 
+def _modbus_meters(meters: int) -> int:
+    return max(1, meters // DEMO_MODBUS_ONE_IN)
+
+
 def _fleet_command(
     settings: Settings, *, meters: int, speed: float, seed: int, modbus_port: int, data_dir: Path
 ) -> list[str]:
@@ -161,6 +166,8 @@ def _fleet_command(
         str(seed),
         "--modbus-port",
         str(modbus_port),
+        "--modbus-meters",
+        str(_modbus_meters(meters)),
         "--units-per-port",
         str(DEMO_MODBUS_UNITS_PER_PORT),
         "--manifest",
@@ -267,7 +274,9 @@ async def run_demo(settings: Settings, *, meters: int, speed: float, seed: int) 
                     meters=meters,
                     speed=speed,
                     seed=seed,
-                    modbus_port=free_ports(-(-meters // DEMO_MODBUS_UNITS_PER_PORT)),
+                    modbus_port=free_ports(
+                        -(-_modbus_meters(meters) // DEMO_MODBUS_UNITS_PER_PORT)
+                    ),
                     data_dir=data_dir,
                 ),
                 cwd=data_dir,
