@@ -143,6 +143,7 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
                 since=args.since,
                 new=args.new,
                 policy=policy,
+                actor=f"cli:{getpass.getuser()}",
             ),
             args.out,
         )

@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from psycopg import AsyncConnection
 
+from gateway import audit
 from gateway.billing.core import BillingPolicy, period_consumption, to_decimal
 from gateway.billing.formats import CORRECTION_SCHEMA, CorrectionRow, FileFormat, encoder
 from gateway.billing.period import Period
@@ -143,12 +144,14 @@ async def correction_rows(
     new: bool = False,
     now: datetime,
     policy: BillingPolicy | None = None,
+    actor: str | None = None,
 ) -> AsyncGenerator[list[CorrectionRow], None]:
     """Rows for estimates superseded since ``since`` and/or of billed ``period``.
 
     With ``new``: only rows no earlier ``new`` report delivered, and they are marked delivered
     when the report's transaction commits (after its last row); two such reports at once
-    deliver each row once.
+    deliver each row once. A delivery is audited (``billing.corrections.deliver``, by
+    ``actor``, with the number of rows).
     """
     policy = policy or BillingPolicy()
     async with conn.transaction():
@@ -182,6 +185,14 @@ async def correction_rows(
         if delivered:
             async with conn.cursor() as marks:
                 await marks.executemany(_DELIVERED, delivered)
+            await audit.record(
+                conn,
+                actor=actor,
+                action="billing.corrections.deliver",
+                object="billing_corrections",
+                outcome="delivered",
+                detail={"bills": len(delivered), "period": params["period"]},
+            )
 
 
 def _keep(
@@ -219,9 +230,12 @@ async def correction_bytes(
     since: datetime | None = None,
     new: bool = False,
     policy: BillingPolicy | None = None,
+    actor: str | None = None,
 ) -> AsyncGenerator[bytes, None]:
     enc = encoder(CORRECTION_SCHEMA, file_format)
-    rows = correction_rows(conn, period=period, since=since, new=new, now=now, policy=policy)
+    rows = correction_rows(
+        conn, period=period, since=since, new=new, now=now, policy=policy, actor=actor
+    )
     async with aclosing(rows) as batches:
         async for batch in batches:
             if data := enc.encode(batch):

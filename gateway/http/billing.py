@@ -303,7 +303,6 @@ async def get_corrections(
 
     ``new=true``: only the rows no earlier ``new`` download delivered; they count as delivered
     once the whole file has been produced."""
-    del principal
     billed = Period.parse(period) if period else None
     chunks = correction_bytes(
         download.conn,
@@ -313,5 +312,6 @@ async def get_corrections(
         since=since,
         new=new,
         policy=policy,
+        actor=principal.name,
     )
     return _download(download.stream(chunks), f"corrections-{billed or 'all'}", format)

@@ -420,3 +420,9 @@ async def test_new_corrections_are_delivered_once(silent_meter: str) -> None:
         (*closing, "-69.167"),
         (*opening, "17.167"),
     ]
+    with psycopg.connect(url) as conn:
+        deliveries = conn.execute(
+            "SELECT detail->>'bills' FROM audit_log"
+            " WHERE action = 'billing.corrections.deliver' ORDER BY id"
+        ).fetchall()
+    assert deliveries == [("1",), ("1",)], "each delivery is audited, an empty one is not"

@@ -173,6 +173,19 @@ async def test_corrections_download_follows_the_configured_policy(
     ]
     # with the 48 h window the 2 November read (935) covers November's opening too
     assert rows == [("closing", "300.000", "230.833"), ("opening", "230.833", "215.000")]
+    async with (
+        gateway_running(gateway_settings) as gateway,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.http_port}") as http,
+    ):
+        first = await http.get("/billing/corrections?new=true", headers=operator)
+        again = await http.get("/billing/corrections?new=true", headers=operator)
+    assert [r["boundary"] for r in csv_rows(first.content)] == ["closing", "opening"]
+    assert (again.status_code, csv_rows(again.content)) == (200, [])
+    with psycopg.connect(url) as conn:
+        actors = conn.execute(
+            "SELECT actor FROM audit_log WHERE action = 'billing.corrections.deliver'"
+        ).fetchall()
+    assert len(actors) == 1 and actors[0][0].startswith("test-operator")
 
 
 async def test_a_meters_size_class_sets_the_limit_its_reads_are_judged_by(
