@@ -318,7 +318,8 @@ async def supersede_covered(
     """Supersede every current estimate that usable points now cover (late telemetry, reads).
 
     One statement finds the estimates with a usable point within the interpolation window of
-    their boundary; each is then resolved by the boundary rules, as an export would.
+    their boundary; each is then resolved by the boundary rules, as an export would. An
+    estimate a running export holds (it is superseding it) is left to that export.
     """
     cur = await conn.execute(
         "SELECT e.id, e.meter_id, e.channel, e.boundary, m.register_max"
@@ -329,7 +330,7 @@ async def supersede_covered(
         " AND r.ts <= e.boundary + %(w)s) OR EXISTS (SELECT 1 FROM billing_reads b"
         " WHERE b.meter_id = e.meter_id AND b.channel = e.channel AND b.status = 'accepted'"
         " AND b.ts >= e.boundary - %(w)s AND b.ts <= e.boundary + %(w)s))"
-        " ORDER BY e.meter_id, e.channel, e.boundary",
+        " ORDER BY e.meter_id, e.channel, e.boundary FOR UPDATE OF e SKIP LOCKED",
         {"now": now, "w": policy.interpolation_window},
     )
     count = 0

@@ -395,7 +395,10 @@ async def test_new_corrections_are_delivered_once(silent_meter: str) -> None:
             [(utc("2026-10-31T20:00"), 900.0), (utc("2026-11-01T00:00"), 904.0)],
         )
 
-    # two reports at once: the second waits for the first and delivers nothing again
+    # a report without --new settles the opening with those readings (and delivers nothing)
+    assert len(await _corrections(url)) == 2
+
+    # two --new reports at once: the second waits for the first and delivers nothing again
     async def report(conn: psycopg.AsyncConnection[Any]) -> list[list[CorrectionRow]]:
         return [b async for b in correction_rows(conn, new=True, now=LATER)]
 
