@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import getpass
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,10 +14,8 @@ import pytest
 
 from gateway.http.security import Role
 from gateway.service import GatewayHandle
-from tests.billing.helpers import add_meter, add_readings, utc
+from tests.billing.helpers import add_meter, add_readings, run_cli, utc
 from tests.plugins.auth import AuthHeaders
-
-ROOT = Path(__file__).resolve().parents[2]
 
 SEEDED = [  # migration 0007
     ("electricity", "*", 250.0, "kWh/day"),
@@ -137,16 +132,7 @@ async def test_limits_over_http(
 
 
 def _cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GATEWAY_DATABASE_URL": url, "GATEWAY_LOG_FORMAT": "text"}
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", "billing", "limits", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=120,
-    )
+    return run_cli(url, "billing", "limits", *args)
 
 
 def test_limits_on_the_command_line(database_url: str) -> None:
