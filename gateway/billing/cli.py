@@ -133,7 +133,8 @@ async def _export_corrections(settings: Settings, args: argparse.Namespace) -> i
     from gateway.billing.corrections import correction_bytes  # noqa: PLC0415 - pyarrow
 
     policy = load_policy()
-    async with _connect(settings) as conn:
+    async with _connect(settings) as conn, conn.transaction():
+        # committed once the file is in place: rows a --new report delivers are marked then
         size = await _write(
             correction_bytes(
                 conn,

@@ -51,9 +51,11 @@ __all__ = [
     "Point",
     "ReadMethod",
     "ReadSource",
+    "SeriesFalls",
     "Verdict",
     "advance",
     "classify_drops",
+    "consumption_between",
     "daily_rate",
     "estimate_value",
     "interpolate",
@@ -384,6 +386,16 @@ class PeriodAdvance:
     """The register wrapped between the reads, or the period's series shows it wrapping."""
     went_back: bool
     """The closing read is below the opening read and that is not a wrap."""
+    series: SeriesFalls
+    """What the period's series showed, which :func:`consumption_between` takes again."""
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFalls:
+    """How often a period's series rolled over, and how often it went back otherwise."""
+
+    rollovers: int = 0
+    rollbacks: int = 0
 
 
 def period_consumption(
@@ -411,21 +423,37 @@ def period_consumption(
         capacity=capacity,
         resolution=policy.rollback_resolution,
     )
+    return consumption_between(
+        opening, closing, SeriesFalls(rollovers, rollbacks), policy, capacity=capacity
+    )
+
+
+def consumption_between(
+    opening: float | None,
+    closing: float | None,
+    series: SeriesFalls,
+    policy: BillingPolicy,
+    *,
+    capacity: float | None = None,
+) -> PeriodAdvance:
+    """:func:`period_consumption` from the series' falls already counted (as a bill keeps
+    them, so that a correction judges a wrap as the export did)."""
+    seen = series.rollovers > 0
     if opening is None or closing is None:
-        return PeriodAdvance(None, rollovers > 0, went_back=False)
+        return PeriodAdvance(None, seen, went_back=False, series=series)
     if closing >= opening - policy.rollback_resolution:
-        return PeriodAdvance(max(closing - opening, 0.0), rollovers > 0, went_back=False)
+        return PeriodAdvance(max(closing - opening, 0.0), seen, went_back=False, series=series)
     # The series shows the register going round once and nothing else: that is the wrap,
     # however much of the register's range the period used.
-    confirmed = rollovers == 1 and rollbacks == 0
-    contradicted = rollbacks > 0 and rollovers == 0
+    confirmed = series.rollovers == 1 and series.rollbacks == 0
+    contradicted = series.rollbacks > 0 and series.rollovers == 0
     if confirmed or (
         not contradicted
         and is_rollover(opening, closing, policy.rollover_margin, capacity=capacity)
     ):
         used = register_modulus(opening, capacity) - opening + closing
-        return PeriodAdvance(used, rolled_over=True, went_back=False)
-    return PeriodAdvance(None, rollovers > 0, went_back=True)
+        return PeriodAdvance(used, rolled_over=True, went_back=False, series=series)
+    return PeriodAdvance(None, seen, went_back=True, series=series)
 
 
 def validate_read(

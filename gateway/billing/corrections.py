@@ -5,9 +5,10 @@ An export that bills a period on an estimate at either boundary records what it 
 or accepted person's read, the report has one row for it: the period's consumption with the
 estimate (as billed, or as corrected by an earlier row when the period's other boundary was
 superseded first), the consumption with the read that replaced it, and the difference billing
-adjusts by. The rows of a period add up to the whole correction, and a report of the rows
-superseded ``since`` a time holds each adjustment once. Before it reads, the report supersedes
-every estimate that usable points now cover, such as telemetry that arrived late.
+adjusts by. The rows of a period add up to the whole correction, and a ``new`` report delivers
+each adjustment once (``since`` only filters on when estimates were superseded). Before it
+reads, the report supersedes every estimate that usable points now cover, such as telemetry
+that arrived late.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Final
 from psycopg import AsyncConnection
 
 from gateway import audit
-from gateway.billing.core import BillingPolicy, period_consumption, to_decimal
+from gateway.billing.core import BillingPolicy, SeriesFalls, consumption_between, to_decimal
 from gateway.billing.formats import CORRECTION_SCHEMA, CorrectionRow, FileFormat, encoder
 from gateway.billing.period import Period
 from gateway.billing.store import supersede_covered
@@ -61,6 +62,7 @@ class _Boundary:
 
 _BILLS: Final = (
     "SELECT b.meter_id, b.channel, b.period, m.register_max, b.consumption,"
+    " b.series_rollovers, b.series_rollbacks,"
     " b.opening_at, b.opening_read, eo.method, eo.actual_value, eo.actual_method,"
     " eo.superseded_at, b.opening_reported_at,"
     " b.closing_at, b.closing_read, ec.method, ec.actual_value, ec.actual_method,"
@@ -91,26 +93,35 @@ def _adjustments(
     boundaries: list[_Boundary],
     *,
     billed: float | None,
+    series: SeriesFalls,
     policy: BillingPolicy,
     capacity: float | None,
 ) -> list[tuple[_Boundary, CorrectionRow]]:
     """One row per superseded estimate of one billed period, in the order they were replaced.
 
     The first starts from the consumption as billed (``billed``); each later one from the
-    figure the row before it corrected to.
+    figure the row before it corrected to. ``series`` is the period's series as the export
+    judged it, so a wrap is judged as the bill judged it.
     """
     reads = {b.role: b.billed for b in boundaries}
 
     def used() -> float | None:
-        return period_consumption(
-            reads["opening"], reads["closing"], (), policy, capacity=capacity
+        return consumption_between(
+            reads["opening"], reads["closing"], series, policy, capacity=capacity
         ).consumption
 
     rows: list[tuple[_Boundary, CorrectionRow]] = []
     before = billed
+    # Rows already delivered come first, in the order they were delivered, so that a later
+    # supersession never changes a row billing has: then by when each estimate was replaced.
     replaced = sorted(
         (b for b in boundaries if b.superseded_at is not None),
-        key=lambda b: (b.superseded_at, b.role != "opening"),
+        key=lambda b: (
+            b.reported_at is None,
+            b.reported_at or b.superseded_at,
+            b.superseded_at,
+            b.role != "opening",
+        ),
     )
     for b in replaced:
         assert b.actual is not None and b.method is not None and b.superseded_at is not None
@@ -199,10 +210,10 @@ def _keep(
     row: tuple[Any, ...], *, since: datetime | None, new: bool, policy: BillingPolicy
 ) -> list[tuple[_Boundary, CorrectionRow]]:
     """The report's rows of one bill: those superseded since ``since``, or not yet delivered."""
-    meter_id, channel, billed_period, capacity, billed = row[:5]
+    meter_id, channel, billed_period, capacity, billed, rollovers, rollbacks = row[:7]
     boundaries = [
         _Boundary(role, *row[start : start + 7])
-        for role, start in (("opening", 5), ("closing", 12))
+        for role, start in (("opening", 7), ("closing", 14))
     ]
     adjustments = _adjustments(
         meter_id,
@@ -210,6 +221,7 @@ def _keep(
         billed_period,
         boundaries,
         billed=billed,
+        series=SeriesFalls(rollovers, rollbacks),
         policy=policy,
         capacity=capacity,
     )
@@ -236,8 +248,13 @@ async def correction_bytes(
     rows = correction_rows(
         conn, period=period, since=since, new=new, now=now, policy=policy, actor=actor
     )
-    async with aclosing(rows) as batches:
-        async for batch in batches:
-            if data := enc.encode(batch):
-                yield data
-    yield enc.finish()
+    # One transaction for the whole file: what a ``new`` report marks delivered commits only
+    # once the file's end (CSV trailer, Parquet footer) has been produced and taken by the
+    # reader; a reader that stops before that rolls it back. A caller may hold an outer
+    # transaction to commit later still (the command line: after the file is in place).
+    async with conn.transaction():
+        async with aclosing(rows) as batches:
+            async for batch in batches:
+                if data := enc.encode(batch):
+                    yield data
+        yield enc.finish()

@@ -29,6 +29,7 @@ from gateway.billing.core import (
     EstimateMethod,
     Point,
     ReadMethod,
+    SeriesFalls,
     period_consumption,
     resolve_boundary,
     to_decimal,
@@ -195,8 +196,7 @@ async def _boundary(
     if stored is not None:
         if read is None:
             return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method), stored.id
-        await supersede(conn, stored.id, read)
-        return read, None
+        return await supersede(conn, stored.id, read), None
     if settled is not None:
         # Once a read has replaced an estimate, the corrections report has adjusted the bills
         # with it: later data must not bill the boundary a second, different way.
@@ -216,7 +216,7 @@ def _row(
     opening: BoundaryRead,
     closing: BoundaryRead,
     policy: BillingPolicy,
-) -> ExportRow:
+) -> tuple[ExportRow, SeriesFalls]:
     meter_id, utility, time_zone, channel, open_at, close_at = raw[:6]
     drop_from, drop_to, alert_kinds, capacity = raw[-4:]
     falls = zip(drop_from or (), drop_to or (), strict=True)
@@ -228,7 +228,7 @@ def _row(
         flags.add("register_rollback")
     if used.rolled_over:
         flags.add("register_rollover")
-    return ExportRow(
+    row = ExportRow(
         period=str(period),
         meter_id=meter_id,
         utility=utility,
@@ -246,6 +246,7 @@ def _row(
         consumption=to_decimal(used.consumption),
         flags=";".join(sorted(flags)),
     )
+    return row, used.series
 
 
 async def _has_alerts(conn: AsyncConnection[Any]) -> bool:
@@ -266,8 +267,9 @@ async def export_rows(
     """The export's rows in (meter, register) order, ``batch_rows`` at a time.
 
     Runs in one transaction on ``conn``: the estimates it stores, and what it billed on them,
-    commit with the export's end. A boundary after ``now`` (default: the current time) is not
-    estimated: a period that has not ended has no closing read yet.
+    commit with the export's end. A boundary is estimated only once the interpolation window
+    after it has passed at ``now`` (default: the current time): until then its data may still
+    arrive, and a period that has not ended has no closing read at all.
     """
     policy = policy or BillingPolicy()
     now = now or datetime.now(UTC)
@@ -309,7 +311,7 @@ async def _compose(
         )
         for b, at in ((0, open_at), (1, close_at))
     ]
-    row = _row(period, raw, opening, closing, policy)
+    row, series = _row(period, raw, opening, closing, policy)
     if opening_estimate is not None or closing_estimate is not None:
         await record_bill(
             conn,
@@ -319,6 +321,7 @@ async def _compose(
             opening=BilledRead(open_at, opening, opening_estimate),
             closing=BilledRead(close_at, closing, closing_estimate),
             consumption=None if row.consumption is None else float(row.consumption),
+            series=series,
         )
     return row
 

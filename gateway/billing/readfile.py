@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -124,63 +124,53 @@ def _is_utf8(texts: Iterable[str]) -> bool:
     return True
 
 
-def _record_is_utf8(fields: Mapping[Any, Any]) -> bool:
-    """Whether every value of a record, those past the header's columns too, is UTF-8 text."""
-    texts: list[str] = []
-    for value in fields.values():
-        texts.extend(value if isinstance(value, list) else [value or ""])
-    return _is_utf8(texts)
-
-
 def parse_reads(
     lines: Iterable[str], *, origin: str
 ) -> Iterator[tuple[int, ReadSubmission | LineError]]:
     """Parse a read file lazily: (line number, read or error) per data line.
 
     Raises :class:`ReadFileError` when the header is not UTF-8 text or lacks a required
-    column. ``lines`` as :func:`open_read_file` decodes them. A record the CSV reader cannot
-    take (a field over its size limit) and one whose quoted field spans lines (a quote left
-    open swallows the lines after it) are errors of their own lines; the rest is read.
+    column. ``lines`` as :func:`open_read_file` decodes them. Each physical line is one record
+    (a field may not hold a line break), parsed on its own: a line the CSV reader cannot take
+    (a field over its size limit, a quote left open) is that line's error and the next line is
+    read as usual. Blank lines are skipped.
     """
-    reader = csv.DictReader(iter(lines))
-    header = reader.fieldnames or []
+    numbered = enumerate(lines, start=1)
+    header: list[str] = []
+    for _, text in numbered:
+        if text.strip():
+            try:
+                header = _record(text)
+            except csv.Error as exc:
+                raise ReadFileError(f"the read file's header line: {exc}") from None
+            break
     if not _is_utf8(header):
         raise ReadFileError("the read file's header line is not UTF-8 text")
     missing = [name for name in REQUIRED if name not in header]
     if missing:
         raise ReadFileError(f"read file header lacks column(s) {', '.join(missing)}")
-    records = iter(reader)
-    last = reader.line_num  # the header's last line
-    while True:
+    for line, text in numbered:
+        if not text.strip():
+            continue
         try:
-            fields = next(records)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # the reader goes on with the next line
-            yield last + 1, LineError(last + 1, "bad_csv", str(exc)[:_TEXT_MAX])
-            last += 1
+            values = _record(text)
+        except csv.Error as exc:
+            yield line, LineError(line, "bad_csv", str(exc)[:_TEXT_MAX])
             continue
-        previous, last = last, reader.line_num
-        line = last
-        breaks = sum(_line_breaks(value) for value in fields.values())
-        if breaks:
-            # (a field left open at the end of the file holds the last line break too)
-            first = max(previous + 1, line - breaks)
-            detail = f"a quoted field runs from line {first} to line {line} (a quote not closed?)"
-            yield first, LineError(first, "line_break", detail)
-            continue
-        if not _record_is_utf8(fields):
+        if not _is_utf8(values):
             yield line, LineError(line, "not_utf8", "not UTF-8 text")
             continue
-        if None in fields:
+        if len(values) > len(header):
             yield line, LineError(line, "extra_fields", "more fields than header columns")
             continue
+        fields: dict[str, str | None] = dict.fromkeys(header)
+        fields.update(zip(header, values, strict=False))
         yield line, _parse_line(fields, line, origin)
 
 
-def _line_breaks(value: str | list[str] | None) -> int:
-    values = value if isinstance(value, list) else [value or ""]
-    return sum(text.count("\n") for text in values)
+def _record(text: str) -> list[str]:
+    """The fields of one line (raises :class:`csv.Error`, also for a quote left open)."""
+    return next(csv.reader([text], strict=True), [])
 
 
 def _refusal(exc: DataError) -> str:

@@ -20,6 +20,7 @@ from gateway.billing.core import (
     Point,
     ReadMethod,
     ReadSource,
+    SeriesFalls,
     daily_rate,
     estimate_value,
     resolve_boundary,
@@ -36,6 +37,7 @@ __all__ = [
     "point",
     "record_bill",
     "register_max",
+    "settled_read",
     "supersede",
     "supersede_covered",
 ]
@@ -198,6 +200,10 @@ async def make_estimate(
     stored = await current_estimate(conn, meter_id, channel, at)
     if stored is not None:
         return BoundaryRead(stored.value, ReadMethod.ESTIMATED, stored.method), stored.id
+    # An estimate made and superseded since the caller looked: the boundary is settled.
+    settled = await settled_read(conn, meter_id, channel, at)
+    if settled is not None:
+        return settled, None
     basis = await point(conn, meter_id, channel, hi=at, last=True)
     if basis is None:
         basis = await point(conn, meter_id, channel, lo=at, last=False)
@@ -244,21 +250,50 @@ async def make_estimate(
     return BoundaryRead(value, ReadMethod.ESTIMATED, method), inserted[0]
 
 
-async def supersede(conn: AsyncConnection[Any], estimate_id: int, actual: BoundaryRead) -> None:
-    """Mark an estimate superseded by ``actual`` and drop its ``estimated`` reading."""
+async def supersede(
+    conn: AsyncConnection[Any], estimate_id: int, actual: BoundaryRead
+) -> BoundaryRead:
+    """Mark an estimate superseded by ``actual`` and drop its ``estimated`` reading.
+
+    Returns the boundary's read from now on: ``actual``, or the read that superseded the
+    estimate first when another transaction already had. The time stamped is the statement's
+    (``clock_timestamp()``), not the start of a long transaction.
+    """
     cur = await conn.execute(
-        "UPDATE billing_estimates SET superseded_at = now(), actual_value = %s,"
+        "UPDATE billing_estimates SET superseded_at = clock_timestamp(), actual_value = %s,"
         " actual_method = %s WHERE id = %s AND superseded_at IS NULL"
         " RETURNING meter_id, channel, boundary",
         (actual.value, actual.method.value, estimate_id),
     )
     row = await cur.fetchone()
-    if row is not None:
-        await conn.execute(
-            "DELETE FROM reading_data WHERE meter_id = %s AND channel = %s AND ts = %s"
-            " AND quality = 'estimated'",
-            row,
+    if row is None:
+        cur = await conn.execute(
+            "SELECT actual_value, actual_method FROM billing_estimates WHERE id = %s",
+            (estimate_id,),
         )
+        settled = await cur.fetchone()
+        assert settled is not None
+        return BoundaryRead(settled[0], ReadMethod(settled[1]))
+    await conn.execute(
+        "DELETE FROM reading_data WHERE meter_id = %s AND channel = %s AND ts = %s"
+        " AND quality = 'estimated'",
+        row,
+    )
+    return actual
+
+
+async def settled_read(
+    conn: AsyncConnection[Any], meter_id: str, channel: str, boundary: datetime
+) -> BoundaryRead | None:
+    """The read that replaced an estimate at this boundary (the latest), if one did."""
+    cur = await conn.execute(
+        "SELECT actual_value, actual_method FROM billing_estimates WHERE meter_id = %s"
+        " AND channel = %s AND boundary = %s AND superseded_at IS NOT NULL"
+        " ORDER BY superseded_at DESC LIMIT 1",
+        (meter_id, channel, boundary),
+    )
+    row = await cur.fetchone()
+    return None if row is None else BoundaryRead(row[0], ReadMethod(row[1]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +315,7 @@ async def record_bill(
     opening: BilledRead,
     closing: BilledRead,
     consumption: float | None,
+    series: SeriesFalls,
 ) -> None:
     """Keep what a period was billed on when either boundary read is an estimate.
 
@@ -293,8 +329,9 @@ async def record_bill(
     await conn.execute(
         "INSERT INTO billing_estimated_bills (meter_id, channel, period, opening_at,"
         " opening_read, opening_method, opening_estimate, closing_at, closing_read,"
-        " closing_method, closing_estimate, consumption)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+        " closing_method, closing_estimate, consumption, series_rollovers, series_rollbacks)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        " ON CONFLICT DO NOTHING",
         (
             meter_id,
             channel,
@@ -308,6 +345,8 @@ async def record_bill(
             closing.read.method.value,
             closing.estimate_id,
             consumption,
+            series.rollovers,
+            series.rollbacks,
         ),
     )
 

@@ -26,6 +26,8 @@ from gateway.detection.store import Window
 ZA = "Africa/Johannesburg"  # UTC+2 all year: November 2026 opens 2026-10-31T22:00Z
 NOV_OPEN = datetime(2026, 10, 31, 22, tzinfo=UTC)
 NOV_CLOSE = datetime(2026, 11, 30, 22, tzinfo=UTC)
+LATER = datetime(2027, 1, 15, tzinfo=UTC)
+"""An export's "now" after November and December are both billable."""
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -131,7 +133,7 @@ async def bill_november_then_read(url: str) -> None:
     reader's reads at 2 November 04:00Z (935: 30 h after the opening, outside the default 24 h
     window) and 1 December 08:00Z (1150: it supersedes the closing estimate)."""
     async with await psycopg.AsyncConnection.connect(url) as conn:
-        async for _ in export_bytes(conn, Period(2026, 11), file_format="csv"):
+        async for _ in export_bytes(conn, Period(2026, 11), file_format="csv", now=LATER):
             pass
         for when, value in (("2026-11-02T04:00", 935.0), ("2026-12-01T08:00", 1150.0)):
             read = ReadSubmission("E5", utc(when), value, ReadSource.METER_READER)

@@ -266,7 +266,7 @@ async def test_same_month_last_year_policy_and_fallback(database_url: str) -> No
         add_readings(conn, "E6", "1.8.0", [(utc("2026-10-01T00:00"), 5000.0)])
     policy = BillingPolicy(estimate_method=EstimateMethod.SAME_MONTH_LAST_YEAR)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
-        rows = [r async for batch in export_rows(conn, NOV, policy=policy) for r in batch]
+        rows = [r async for b in export_rows(conn, NOV, policy=policy, now=LATER) for r in b]
     (row,) = rows
     # opening 31 Oct 2026 22:00Z: October 2025 holds one reading (no span), and the 3 months
     # before the basis (1 Oct 2026, 5000) hold only the basis: nothing to estimate from

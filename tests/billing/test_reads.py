@@ -296,11 +296,29 @@ def test_an_open_quote_or_an_oversized_field_is_its_own_lines_error() -> None:
         "E1,2026-11-10T08:30:00Z,6,customer,D\n"  # 8
     )
     parsed = list(parse_reads(io.StringIO(text, newline=""), origin="f"))
-    assert [n for n, r in parsed if isinstance(r, ReadSubmission)] == [2, 4]
+    # every other line loads: a line is a record, whatever the one before it did
+    assert [n for n, r in parsed if isinstance(r, ReadSubmission)] == [2, 4, 6, 8]
     errors = [(n, r.reason) for n, r in parsed if isinstance(r, readfile.LineError)]
-    assert errors == [(3, "bad_csv"), (5, "line_break")]
-    (spanning,) = [r for _, r in parsed if isinstance(r, readfile.LineError) and r.line == 5]
-    assert "line 5 to line 8" in spanning.detail
+    assert errors == [(3, "bad_csv"), (5, "bad_csv")]
+    assert "field larger than field limit" in parsed[1][1].detail  # type: ignore[union-attr]
+    assert "unexpected end of data" in parsed[3][1].detail  # type: ignore[union-attr]
+
+
+def test_line_numbers_count_blank_lines_and_survive_a_bad_line() -> None:
+    text = (
+        "\n"  # 1: blank before the header
+        "meter_id,read_at,value,source\n"  # 2
+        "\n"  # 3
+        f"E1,2026-11-06T08:30:00Z,{'9' * 200_000}\n"  # 4
+        '"E1,2026-11-07T08:30:00Z,3,customer\n'  # 5: opens a quote
+        "E1,2026-11-08T08:30:00Z,4,customer\n"  # 6
+    )
+    parsed = list(parse_reads(io.StringIO(text, newline=""), origin="f"))
+    assert [(n, type(r).__name__) for n, r in parsed] == [
+        (4, "LineError"),
+        (5, "LineError"),
+        (6, "ReadSubmission"),
+    ]
 
 
 def test_a_blank_line_is_skipped_not_an_error() -> None:

@@ -17,6 +17,9 @@ CREATE TABLE billing_estimated_bills (
     closing_method    text NOT NULL,
     closing_estimate  bigint REFERENCES billing_estimates (id),
     consumption       double precision,  -- as billed (3 places); null: not computable (flagged)
+    -- the period's series as the export judged it: a correction judges a wrap the same way
+    series_rollovers  integer NOT NULL DEFAULT 0,
+    series_rollbacks  integer NOT NULL DEFAULT 0,
     -- when a `--new` corrections report delivered the row for each boundary's estimate
     opening_reported_at timestamptz,
     closing_reported_at timestamptz,
