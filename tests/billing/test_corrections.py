@@ -53,6 +53,30 @@ def _bill(conn: psycopg.Connection[Any], meter_id: str, **columns: object) -> No
     )
 
 
+def _closing_bill(
+    conn: psycopg.Connection[Any],
+    meter_id: str,
+    estimate: int,
+    reads: tuple[float, float],
+    consumption: float,
+    **columns: object,
+) -> None:
+    """A November bill that opened on an actual read and closed on estimate ``estimate``."""
+    _bill(
+        conn,
+        meter_id,
+        opening_at=NOV_OPEN,
+        opening_read=reads[0],
+        opening_method="actual",
+        closing_at=NOV_CLOSE,
+        closing_read=reads[1],
+        closing_method="estimated",
+        closing_estimate=estimate,
+        consumption=consumption,
+        **columns,
+    )
+
+
 async def _report(url: str, **kw: Any) -> list[dict[str, str]]:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         data = b"".join(
@@ -75,19 +99,7 @@ async def test_a_wrap_the_bills_series_confirmed_is_kept_by_its_correction(
         closing = _estimate(conn, "W7", NOV_CLOSE, 2_000.0, (later, 2_100.0, "manual"))
         # billed 88 000 -> 2 000: 14 000, a wrap only the period's series showed (14 % of the
         # register's range is beyond the margin two reads alone are judged by)
-        _bill(
-            conn,
-            "W7",
-            opening_at=NOV_OPEN,
-            opening_read=88_000.0,
-            opening_method="actual",
-            closing_at=NOV_CLOSE,
-            closing_read=2_000.0,
-            closing_method="estimated",
-            closing_estimate=closing,
-            consumption=14_000.0,
-            series_rollovers=1,
-        )
+        _closing_bill(conn, "W7", closing, (88_000.0, 2_000.0), 14_000.0, series_rollovers=1)
     assert [_figures(r) for r in await _report(database_url)] == [
         ("closing", "14000.000", "14100.000", "100.000")
     ]
@@ -136,18 +148,7 @@ async def test_a_report_stopped_before_its_end_delivers_nothing(database_url: st
     with psycopg.connect(database_url, autocommit=True) as conn:
         add_meter(conn, "E8", "electricity")
         closing = _estimate(conn, "E8", NOV_CLOSE, 1_200.0, (LATER, 1_150.0, "manual"))
-        _bill(
-            conn,
-            "E8",
-            opening_at=NOV_OPEN,
-            opening_read=900.0,
-            opening_method="actual",
-            closing_at=NOV_CLOSE,
-            closing_read=1_200.0,
-            closing_method="estimated",
-            closing_estimate=closing,
-            consumption=300.0,
-        )
+        _closing_bill(conn, "E8", closing, (900.0, 1_200.0), 300.0)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         chunks = correction_bytes(conn, file_format="csv", now=LATER, new=True)
         first = await anext(chunks)  # the rows, without the trailer
@@ -200,18 +201,7 @@ async def test_rows_of_a_report_come_in_batches_of_bills(database_url: str) -> N
             meter = f"E{index}"
             add_meter(conn, meter, "electricity")
             closing = _estimate(conn, meter, NOV_CLOSE, 100.0, (LATER, 90.0 + index, "manual"))
-            _bill(
-                conn,
-                meter,
-                opening_at=NOV_OPEN,
-                opening_read=50.0,
-                opening_method="actual",
-                closing_at=NOV_CLOSE,
-                closing_read=100.0,
-                closing_method="estimated",
-                closing_estimate=closing,
-                consumption=50.0,
-            )
+            _closing_bill(conn, meter, closing, (50.0, 100.0), 50.0)
     async with await psycopg.AsyncConnection.connect(database_url) as conn:
         batches = [b async for b in correction_rows(conn, now=LATER)]
     assert [str(r.difference) for b in batches for r in b] == ["-10.000", "-9.000", "-8.000"]
