@@ -31,7 +31,6 @@ from gateway.billing.store import supersede_covered
 __all__ = ["correction_bytes", "correction_rows"]
 
 _BATCH: Final = 500
-_FAR_PAST: Final = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
 def _read(value: float) -> Decimal:
@@ -71,7 +70,8 @@ _BILLS: Final = (
     " LEFT JOIN billing_estimates eo ON eo.id = b.opening_estimate"
     " LEFT JOIN billing_estimates ec ON ec.id = b.closing_estimate"
     " WHERE (eo.superseded_at IS NOT NULL OR ec.superseded_at IS NOT NULL)"
-    " AND greatest(eo.superseded_at, ec.superseded_at) >= %(since)s"
+    " AND (%(since)s::timestamptz IS NULL"
+    "      OR greatest(eo.superseded_at, ec.superseded_at) >= %(since)s)"
     " AND (%(period)s::text IS NULL OR b.period = %(period)s)"
     " AND (NOT %(new)s OR (eo.superseded_at IS NOT NULL AND b.opening_reported_at IS NULL)"
     "      OR (ec.superseded_at IS NOT NULL AND b.closing_reported_at IS NULL))"
@@ -168,7 +168,7 @@ async def correction_rows(
     async with conn.transaction():
         await supersede_covered(conn, policy, now=now)
         params = {
-            "since": since or _FAR_PAST,
+            "since": since,
             "period": None if period is None else str(period),
             "new": new,
         }

@@ -36,7 +36,6 @@ __all__ = [
     "current_estimate",
     "point",
     "record_bill",
-    "register_max",
     "settled_read",
     "supersede",
     "supersede_covered",
@@ -103,13 +102,6 @@ async def point(
     cur = await conn.execute(query, params)
     row = await cur.fetchone()
     return None if row is None else as_point(*row)
-
-
-async def register_max(conn: AsyncConnection[Any], meter_id: str) -> float | None:
-    """The meter's registered register capacity (``meters.register_max``), if any."""
-    cur = await conn.execute("SELECT register_max FROM meters WHERE meter_id = %s", (meter_id,))
-    row = await cur.fetchone()
-    return None if row is None else row[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,9 +343,13 @@ async def record_bill(
     )
 
 
+_CANDIDATE: Final = "e.id, e.meter_id, e.channel, e.boundary, m.register_max"
+"""An estimate that may be covered now, with its meter's register capacity."""
+
+
 async def supersede_covered(
     conn: AsyncConnection[Any], policy: BillingPolicy, *, now: datetime
-) -> int:
+) -> None:
     """Supersede every current estimate that usable points now cover (late telemetry, reads).
 
     One statement finds the estimates with a usable point within the interpolation window of
@@ -361,8 +357,7 @@ async def supersede_covered(
     estimate a running export holds (it is superseding it) is left to that export.
     """
     cur = await conn.execute(
-        "SELECT e.id, e.meter_id, e.channel, e.boundary, m.register_max"
-        " FROM billing_estimates e JOIN meters m USING (meter_id)"
+        f"SELECT {_CANDIDATE} FROM billing_estimates e JOIN meters m USING (meter_id)"
         " WHERE e.superseded_at IS NULL AND e.boundary <= %(now)s AND (EXISTS ("
         " SELECT 1 FROM reading_data r WHERE r.meter_id = e.meter_id AND r.channel = e.channel"
         " AND r.quality <> 'estimated' AND r.ts >= e.boundary - %(w)s"
@@ -372,18 +367,12 @@ async def supersede_covered(
         " ORDER BY e.meter_id, e.channel, e.boundary FOR UPDATE OF e SKIP LOCKED",
         {"now": now, "w": policy.interpolation_window},
     )
-    count = 0
-    for estimate_id, meter_id, channel, at, capacity in await cur.fetchall():
-        actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
-        if actual is not None:
-            await supersede(conn, estimate_id, actual)
-            count += 1
-    return count
+    await _settle(conn, await cur.fetchall(), policy)
 
 
 async def covering_estimates(
     conn: AsyncConnection[Any], meter_id: str, channel: str, policy: BillingPolicy
-) -> int:
+) -> None:
     """Supersede every current estimate of a register that usable points now cover.
 
     An estimate an export is superseding at this moment (its row locked until the export ends,
@@ -391,15 +380,19 @@ async def covering_estimates(
     corrections report settles it.
     """
     cur = await conn.execute(
-        "SELECT id, boundary FROM billing_estimates WHERE meter_id = %s AND channel = %s"
-        " AND superseded_at IS NULL ORDER BY boundary FOR UPDATE SKIP LOCKED",
+        f"SELECT {_CANDIDATE} FROM billing_estimates e JOIN meters m USING (meter_id)"
+        " WHERE e.meter_id = %s AND e.channel = %s AND e.superseded_at IS NULL"
+        " ORDER BY e.boundary FOR UPDATE OF e SKIP LOCKED",
         (meter_id, channel),
     )
-    capacity = await register_max(conn, meter_id)
-    count = 0
-    for estimate_id, at in await cur.fetchall():
+    await _settle(conn, await cur.fetchall(), policy)
+
+
+async def _settle(
+    conn: AsyncConnection[Any], candidates: list[tuple[Any, ...]], policy: BillingPolicy
+) -> None:
+    """Supersede each candidate (:data:`_CANDIDATE`) the boundary rules now resolve."""
+    for estimate_id, meter_id, channel, at, capacity in candidates:
         actual = await resolve_actual(conn, meter_id, channel, at, policy, capacity=capacity)
         if actual is not None:
             await supersede(conn, estimate_id, actual)
-            count += 1
-    return count
